@@ -1,0 +1,464 @@
+//! The node configuration: the one contract between operator and node.
+//!
+//! The operator turns a `CoralCluster` spec into a [`NodeConfig`] and serialises it into the
+//! cluster's ConfigMap; every node pod deserialises the mounted file at start-up. Defining the
+//! type once, here, means the two sides cannot drift. This module owns parsing and checking
+//! the file; it does not know how the values are used by the roles.
+//!
+//! Node topology (which zone and region each Kubernetes node is in) lives in a second file of
+//! the same ConfigMap, [`Topology`], so that a node relabel does not change the configuration
+//! hash and roll every pod.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// File name of the node configuration inside the ConfigMap and the pod's config directory.
+pub const CONFIG_FILE: &str = "node.yaml";
+/// File name of the topology map inside the ConfigMap and the pod's config directory.
+pub const TOPOLOGY_FILE: &str = "topology.yaml";
+/// File name of the shared DHT key inside its Secret and the pod's key directory.
+pub const KEY_FILE: &str = "key";
+
+/// Everything a Coral node needs to know to play its roles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeConfig {
+    /// DNS zone the cluster serves, such as `nyud.net`; origins are named `<origin>.<zone>`.
+    pub zone: String,
+    /// Port of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`, status pages).
+    pub admin_port: u16,
+    /// The caching proxy role.
+    pub proxy: ProxyConfig,
+    /// The authoritative DNS role.
+    pub dns: DnsConfig,
+    /// How nodes and clients are placed in the locality hierarchy.
+    pub locality: LocalityConfig,
+    /// The sloppy DHT role.
+    pub dht: DhtConfig,
+    /// Health checking of proxies by the DNS role.
+    pub health: HealthConfig,
+}
+
+/// Settings of the caching proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Port the proxy serves HTTP on inside the pod.
+    pub http_port: u16,
+    /// Byte budget of the in-memory cache tier.
+    pub cache_memory_bytes: u64,
+    /// Byte budget of the on-disk cache tier.
+    pub cache_disk_bytes: u64,
+    /// Directory of the on-disk cache tier.
+    pub cache_dir: PathBuf,
+    /// Objects larger than this are streamed to the client, never cached.
+    pub max_object_bytes: u64,
+    /// Timeouts applied to origin fetches.
+    pub origin_timeouts: OriginTimeouts,
+    /// How long past expiry a cached object may still be served when the origin fails.
+    #[serde(with = "humantime_serde")]
+    pub serve_stale: Duration,
+    /// Origin host patterns that may be fetched; empty means every public origin.
+    pub origin_allow: Vec<String>,
+    /// Origin host patterns that are never fetched; wins over `originAllow`.
+    pub origin_deny: Vec<String>,
+    /// Request rate allowed to one client address.
+    pub per_client_rate: RateLimit,
+    /// Request rate allowed towards one origin host (cache misses only).
+    pub per_origin_rate: RateLimit,
+}
+
+/// Timeouts of one origin fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OriginTimeouts {
+    /// Time allowed to establish the TCP (and TLS) connection.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// Time allowed between sending the request and the first response byte.
+    #[serde(with = "humantime_serde")]
+    pub first_byte: Duration,
+    /// Longest silence allowed while the body streams.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+}
+
+/// A token-bucket rate limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub requests_per_second: u32,
+    /// Requests allowed in a burst above the sustained rate.
+    pub burst: u32,
+}
+
+/// Settings of the authoritative DNS server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsConfig {
+    /// UDP and TCP port the DNS server listens on inside the pod.
+    pub port: u16,
+    /// TTL of A/AAAA answers naming proxies.
+    #[serde(with = "humantime_serde")]
+    pub answer_ttl: Duration,
+    /// Most proxy addresses in one answer.
+    pub answers_per_query: u32,
+    /// Name servers published in the zone's NS records; empty means the healthy DNS nodes
+    /// publish themselves.
+    pub nameservers: Vec<NameServer>,
+}
+
+/// A name server published for the zone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NameServer {
+    /// Fully qualified host name of the name server.
+    pub name: String,
+    /// Glue addresses, needed when the name is inside the zone.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// The locality hierarchy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityConfig {
+    /// Node label keys naming the locality levels, most local first
+    /// (by default `topology.kubernetes.io/zone`, then `topology.kubernetes.io/region`).
+    pub label_keys: Vec<String>,
+    /// Client networks and where they are, used to place DNS clients.
+    pub client_networks: Vec<ClientNetwork>,
+}
+
+/// A client network and its place in the locality hierarchy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientNetwork {
+    /// The network, such as `192.0.2.0/24`.
+    pub cidr: IpNet,
+    /// Values of the locality label keys for clients in this network, most local first
+    /// (missing trailing levels mean "unknown").
+    pub locality: Vec<String>,
+}
+
+/// Settings of the DHT node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DhtConfig {
+    /// UDP port of the DHT.
+    pub port: u16,
+    /// File holding the cluster's shared key, which authenticates every DHT packet and peer fetch.
+    pub key_file: PathBuf,
+    /// Protocol version; nodes of different versions never talk to each other.
+    pub protocol_version: u32,
+    /// DNS name listing DHT peers (the headless Service), used to bootstrap.
+    pub bootstrap_name: String,
+}
+
+/// Health checking of proxies, used by DNS to eject and readmit them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between two probes of one proxy.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time allowed for one probe.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failures that eject a proxy.
+    pub failure_threshold: u32,
+    /// Consecutive successes that readmit an ejected proxy.
+    pub success_threshold: u32,
+}
+
+/// Where every Kubernetes node sits in the locality hierarchy:
+/// node name to the values of the locality label keys, most local first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Topology {
+    /// Node name to locality values, in the order of [`LocalityConfig::label_keys`];
+    /// an empty string marks a node without that label.
+    pub nodes: BTreeMap<String, Vec<String>>,
+}
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for the type; `field` is the path of the offending field.
+    #[error("{path}: field `{field}`: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Dotted path of the field, such as `proxy.httpPort`.
+        field: String,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// The file parsed but a value breaks a rule.
+    #[error("{path}: field `{field}`: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong and what would be valid.
+        problem: String,
+    },
+}
+
+impl NodeConfig {
+    /// Reads and checks a node configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = load_yaml(path)?;
+        config
+            .check()
+            .map_err(|(field, problem)| ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                problem,
+            })?;
+        Ok(config)
+    }
+
+    /// Serialises the configuration as the YAML the node reads.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).expect("NodeConfig always serialises")
+    }
+
+    /// Checks the rules serde cannot express; returns the offending field and the problem.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let positive = |field: &'static str, value: u64| {
+            if value == 0 {
+                Err((field, "must be greater than 0".to_owned()))
+            } else {
+                Ok(())
+            }
+        };
+        positive("adminPort", self.admin_port.into())?;
+        positive("proxy.httpPort", self.proxy.http_port.into())?;
+        positive("proxy.cacheMemoryBytes", self.proxy.cache_memory_bytes)?;
+        positive("proxy.maxObjectBytes", self.proxy.max_object_bytes)?;
+        positive("dns.port", self.dns.port.into())?;
+        positive("dns.answersPerQuery", self.dns.answers_per_query.into())?;
+        positive("dht.port", self.dht.port.into())?;
+        positive(
+            "health.failureThreshold",
+            self.health.failure_threshold.into(),
+        )?;
+        positive(
+            "health.successThreshold",
+            self.health.success_threshold.into(),
+        )?;
+        if self.health.interval.is_zero() {
+            return Err(("health.interval", "must be longer than 0s".to_owned()));
+        }
+        if self.health.timeout.is_zero() || self.health.timeout > self.health.interval {
+            return Err((
+                "health.timeout",
+                format!(
+                    "must be longer than 0s and at most health.interval ({})",
+                    humantime::format_duration(self.health.interval)
+                ),
+            ));
+        }
+        if self.locality.label_keys.is_empty() {
+            return Err((
+                "locality.labelKeys",
+                "must name at least one label key".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Topology {
+    /// Reads a topology file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        load_yaml(path)
+    }
+
+    /// Serialises the topology as the YAML the node reads.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).expect("Topology always serialises")
+    }
+}
+
+/// Reads a YAML file, naming the offending field on error.
+fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_yaml(&text).map_err(|(field, message)| ConfigError::Parse {
+        path: path.to_owned(),
+        field,
+        message,
+    })
+}
+
+/// Parses YAML text, returning the dotted path of the offending field on error.
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+    let deserializer = serde_norway::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let field = err.path().to_string();
+        (field, err.into_inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeConfig {
+        NodeConfig {
+            zone: "nyud.net".into(),
+            admin_port: 9090,
+            proxy: ProxyConfig {
+                http_port: 8080,
+                cache_memory_bytes: 256 << 20,
+                cache_disk_bytes: 1 << 30,
+                cache_dir: "/var/cache/coral".into(),
+                max_object_bytes: 50 << 20,
+                origin_timeouts: OriginTimeouts {
+                    connect: Duration::from_secs(5),
+                    first_byte: Duration::from_secs(15),
+                    idle: Duration::from_secs(30),
+                },
+                serve_stale: Duration::from_secs(3600),
+                origin_allow: vec![],
+                origin_deny: vec!["*.internal".into()],
+                per_client_rate: RateLimit {
+                    requests_per_second: 50,
+                    burst: 100,
+                },
+                per_origin_rate: RateLimit {
+                    requests_per_second: 20,
+                    burst: 40,
+                },
+            },
+            dns: DnsConfig {
+                port: 53,
+                answer_ttl: Duration::from_secs(20),
+                answers_per_query: 2,
+                nameservers: vec![NameServer {
+                    name: "ns1.nyud.net".into(),
+                    addresses: vec!["192.0.2.53".parse().unwrap()],
+                }],
+            },
+            locality: LocalityConfig {
+                label_keys: vec!["topology.kubernetes.io/zone".into()],
+                client_networks: vec![ClientNetwork {
+                    cidr: "198.51.100.0/24".parse().unwrap(),
+                    locality: vec!["zone-a".into()],
+                }],
+            },
+            dht: DhtConfig {
+                port: 9410,
+                key_file: "/etc/coral/key/key".into(),
+                protocol_version: 1,
+                bootstrap_name: "demo-dht.default.svc".into(),
+            },
+            health: HealthConfig {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                failure_threshold: 2,
+                success_threshold: 2,
+            },
+        }
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn written_config_loads_back_unchanged() {
+        let (_dir, path) = write(&sample().to_yaml());
+        assert_eq!(NodeConfig::load(&path).unwrap(), sample());
+    }
+
+    #[test]
+    fn durations_are_written_in_human_form() {
+        let yaml = sample().to_yaml();
+        assert!(yaml.contains("serveStale: 1h"), "{yaml}");
+        assert!(yaml.contains("timeout: 500ms"), "{yaml}");
+    }
+
+    #[test]
+    fn mistyped_value_names_the_field() {
+        let yaml = sample()
+            .to_yaml()
+            .replace("httpPort: 8080", "httpPort: eighty");
+        let (_dir, path) = write(&yaml);
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("field `proxy.httpPort`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused_by_name() {
+        let yaml = sample()
+            .to_yaml()
+            .replace("zone: nyud.net", "zone: nyud.net\nzoen: typo");
+        let (_dir, path) = write(&yaml);
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("zoen"), "{err}");
+    }
+
+    #[test]
+    fn zero_threshold_is_refused_by_name() {
+        let mut config = sample();
+        config.health.failure_threshold = 0;
+        let (_dir, path) = write(&config.to_yaml());
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("field `health.failureThreshold`: must be greater than 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn probe_timeout_longer_than_interval_is_refused() {
+        let mut config = sample();
+        config.health.timeout = Duration::from_secs(2);
+        let (_dir, path) = write(&config.to_yaml());
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("field `health.timeout`"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_reported_with_its_path() {
+        let err = NodeConfig::load(Path::new("/nonexistent/node.yaml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read /nonexistent/node.yaml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn topology_round_trips() {
+        let topology = Topology {
+            nodes: BTreeMap::from([("n1".to_owned(), vec!["z1".to_owned(), "r1".to_owned()])]),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOPOLOGY_FILE);
+        std::fs::write(&path, topology.to_yaml()).unwrap();
+        assert_eq!(Topology::load(&path).unwrap(), topology);
+    }
+}

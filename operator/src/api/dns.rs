@@ -1,0 +1,94 @@
+//! Spec of the authoritative DNS role.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Settings of the authoritative DNS servers that answer `<origin>.<zone>` with nearby,
+/// healthy proxies.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "self.exposure == 'NodePort' || !has(self.nodePort)", "message": "dns.nodePort is only used with exposure NodePort"}]))]
+#[serde(rename_all = "camelCase", default)]
+pub struct DnsSpec {
+    /// UDP and TCP port the DNS servers listen on, and the port of the DNS Service.
+    /// Resolvers expect 53; ports below 1024 give the container `NET_BIND_SERVICE`.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+
+    /// TTL in seconds of answers naming proxies: short, so that clients move off a dead proxy
+    /// quickly.
+    #[schemars(range(min = 0, max = 3600))]
+    pub ttl_seconds: u32,
+
+    /// Most proxy addresses in one answer.
+    #[schemars(range(min = 1, max = 16))]
+    pub answers_per_query: u32,
+
+    /// How resolvers reach the DNS pods: `LoadBalancer` (a Service of that type with
+    /// `externalTrafficPolicy: Local`, keeping resolver addresses for locality), `NodePort`, or
+    /// `HostNetwork` (pods bind the port on their node's addresses).
+    pub exposure: DnsExposure,
+
+    /// Node port of the DNS Service when `exposure` is `NodePort`; unset lets Kubernetes pick.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<u16>,
+
+    /// Annotations of the DNS Service, for example to configure a cloud load balancer.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_annotations: BTreeMap<String, String>,
+
+    /// Only nodes with these labels (in addition to `spec.nodeSelector`) run DNS pods;
+    /// empty runs DNS on every Coral node.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Name servers published in the zone's NS records. Empty: the healthy DNS pods publish
+    /// themselves as `ns<N>.<zone>` with their addresses as glue.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub nameservers: Vec<NameServerSpec>,
+}
+
+/// How resolvers reach the DNS pods.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DnsExposure {
+    /// DNS pods use their node's network and bind `port` on the node's addresses.
+    HostNetwork,
+    /// A NodePort Service forwards a port on every node to the DNS pods.
+    NodePort,
+    /// A LoadBalancer Service gives the DNS pods an external address.
+    #[default]
+    LoadBalancer,
+}
+
+/// A name server published for the zone.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NameServerSpec {
+    /// Fully qualified host name, such as `ns1.nyud.net`.
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?[.])+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')", "message": "name must be a lower-case DNS name"}]))]
+    pub name: String,
+    /// IPv4 or IPv6 addresses (glue), required when the name lies inside the zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 45)))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(a, isIP(a))", "message": "addresses must be IP addresses"}]))]
+    pub addresses: Vec<String>,
+}
+
+impl Default for DnsSpec {
+    fn default() -> Self {
+        Self {
+            port: 53,
+            ttl_seconds: 20,
+            answers_per_query: 2,
+            exposure: DnsExposure::default(),
+            node_port: None,
+            service_annotations: BTreeMap::new(),
+            node_selector: BTreeMap::new(),
+            nameservers: Vec::new(),
+        }
+    }
+}

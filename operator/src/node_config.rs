@@ -1,0 +1,221 @@
+//! Turning a CoralCluster into the node configuration its pods read.
+//!
+//! Pure: the same CoralCluster always gives the same [`NodeConfig`]. Conversions that can fail
+//! (quantities, durations, networks, addresses) name the spec field they reject.
+
+use std::time::Duration;
+
+use coral_node::config::{
+    ClientNetwork, DhtConfig, DnsConfig, HealthConfig, KEY_FILE, LocalityConfig, NameServer,
+    NodeConfig, OriginTimeouts, ProxyConfig, RateLimit,
+};
+use kube::ResourceExt;
+
+use crate::api::{CoralCluster, RateLimitSpec};
+use crate::quantity;
+use crate::resources::names::ClusterNames;
+use crate::validate::SpecError;
+
+/// Where the pod mounts the ConfigMap (`node.yaml`, `topology.yaml`).
+pub const CONFIG_DIR: &str = "/etc/coral";
+/// Where the pod mounts the shared-key Secret.
+pub const KEY_DIR: &str = "/etc/coral-key";
+/// Where the pod mounts the disk cache volume.
+pub const CACHE_DIR: &str = "/var/cache/coral";
+
+/// The node configuration for a CoralCluster.
+pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
+    let spec = &cluster.spec;
+    let names = ClusterNames::of(cluster);
+    let namespace = cluster.namespace().unwrap_or_else(|| "default".to_owned());
+    Ok(NodeConfig {
+        zone: spec.zone.clone(),
+        admin_port: spec.admin_port,
+        proxy: ProxyConfig {
+            http_port: spec.proxy.http_port,
+            cache_memory_bytes: bytes(
+                "spec.proxy.cacheMemorySize",
+                &spec.proxy.cache_memory_size.0,
+            )?,
+            cache_disk_bytes: bytes("spec.proxy.cacheDiskSize", &spec.proxy.cache_disk_size.0)?,
+            cache_dir: CACHE_DIR.into(),
+            max_object_bytes: bytes("spec.proxy.maxObjectSize", &spec.proxy.max_object_size.0)?,
+            origin_timeouts: OriginTimeouts {
+                connect: duration(
+                    "spec.proxy.originTimeouts.connect",
+                    spec.proxy.origin_timeouts.connect,
+                )?,
+                first_byte: duration(
+                    "spec.proxy.originTimeouts.firstByte",
+                    spec.proxy.origin_timeouts.first_byte,
+                )?,
+                idle: duration(
+                    "spec.proxy.originTimeouts.idle",
+                    spec.proxy.origin_timeouts.idle,
+                )?,
+            },
+            serve_stale: duration("spec.proxy.serveStale", spec.proxy.serve_stale)?,
+            origin_allow: spec.proxy.origin_allow.clone(),
+            origin_deny: spec.proxy.origin_deny.clone(),
+            per_client_rate: rate_limit(&spec.proxy.per_client_rate_limit),
+            per_origin_rate: rate_limit(&spec.proxy.per_origin_rate_limit),
+        },
+        dns: DnsConfig {
+            port: spec.dns.port,
+            answer_ttl: Duration::from_secs(spec.dns.ttl_seconds.into()),
+            answers_per_query: spec.dns.answers_per_query,
+            nameservers: spec
+                .dns
+                .nameservers
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| {
+                    let addresses = ns
+                        .addresses
+                        .iter()
+                        .map(|a| {
+                            a.parse().map_err(|e| {
+                                SpecError::field(
+                                    format!("spec.dns.nameservers[{i}].addresses"),
+                                    format!("`{a}`: {e}"),
+                                )
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Ok(NameServer {
+                        name: ns.name.clone(),
+                        addresses,
+                    })
+                })
+                .collect::<Result<_, SpecError>>()?,
+        },
+        locality: LocalityConfig {
+            label_keys: spec.locality.label_keys.clone(),
+            client_networks: spec
+                .locality
+                .client_networks
+                .iter()
+                .enumerate()
+                .map(|(i, net)| {
+                    let cidr = net.cidr.parse().map_err(|e| {
+                        SpecError::field(
+                            format!("spec.locality.clientNetworks[{i}].cidr"),
+                            format!("`{}`: {e}", net.cidr),
+                        )
+                    })?;
+                    let locality = [net.zone.clone(), net.region.clone()]
+                        .into_iter()
+                        .take(spec.locality.label_keys.len())
+                        .map(Option::unwrap_or_default)
+                        .collect();
+                    Ok(ClientNetwork { cidr, locality })
+                })
+                .collect::<Result<_, SpecError>>()?,
+        },
+        dht: DhtConfig {
+            port: spec.dht.port,
+            key_file: format!("{KEY_DIR}/{KEY_FILE}").into(),
+            protocol_version: spec.dht.protocol_version,
+            bootstrap_name: format!("{}.{namespace}.svc", names.dht_service()),
+        },
+        health: HealthConfig {
+            interval: duration("spec.health.interval", spec.health.interval)?,
+            timeout: duration("spec.health.timeout", spec.health.timeout)?,
+            failure_threshold: spec.health.failure_threshold,
+            success_threshold: spec.health.success_threshold,
+        },
+    })
+}
+
+fn bytes(field: &str, text: &str) -> Result<u64, SpecError> {
+    quantity::to_bytes(text).map_err(|err| SpecError::field(field, err))
+}
+
+fn duration(field: &str, value: kube::core::Duration) -> Result<Duration, SpecError> {
+    if value.is_negative() {
+        return Err(SpecError::field(field, format!("`{value}` is negative")));
+    }
+    Ok(value.into())
+}
+
+fn rate_limit(spec: &RateLimitSpec) -> RateLimit {
+    RateLimit {
+        requests_per_second: spec.requests_per_second,
+        burst: spec.burst,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ClientNetworkSpec, CoralClusterSpec};
+
+    fn cluster(spec: CoralClusterSpec) -> CoralCluster {
+        let mut cluster = CoralCluster::new("demo", spec);
+        cluster.metadata.namespace = Some("edge".into());
+        cluster
+    }
+
+    #[test]
+    fn defaults_give_a_config_the_node_accepts() {
+        let config = node_config(&cluster(CoralClusterSpec::default())).unwrap();
+        assert_eq!(config.zone, "nyud.net");
+        assert_eq!(config.proxy.cache_memory_bytes, 256 << 20);
+        assert_eq!(config.proxy.max_object_bytes, 50 << 20);
+        assert_eq!(config.health.interval, Duration::from_secs(1));
+        assert_eq!(config.dht.bootstrap_name, "demo-dht.edge.svc");
+        assert_eq!(config.dht.key_file.to_str(), Some("/etc/coral-key/key"));
+
+        let dir = std::env::temp_dir().join(format!("coral-node-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.yaml");
+        std::fs::write(&path, config.to_yaml()).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap(), config);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn fractional_byte_size_names_its_field() {
+        let mut spec = CoralClusterSpec::default();
+        spec.proxy.max_object_size.0 = "1500m".into();
+        let err = node_config(&cluster(spec)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.proxy.maxObjectSize: `1500m`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn client_networks_carry_zone_then_region() {
+        let mut spec = CoralClusterSpec::default();
+        spec.locality.client_networks = vec![ClientNetworkSpec {
+            cidr: "198.51.100.0/24".into(),
+            zone: None,
+            region: Some("eu".into()),
+        }];
+        let config = node_config(&cluster(spec)).unwrap();
+        assert_eq!(
+            config.locality.client_networks[0].locality,
+            vec!["".to_owned(), "eu".to_owned()]
+        );
+        assert_eq!(
+            config.locality.client_networks[0].cidr.to_string(),
+            "198.51.100.0/24"
+        );
+    }
+
+    #[test]
+    fn unparsable_network_names_its_index() {
+        let mut spec = CoralClusterSpec::default();
+        spec.locality.client_networks = vec![ClientNetworkSpec {
+            cidr: "nope".into(),
+            zone: Some("a".into()),
+            region: None,
+        }];
+        let err = node_config(&cluster(spec)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.locality.clientNetworks[0].cidr"),
+            "{err}"
+        );
+    }
+}
