@@ -6,8 +6,12 @@
 //! status conditions. `main` adds leader election, the HTTP endpoints and the CLI.
 
 pub mod api;
+pub mod conditions;
 pub mod crd;
+pub mod http;
+pub mod metrics;
 pub mod node_config;
 pub mod quantity;
+pub mod reconcile;
 pub mod resources;
 pub mod validate;

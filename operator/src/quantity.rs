@@ -77,7 +77,7 @@ pub fn to_bytes(text: &str) -> Result<u64, QuantityError> {
         exp10 -= 1;
     }
     while exp10 < 0 {
-        if mantissa % 10 != 0 {
+        if !mantissa.is_multiple_of(10) {
             return Err(out_of_range());
         }
         mantissa /= 10;

@@ -45,35 +45,11 @@ pub const GROUP: &str = "coral.nyud.net";
     status = "CoralClusterStatus",
     derive = "PartialEq",
     doc = "A Coral content distribution network: caching proxies, locality-aware DNS and a sloppy DHT on the selected nodes.",
-    printcolumn(
-        name = "Zone",
-        type_ = "string",
-        json_path = ".spec.zone",
-        description = "DNS zone served"
-    ),
-    printcolumn(
-        name = "Desired",
-        type_ = "integer",
-        json_path = ".status.desiredNodes",
-        description = "Node pods wanted"
-    ),
-    printcolumn(
-        name = "Ready Nodes",
-        type_ = "integer",
-        json_path = ".status.readyNodes",
-        description = "Node pods ready"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
-        description = "Whether every node pod is ready"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Zone","type":"string","jsonPath":".spec.zone","description":"DNS zone served"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNodes","description":"Node pods wanted"}"#,
+    printcolumn = r#"{"name":"Ready Nodes","type":"integer","jsonPath":".status.readyNodes","description":"Node pods ready"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether every node pod is ready"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.adminPort != self.proxy.httpPort && self.adminPort != self.dns.port && self.proxy.httpPort != self.dns.port", "message": "adminPort, proxy.httpPort and dns.port must all differ"},

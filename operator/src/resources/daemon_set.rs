@@ -299,9 +299,232 @@ fn default_resources(config: &NodeConfig) -> ResourceRequirements {
 /// A byte count as a quantity, in `Mi` when it is a whole number of mebibytes.
 fn bytes_quantity(bytes: u64) -> Quantity {
     const MI: u64 = 1 << 20;
-    if bytes % MI == 0 {
+    if bytes.is_multiple_of(MI) {
         Quantity(format!("{}Mi", bytes / MI))
     } else {
         Quantity(bytes.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node_config::node_config;
+    use crate::resources::tests::demo;
+
+    fn build(cluster: &CoralCluster, component: Component) -> DaemonSet {
+        daemon_set(cluster, component, &node_config(cluster).unwrap())
+    }
+
+    fn pod(ds: &DaemonSet) -> PodSpec {
+        ds.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    fn container_of(ds: &DaemonSet) -> Container {
+        pod(ds).containers[0].clone()
+    }
+
+    #[test]
+    fn selector_matches_the_pod_labels_and_only_its_component() {
+        for component in [Component::Proxy, Component::Dns] {
+            let ds = build(&demo(), component);
+            let spec = ds.spec.unwrap();
+            let selector = spec.selector.match_labels.unwrap();
+            let labels = spec.template.metadata.unwrap().labels.unwrap();
+            assert!(
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+                "{selector:?} vs {labels:?}"
+            );
+            assert_eq!(selector["app.kubernetes.io/component"], component.as_str());
+        }
+    }
+
+    #[test]
+    fn pods_run_locked_down() {
+        let ds = build(&demo(), Component::Proxy);
+        let pod_security = pod(&ds).security_context.unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_security.seccomp_profile.unwrap().type_,
+            "RuntimeDefault"
+        );
+        let security = container_of(&ds).security_context.unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        let capabilities = security.capabilities.unwrap();
+        assert_eq!(capabilities.drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            capabilities.add, None,
+            "the proxy binds no port below 1024 by default"
+        );
+        assert_eq!(pod(&ds).automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn dns_pods_may_bind_port_53_and_read_the_api() {
+        let ds = build(&demo(), Component::Dns);
+        let capabilities = container_of(&ds)
+            .security_context
+            .unwrap()
+            .capabilities
+            .unwrap();
+        assert_eq!(capabilities.add, Some(vec!["NET_BIND_SERVICE".to_owned()]));
+        assert_eq!(pod(&ds).automount_service_account_token, Some(true));
+        let ports = container_of(&ds).ports.unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.name.as_deref() == Some("dns-udp") && p.container_port == 53)
+        );
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.name.as_deref() == Some("dns-tcp")
+                    && p.protocol.as_deref() == Some("TCP"))
+        );
+    }
+
+    #[test]
+    fn probes_use_the_admin_port() {
+        let container = container_of(&build(&demo(), Component::Proxy));
+        for (probe, path) in [
+            (container.liveness_probe, "/healthz"),
+            (container.readiness_probe, "/readyz"),
+        ] {
+            let get = probe.unwrap().http_get.unwrap();
+            assert_eq!(get.path.as_deref(), Some(path));
+            assert_eq!(get.port, IntOrString::Int(9090));
+        }
+    }
+
+    #[test]
+    fn default_resources_cover_the_memory_cache() {
+        let resources = container_of(&build(&demo(), Component::Proxy))
+            .resources
+            .unwrap();
+        assert_eq!(
+            resources.requests.unwrap()["memory"],
+            Quantity("384Mi".into())
+        );
+        assert_eq!(
+            resources.limits.unwrap()["memory"],
+            Quantity("384Mi".into())
+        );
+    }
+
+    #[test]
+    fn pods_pass_topology_and_identity_through_the_downward_api() {
+        let env = container_of(&build(&demo(), Component::Proxy)).env.unwrap();
+        let field = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.clone()?.field_ref)
+                .map(|f| f.field_path)
+        };
+        assert_eq!(field("NODE_NAME").as_deref(), Some("spec.nodeName"));
+        assert_eq!(field("POD_IP").as_deref(), Some("status.podIP"));
+    }
+
+    #[test]
+    fn config_and_key_are_mounted_where_the_node_config_points() {
+        let cluster = demo();
+        let ds = build(&cluster, Component::Proxy);
+        let volumes = pod(&ds).volumes.unwrap();
+        let key = volumes
+            .iter()
+            .find(|v| v.name == "key")
+            .unwrap()
+            .secret
+            .clone()
+            .unwrap();
+        assert_eq!(key.secret_name.as_deref(), Some("demo-dht-key"));
+        assert_eq!(key.items.unwrap()[0].path, KEY_FILE);
+        let mounts = container_of(&ds).volume_mounts.unwrap();
+        let key_mount = mounts.iter().find(|m| m.name == "key").unwrap();
+        let config = node_config(&cluster).unwrap();
+        assert_eq!(
+            config.dht.key_file,
+            std::path::Path::new(&key_mount.mount_path).join(KEY_FILE)
+        );
+        let cache = volumes
+            .iter()
+            .find(|v| v.name == "cache")
+            .unwrap()
+            .empty_dir
+            .clone()
+            .unwrap();
+        assert_eq!(cache.size_limit, Some(Quantity("1024Mi".into())));
+    }
+
+    #[test]
+    fn full_spec_reaches_the_pod() {
+        let mut cluster = demo();
+        cluster
+            .spec
+            .node_selector
+            .insert("edge".into(), "true".into());
+        cluster
+            .spec
+            .dns
+            .node_selector
+            .insert("dns".into(), "true".into());
+        cluster.spec.priority_class_name = Some("system-node-critical".into());
+        cluster.spec.proxy.host_port = Some(80);
+        cluster.spec.proxy.cache_disk_size.0 = "0".into();
+        cluster.spec.dns.exposure = DnsExposure::HostNetwork;
+
+        let proxy = build(&cluster, Component::Proxy);
+        assert_eq!(pod(&proxy).node_selector.unwrap().len(), 1);
+        assert_eq!(
+            pod(&proxy).priority_class_name.as_deref(),
+            Some("system-node-critical")
+        );
+        let http = container_of(&proxy)
+            .ports
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name.as_deref() == Some("http"))
+            .unwrap();
+        assert_eq!(http.host_port, Some(80));
+        assert!(
+            pod(&proxy)
+                .volumes
+                .unwrap()
+                .iter()
+                .all(|v| v.name != "cache"),
+            "no disk tier, no disk volume"
+        );
+        assert_eq!(pod(&proxy).host_network, None);
+
+        let dns = build(&cluster, Component::Dns);
+        let selector = pod(&dns).node_selector.unwrap();
+        assert_eq!(
+            (selector.get("edge"), selector.get("dns")),
+            (Some(&"true".to_owned()), Some(&"true".to_owned()))
+        );
+        assert_eq!(pod(&dns).host_network, Some(true));
+        assert_eq!(
+            pod(&dns).dns_policy.as_deref(),
+            Some("ClusterFirstWithHostNet")
+        );
+    }
+
+    #[test]
+    fn config_change_changes_the_pod_template() {
+        let cluster = demo();
+        let mut changed = demo();
+        changed.spec.dns.ttl_seconds = 5;
+        let hash = |c: &CoralCluster| {
+            build(c, Component::Proxy)
+                .spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_ne!(hash(&cluster), hash(&changed));
     }
 }

@@ -96,3 +96,90 @@ pub fn metrics_service(cluster: &CoralCluster) -> Service {
         ..Service::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::tests::demo;
+
+    fn spec_of(service: Service) -> ServiceSpec {
+        service.spec.unwrap()
+    }
+
+    #[test]
+    fn dns_service_follows_the_exposure_mode() {
+        for (exposure, kind, policy) in [
+            (DnsExposure::LoadBalancer, "LoadBalancer", Some("Local")),
+            (DnsExposure::NodePort, "NodePort", Some("Local")),
+            (DnsExposure::HostNetwork, "ClusterIP", None),
+        ] {
+            let mut cluster = demo();
+            cluster.spec.dns.exposure = exposure;
+            let spec = spec_of(dns_service(&cluster));
+            assert_eq!(spec.type_.as_deref(), Some(kind));
+            assert_eq!(spec.external_traffic_policy.as_deref(), policy);
+            let ports = spec.ports.unwrap();
+            let protocols: Vec<_> = ports.iter().map(|p| p.protocol.clone().unwrap()).collect();
+            assert_eq!(protocols, ["UDP", "TCP"]);
+            assert!(ports.iter().all(|p| p.port == 53));
+        }
+    }
+
+    #[test]
+    fn node_port_is_used_only_in_node_port_mode() {
+        let mut cluster = demo();
+        cluster.spec.dns.exposure = DnsExposure::NodePort;
+        cluster.spec.dns.node_port = Some(30053);
+        assert!(
+            spec_of(dns_service(&cluster))
+                .ports
+                .unwrap()
+                .iter()
+                .all(|p| p.node_port == Some(30053))
+        );
+        cluster.spec.dns.exposure = DnsExposure::LoadBalancer;
+        assert!(
+            spec_of(dns_service(&cluster))
+                .ports
+                .unwrap()
+                .iter()
+                .all(|p| p.node_port.is_none())
+        );
+    }
+
+    #[test]
+    fn dns_service_selects_dns_pods_and_carries_annotations() {
+        let mut cluster = demo();
+        cluster
+            .spec
+            .dns
+            .service_annotations
+            .insert("lb".into(), "nlb".into());
+        let service = dns_service(&cluster);
+        assert_eq!(service.metadata.annotations.unwrap()["lb"], "nlb");
+        let selector = service.spec.unwrap().selector.unwrap();
+        assert_eq!(selector["app.kubernetes.io/component"], "dns");
+        assert_eq!(selector["app.kubernetes.io/instance"], "demo");
+    }
+
+    #[test]
+    fn dht_service_is_headless_lists_unready_pods_and_selects_every_component() {
+        let spec = spec_of(dht_service(&demo()));
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        assert!(
+            !spec
+                .selector
+                .unwrap()
+                .contains_key("app.kubernetes.io/component")
+        );
+        assert_eq!(spec.ports.unwrap()[0].protocol.as_deref(), Some("UDP"));
+    }
+
+    #[test]
+    fn metrics_service_targets_the_admin_port() {
+        let port = spec_of(metrics_service(&demo())).ports.unwrap().remove(0);
+        assert_eq!(port.port, 9090);
+        assert_eq!(port.target_port, Some(IntOrString::String("admin".into())));
+    }
+}
