@@ -1,0 +1,19 @@
+// Command kube-scheduler is the upstream Kubernetes kube-scheduler (k8s.io/kubernetes v1.36.3),
+// built from Go modules so the Coral e2e tests can run a real control plane
+// on loopback without container images or downloaded release binaries.
+// It mirrors k8s.io/kubernetes/cmd/kube-scheduler/kube-scheduler.go; see ../../README.md.
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"          // JSON log format
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics
+	_ "k8s.io/component-base/metrics/prometheus/version"  // version metric
+	"k8s.io/kubernetes/cmd/kube-scheduler/app"
+)
+
+func main() {
+	os.Exit(cli.Run(app.NewSchedulerCommand()))
+}
