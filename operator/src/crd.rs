@@ -1,15 +1,16 @@
 //! The CustomResourceDefinition as shipped in `crds/`.
 //!
 //! The derive gives a CRD whose `spec` is required; Coral wants an object with nothing but a
-//! name to be a working CDN, so the spec gets an empty-object default and the API server's
-//! structural defaulting fills in every field below it.
+//! name to be a working CDN, so `spec` becomes optional with the whole default spec as its
+//! default. (An empty-object default would not do: the API server checks a default against
+//! the CEL rules as written, before nested defaults apply, and the spec's rules read fields.)
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSON, JSONSchemaProps,
+    CustomResourceDefinition, JSON,
 };
 use kube::CustomResourceExt;
 
-use crate::api::CoralCluster;
+use crate::api::{CoralCluster, CoralClusterSpec};
 
 /// The CRD of `CoralCluster`, exactly as `coral-operator crd` prints it.
 pub fn coral_cluster_crd() -> CustomResourceDefinition {
@@ -26,14 +27,13 @@ pub fn coral_cluster_crd() -> CustomResourceDefinition {
             required.retain(|field| field != "spec");
         }
         if let Some(spec) = root.properties.as_mut().and_then(|p| p.get_mut("spec")) {
-            default_to_empty_object(spec);
+            spec.default = Some(JSON(
+                serde_json::to_value(CoralClusterSpec::default())
+                    .expect("the default spec serialises"),
+            ));
         }
     }
     crd
-}
-
-fn default_to_empty_object(schema: &mut JSONSchemaProps) {
-    schema.default = Some(JSON(serde_json::json!({})));
 }
 
 /// The CRD as YAML, the content of `crds/coral.nyud.net_coralclusters.yaml`.

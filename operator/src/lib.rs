@@ -14,4 +14,5 @@ pub mod node_config;
 pub mod quantity;
 pub mod reconcile;
 pub mod resources;
+pub mod runtime;
 pub mod validate;

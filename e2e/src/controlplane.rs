@@ -1,0 +1,145 @@
+//! Starting and stopping the control plane of `e2e/controlplane` from Rust.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Why the control plane could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    /// A script could not be run or failed; its output went to stderr.
+    #[error("{script} failed ({status}); its log is above")]
+    Script {
+        /// The script.
+        script: PathBuf,
+        /// How it ended.
+        status: String,
+    },
+    /// The state directory could not be created.
+    #[error("cannot create a state directory: {0}")]
+    StateDir(#[source] std::io::Error),
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A running control plane; stopped when dropped.
+pub struct ControlPlane {
+    state: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+/// The directory of the control-plane scripts.
+pub fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane")
+}
+
+/// Builds the control-plane binaries if needed (minutes the first time, printing progress)
+/// and returns their directory.
+pub fn build() -> Result<PathBuf, ControlPlaneError> {
+    let script = scripts_dir().join("build.sh");
+    let output = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|err| ControlPlaneError::Script {
+            script: script.clone(),
+            status: err.to_string(),
+        })?;
+    if !output.status.success() {
+        return Err(ControlPlaneError::Script {
+            script,
+            status: output.status.to_string(),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Ok(PathBuf::from(
+        stdout.lines().last().unwrap_or_default().trim(),
+    ))
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback.
+    pub fn start() -> Result<Self, ControlPlaneError> {
+        let state = tempfile::Builder::new()
+            .prefix("coral-e2e-")
+            .tempdir()
+            .map_err(ControlPlaneError::StateDir)?;
+        Self::start_in(state)
+    }
+
+    /// Starts the control plane with its state in `state`.
+    pub fn start_in(state: tempfile::TempDir) -> Result<Self, ControlPlaneError> {
+        let bin = build()?;
+        let script = scripts_dir().join("start.sh");
+        let status = Command::new(&script)
+            .arg(state.path())
+            .env("CONTROLPLANE_BIN", bin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .map_err(|err| ControlPlaneError::Script {
+                script: script.clone(),
+                status: err.to_string(),
+            })?;
+        if !status.success() {
+            return Err(ControlPlaneError::Script {
+                script,
+                status: status.to_string(),
+            });
+        }
+        let kubeconfig = state.path().join("kubeconfig");
+        Ok(Self { state, kubeconfig })
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The state directory (logs, certificates, etcd data).
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// A client authenticated as cluster admin.
+    pub async fn client(&self) -> Result<Client, ControlPlaneError> {
+        let error = |message: String| ControlPlaneError::Kubeconfig {
+            path: self.kubeconfig.clone(),
+            message,
+        };
+        let kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|e| error(e.to_string()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| error(e.to_string()))?;
+        Client::try_from(config).map_err(|e| error(e.to_string()))
+    }
+
+    /// Stops every process of the control plane.
+    pub fn stop(&self) {
+        let script = scripts_dir().join("stop.sh");
+        match Command::new(&script)
+            .arg(self.state.path())
+            .stdout(Stdio::null())
+            .status()
+        {
+            Ok(status) if status.success() => {}
+            Ok(status) => eprintln!("{} ended with {status}", script.display()),
+            Err(err) => eprintln!("cannot run {}: {err}", script.display()),
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

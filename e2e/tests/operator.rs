@@ -1,0 +1,503 @@
+//! The operator against a real kube-apiserver, controller-manager and scheduler.
+//!
+//! Each test starts its own control plane on loopback (about 4 s), registers six fake Nodes in
+//! three zones and two regions, and runs the operator in-process as the binary does. Tests run
+//! one at a time: two cores do not host two control planes well.
+
+use std::time::Duration;
+
+use coral_e2e::controlplane::ControlPlane;
+use coral_e2e::nodes::{self, standard_topology};
+use coral_e2e::operator::{RunningOperator, install_crd};
+use coral_e2e::wait::eventually;
+use coral_operator::api::{CoralCluster, CoralClusterSpec};
+use coral_operator::runtime::LeaseOptions;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, Namespace, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::{Mutex, MutexGuard};
+
+const NAMESPACE: &str = "coral-e2e";
+const WAIT: Duration = Duration::from_secs(60);
+
+static ONE_CONTROL_PLANE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+struct Cluster {
+    client: Client,
+    _control_plane: ControlPlane,
+    _turn: MutexGuard<'static, ()>,
+}
+
+async fn cluster() -> Cluster {
+    let turn = ONE_CONTROL_PLANE_AT_A_TIME.lock().await;
+    let control_plane = ControlPlane::start().expect("control plane starts");
+    let client = control_plane.client().await.expect("admin client");
+    install_crd(&client).await.expect("CRD installs");
+    nodes::register(&client, &standard_topology())
+        .await
+        .expect("nodes register");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+    Cluster {
+        client,
+        _control_plane: control_plane,
+        _turn: turn,
+    }
+}
+
+fn api<K>(client: &Client) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(client.clone(), NAMESPACE)
+}
+
+fn example(name: &str) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../crds/examples/{name}.yaml"));
+    serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+async fn create_example(client: &Client, name: &str) -> Result<CoralCluster, kube::Error> {
+    let raw = example(name);
+    let dynamic: kube::api::DynamicObject = serde_json::from_value(raw).unwrap();
+    let resource = kube::api::ApiResource::erase::<CoralCluster>(&());
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+    let created = api.create(&PostParams::default(), &dynamic).await?;
+    Ok(serde_json::from_value(serde_json::to_value(created).unwrap()).unwrap())
+}
+
+fn condition(cluster: &CoralCluster, kind: &str) -> Option<Condition> {
+    cluster
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .cloned()
+}
+
+async fn wait_for_condition(
+    client: &Client,
+    name: &str,
+    kind: &str,
+    status: &str,
+    reason: &str,
+) -> CoralCluster {
+    let clusters: Api<CoralCluster> = api(client);
+    eventually(
+        &format!("{name}: {kind}={status} ({reason})"),
+        WAIT,
+        || async {
+            let cluster = clusters.get(name).await.map_err(|e| e.to_string())?;
+            match condition(&cluster, kind) {
+                Some(c) if c.status == status && c.reason == reason => Ok(cluster),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+async fn warning_events(client: &Client, name: &str) -> Vec<Event> {
+    let events: Api<Event> = api(client);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(name) && e.type_.as_deref() == Some("Warning")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn minimal_cluster_gets_every_owned_object_and_is_ready_only_when_all_pods_are() {
+    let env = cluster().await;
+    let client = &env.client;
+    let operator = RunningOperator::start(client, "operator-0", None)
+        .await
+        .unwrap();
+
+    let created = create_example(client, "minimal").await.unwrap();
+    assert_eq!(
+        created.spec,
+        CoralClusterSpec::default(),
+        "the API server fills every default into spec: {{}}"
+    );
+
+    let cluster = wait_for_condition(client, "minimal", "Ready", "False", "PodsNotReady").await;
+    let status = cluster.status.clone().unwrap();
+    assert_eq!(status.observed_generation, cluster.metadata.generation);
+    assert_eq!((status.desired_nodes, status.desired_dns_nodes), (6, 6));
+    assert_eq!(
+        condition(&cluster, "Progressing").unwrap().reason,
+        "RollingOut"
+    );
+    assert_eq!(condition(&cluster, "Degraded").unwrap().status, "False");
+
+    for name in ["minimal-proxy", "minimal-dns"] {
+        let ds = api::<DaemonSet>(client).get(name).await.unwrap();
+        assert_eq!(ds.owner_references()[0].name, "minimal");
+    }
+    api::<ServiceAccount>(client)
+        .get("minimal-node")
+        .await
+        .unwrap();
+    api::<Role>(client).get("minimal-node").await.unwrap();
+    api::<RoleBinding>(client)
+        .get("minimal-node")
+        .await
+        .unwrap();
+    for name in ["minimal-dns", "minimal-dht", "minimal-metrics"] {
+        api::<Service>(client).get(name).await.unwrap();
+    }
+    let config = api::<ConfigMap>(client)
+        .get("minimal-config")
+        .await
+        .unwrap();
+    let topology = &config.data.unwrap()["topology.yaml"];
+    assert!(
+        topology.contains("node-us-1a-2:\n  - us-1a\n  - us-1"),
+        "{topology}"
+    );
+    let key = api::<Secret>(client).get("minimal-dht-key").await.unwrap();
+    assert_eq!(key.data.unwrap()["key"].0.len(), 32);
+
+    // Play the kubelets: every pod the DaemonSets created (and the scheduler bound) comes up.
+    let pods: Api<Pod> = api(client);
+    let all_pods = eventually("12 node pods", WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=minimal"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let bound = list
+            .items
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .count();
+        if bound == 12 {
+            Ok(list.items)
+        } else {
+            Err(format!("{bound} bound"))
+        }
+    })
+    .await;
+    for (i, pod) in all_pods.iter().enumerate() {
+        nodes::mark_pod_ready(client, pod, &format!("10.244.0.{}", i + 10))
+            .await
+            .unwrap();
+    }
+    let ready = wait_for_condition(client, "minimal", "Ready", "True", "AllPodsReady").await;
+    let status = ready.status.unwrap();
+    assert_eq!((status.ready_nodes, status.ready_dns_nodes), (6, 6));
+    assert_eq!(status.dns_endpoints.len(), 6, "{:?}", status.dns_endpoints);
+    assert!(status.dns_endpoints.iter().all(|e| e.ends_with(":53")));
+
+    let metrics = operator.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("coral_operator_reconciles_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("coral_operator_managed_clusters{ready=\"true\"} 1"),
+        "{metrics}"
+    );
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn api_server_refuses_the_illegal_example_with_each_rule_message_and_accepts_the_full_one() {
+    let env = cluster().await;
+    let err = create_example(&env.client, "illegal")
+        .await
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "zone must be a lower-case DNS name",
+        "cacheMemorySize must be a positive quantity",
+        "cidr must be a network",
+        "health.timeout must not exceed health.interval",
+    ] {
+        assert!(err.contains(expected), "`{expected}` missing from: {err}");
+    }
+    let full = create_example(&env.client, "full").await.unwrap();
+    assert_eq!(full.spec.zone, "cdn.example.net");
+}
+
+#[tokio::test]
+async fn spec_the_node_cannot_use_is_degraded_with_an_event_and_recovers_when_fixed() {
+    let env = cluster().await;
+    let client = &env.client;
+    let operator = RunningOperator::start(client, "operator-0", None)
+        .await
+        .unwrap();
+    let mut spec = CoralClusterSpec::default();
+    // A valid quantity, but not a whole number of bytes: only the operator can catch it.
+    spec.proxy.max_object_size.0 = "1500m".into();
+    let clusters: Api<CoralCluster> = api(client);
+    clusters
+        .create(&PostParams::default(), &CoralCluster::new("odd", spec))
+        .await
+        .unwrap();
+
+    let degraded = wait_for_condition(client, "odd", "Degraded", "True", "InvalidSpec").await;
+    let message = condition(&degraded, "Degraded").unwrap().message;
+    assert!(
+        message.starts_with("spec.proxy.maxObjectSize: `1500m`"),
+        "{message}"
+    );
+    let events = eventually("a Warning event", WAIT, || async {
+        let events = warning_events(client, "odd").await;
+        if events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidSpec"))
+        {
+            Ok(events)
+        } else {
+            Err(format!("{events:?}"))
+        }
+    })
+    .await;
+    assert!(
+        events[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("maxObjectSize")
+    );
+    assert!(
+        api::<DaemonSet>(client)
+            .get_opt("odd-proxy")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing applied from a bad spec"
+    );
+    assert!(!operator.has_ended(), "a bad spec never stops the operator");
+
+    let mut fixed = clusters.get("odd").await.unwrap();
+    fixed.spec.proxy.max_object_size.0 = "10Mi".into();
+    clusters
+        .replace("odd", &PostParams::default(), &fixed)
+        .await
+        .unwrap();
+    wait_for_condition(client, "odd", "Degraded", "False", "AsExpected").await;
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn existing_key_is_used_as_is_and_a_short_key_is_refused_not_replaced() {
+    let env = cluster().await;
+    let client = &env.client;
+    let secrets: Api<Secret> = api(client);
+    let user_key = |name: &str, len: usize| Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("key".to_owned(), ByteString(vec![42; len]))].into()),
+        ..Secret::default()
+    };
+    secrets
+        .create(&PostParams::default(), &user_key("good-dht-key", 48))
+        .await
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &user_key("short-dht-key", 8))
+        .await
+        .unwrap();
+    let operator = RunningOperator::start(client, "operator-0", None)
+        .await
+        .unwrap();
+    let clusters: Api<CoralCluster> = api(client);
+    for name in ["good", "short"] {
+        clusters
+            .create(
+                &PostParams::default(),
+                &CoralCluster::new(name, CoralClusterSpec::default()),
+            )
+            .await
+            .unwrap();
+    }
+
+    wait_for_condition(client, "good", "Ready", "False", "PodsNotReady").await;
+    assert_eq!(
+        secrets.get("good-dht-key").await.unwrap().data.unwrap()["key"].0,
+        vec![42; 48]
+    );
+
+    let refused = wait_for_condition(client, "short", "Degraded", "True", "KeyRejected").await;
+    let message = condition(&refused, "Degraded").unwrap().message;
+    assert!(
+        message.contains("holds 8 bytes; a key needs at least 32"),
+        "{message}"
+    );
+    assert_eq!(
+        secrets.get("short-dht-key").await.unwrap().data.unwrap()["key"].0,
+        vec![42; 8],
+        "never rewritten"
+    );
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn standby_replica_takes_over_when_the_leader_shuts_down() {
+    let env = cluster().await;
+    let client = &env.client;
+    let lease = LeaseOptions {
+        name: "coral-operator".into(),
+        namespace: NAMESPACE.into(),
+    };
+    let first = RunningOperator::start(client, "operator-a", Some(lease.clone()))
+        .await
+        .unwrap();
+    let is_leader = |metrics: String| {
+        metrics
+            .lines()
+            .any(|line| line == "coral_operator_leader 1")
+    };
+    eventually("operator-a to lead", WAIT, || async {
+        let metrics = first.get("/metrics").await.map_err(|e| e.to_string())?;
+        if is_leader(metrics) {
+            Ok(())
+        } else {
+            Err("not leading".into())
+        }
+    })
+    .await;
+    let second = RunningOperator::start(client, "operator-b", Some(lease))
+        .await
+        .unwrap();
+    eventually("operator-b to be ready as a standby", WAIT, || async {
+        let ready = second.get("/readyz").await.map_err(|e| e.to_string())?;
+        if ready.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(ready)
+        }
+    })
+    .await;
+    assert!(
+        !is_leader(second.get("/metrics").await.unwrap()),
+        "only one replica leads"
+    );
+
+    let clusters: Api<CoralCluster> = api(client);
+    first.stop().await.unwrap();
+    eventually(
+        "operator-b to take over",
+        Duration::from_secs(30),
+        || async {
+            let metrics = second.get("/metrics").await.map_err(|e| e.to_string())?;
+            if is_leader(metrics) {
+                Ok(())
+            } else {
+                Err("not leading".into())
+            }
+        },
+    )
+    .await;
+    clusters
+        .create(
+            &PostParams::default(),
+            &CoralCluster::new("after", CoralClusterSpec::default()),
+        )
+        .await
+        .unwrap();
+    wait_for_condition(client, "after", "Progressing", "True", "RollingOut").await;
+    second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn operator_without_the_crd_says_how_to_install_it() {
+    let turn = ONE_CONTROL_PLANE_AT_A_TIME.lock().await;
+    let control_plane = ControlPlane::start().unwrap();
+    let client = control_plane.client().await.unwrap();
+    let operator = RunningOperator::start(&client, "operator-0", None)
+        .await
+        .unwrap();
+    let err = operator.stop().await.unwrap_err().to_string();
+    assert!(
+        err.contains("coral-operator crd | kubectl apply --server-side -f -"),
+        "{err}"
+    );
+    drop(turn);
+}
+
+#[tokio::test]
+async fn deleting_the_cluster_garbage_collects_what_it_owned() {
+    let env = cluster().await;
+    let client = &env.client;
+    let operator = RunningOperator::start(client, "operator-0", None)
+        .await
+        .unwrap();
+    let clusters: Api<CoralCluster> = api(client);
+    clusters
+        .create(
+            &PostParams::default(),
+            &CoralCluster::new("doomed", CoralClusterSpec::default()),
+        )
+        .await
+        .unwrap();
+    wait_for_condition(client, "doomed", "Ready", "False", "PodsNotReady").await;
+    clusters
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The garbage collector learns about a new CRD's objects on its next discovery (~30 s).
+    eventually(
+        "owned objects to be collected",
+        Duration::from_secs(120),
+        || async {
+            let left: Vec<String> = [
+                api::<DaemonSet>(client)
+                    .get_opt("doomed-proxy")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|o| o.name_any()),
+                api::<Service>(client)
+                    .get_opt("doomed-dns")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|o| o.name_any()),
+                api::<ConfigMap>(client)
+                    .get_opt("doomed-config")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|o| o.name_any()),
+                api::<Secret>(client)
+                    .get_opt("doomed-dht-key")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|o| o.name_any()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still there: {left:?}"))
+            }
+        },
+    )
+    .await;
+    operator.stop().await.unwrap();
+}
