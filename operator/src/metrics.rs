@@ -59,7 +59,7 @@ impl Metrics {
         .expect("valid metric");
         let leader = IntGauge::new(
             "coral_operator_leader",
-            "1 while this replica is the leader",
+            "Whether this replica leads (1) or stands by (0)",
         )
         .expect("valid metric");
         for collector in [
