@@ -33,7 +33,32 @@ pub fn coral_cluster_crd() -> CustomResourceDefinition {
             ));
         }
     }
-    crd
+    let mut value = serde_json::to_value(&crd).expect("a CRD serialises");
+    unwrap_descriptions(&mut value);
+    serde_json::from_value(value).expect("unwrapping descriptions keeps a valid CRD")
+}
+
+/// Joins the hard-wrapped lines of doc comments back into paragraphs, so that `kubectl
+/// explain` wraps descriptions to the reader's terminal instead of ours.
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|p| p.split('\n').collect::<Vec<_>>().join(" "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    _ => unwrap_descriptions(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }
 
 /// The CRD as YAML, the content of `crds/coral.nyud.net_coralclusters.yaml`.
@@ -44,4 +69,30 @@ pub fn coral_cluster_crd_yaml() -> String {
         "{header}{}",
         serde_norway::to_string(&coral_cluster_crd()).expect("a CRD serialises")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_is_optional_and_defaults_to_the_default_spec() {
+        let crd = serde_json::to_value(coral_cluster_crd()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let required = root["required"].as_array().cloned().unwrap_or_default();
+        assert!(!required.contains(&"spec".into()), "{required:?}");
+        assert_eq!(root["properties"]["spec"]["default"]["zone"], "nyud.net");
+    }
+
+    #[test]
+    fn descriptions_are_paragraphs_not_wrapped_lines() {
+        let crd = serde_json::to_value(coral_cluster_crd()).unwrap();
+        let proxy = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["proxy"];
+        let description = proxy["properties"]["serveStale"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(description.starts_with("How long past expiry a cached object is still served when its origin fails or times out"), "{description}");
+        assert!(!description.contains('\n'));
+    }
 }
