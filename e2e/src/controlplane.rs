@@ -44,24 +44,31 @@ pub fn scripts_dir() -> PathBuf {
 /// Builds the control-plane binaries if needed (minutes the first time, printing progress)
 /// and returns their directory.
 pub fn build() -> Result<PathBuf, ControlPlaneError> {
-    let script = scripts_dir().join("build.sh");
-    let output = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|err| ControlPlaneError::Script {
-            script: script.clone(),
-            status: err.to_string(),
-        })?;
+    let stdout = run_script("build.sh", |command| command)?;
+    Ok(PathBuf::from(
+        stdout.lines().last().unwrap_or_default().trim(),
+    ))
+}
+
+/// Runs a script of [`scripts_dir`] with its stderr shown to the user; returns its stdout.
+fn run_script(
+    name: &str,
+    configure: impl FnOnce(&mut Command) -> &mut Command,
+) -> Result<String, ControlPlaneError> {
+    let script = scripts_dir().join(name);
+    let mut command = Command::new(&script);
+    configure(command.stderr(Stdio::inherit()));
+    let output = command.output().map_err(|err| ControlPlaneError::Script {
+        script: script.clone(),
+        status: err.to_string(),
+    })?;
     if !output.status.success() {
         return Err(ControlPlaneError::Script {
             script,
             status: output.status.to_string(),
         });
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    Ok(PathBuf::from(
-        stdout.lines().last().unwrap_or_default().trim(),
-    ))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 impl ControlPlane {
@@ -77,23 +84,9 @@ impl ControlPlane {
     /// Starts the control plane with its state in `state`.
     pub fn start_in(state: tempfile::TempDir) -> Result<Self, ControlPlaneError> {
         let bin = build()?;
-        let script = scripts_dir().join("start.sh");
-        let status = Command::new(&script)
-            .arg(state.path())
-            .env("CONTROLPLANE_BIN", bin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .status()
-            .map_err(|err| ControlPlaneError::Script {
-                script: script.clone(),
-                status: err.to_string(),
-            })?;
-        if !status.success() {
-            return Err(ControlPlaneError::Script {
-                script,
-                status: status.to_string(),
-            });
-        }
+        run_script("start.sh", |command| {
+            command.arg(state.path()).env("CONTROLPLANE_BIN", bin)
+        })?;
         let kubeconfig = state.path().join("kubeconfig");
         Ok(Self { state, kubeconfig })
     }
@@ -125,15 +118,8 @@ impl ControlPlane {
 
     /// Stops every process of the control plane.
     pub fn stop(&self) {
-        let script = scripts_dir().join("stop.sh");
-        match Command::new(&script)
-            .arg(self.state.path())
-            .stdout(Stdio::null())
-            .status()
-        {
-            Ok(status) if status.success() => {}
-            Ok(status) => eprintln!("{} ended with {status}", script.display()),
-            Err(err) => eprintln!("cannot run {}: {err}", script.display()),
+        if let Err(err) = run_script("stop.sh", |command| command.arg(self.state.path())) {
+            eprintln!("{err}");
         }
     }
 }

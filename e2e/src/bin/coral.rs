@@ -9,13 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use coral_e2e::controlplane::ControlPlane;
-use coral_e2e::nodes::{self, standard_topology};
-use coral_e2e::operator::{RunningOperator, install_crd};
+use coral_e2e::cluster::LocalCluster;
+use coral_e2e::operator::RunningOperator;
 use coral_operator::api::{CoralCluster, CoralClusterSpec};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -47,28 +45,15 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "==> starting the Kubernetes control plane (the first run builds it from Go modules: ~7 min on 2 cores)"
     );
-    let control_plane = ControlPlane::start_in(state).context("starting the control plane")?;
-    let client = control_plane.client().await?;
-    let kubeconfig = control_plane.kubeconfig().display().to_string();
-
+    let local = LocalCluster::start_in(state, NAMESPACE)
+        .await
+        .context("starting the local cluster")?;
+    let client = local.client.clone();
+    let kubeconfig = local.control_plane.kubeconfig().display().to_string();
     eprintln!(
-        "==> registering 6 nodes in zones eu-1a, eu-1b (region eu-1) and us-1a (region us-1)"
+        "==> 6 nodes in zones eu-1a, eu-1b (region eu-1) and us-1a (region us-1); CRD installed; starting the operator"
     );
-    nodes::register(&client, &standard_topology()).await?;
-    eprintln!("==> installing the CoralCluster CRD and starting the operator");
-    install_crd(&client).await?;
     let operator = RunningOperator::start(&client, "coral-up", None).await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NAMESPACE.into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await?;
     let clusters: Api<CoralCluster> = Api::namespaced(client.clone(), NAMESPACE);
     clusters
         .create(
@@ -97,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     }
     operator.stop().await?;
     eprintln!("==> stopping the control plane");
-    drop(control_plane);
+    drop(local);
     Ok(())
 }
 

@@ -1,0 +1,66 @@
+//! A local cluster ready for Coral: the control plane, six nodes, the CRD and a namespace.
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+use crate::controlplane::{ControlPlane, ControlPlaneError};
+use crate::nodes::{self, standard_topology};
+use crate::operator::install_crd;
+
+/// Why the local cluster could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalClusterError {
+    /// The control plane did not start.
+    #[error(transparent)]
+    ControlPlane(#[from] ControlPlaneError),
+    /// A call to the API server failed while preparing it.
+    #[error("preparing the cluster: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// A running control plane with the standard six nodes, the CoralCluster CRD and one namespace.
+pub struct LocalCluster {
+    /// An admin client.
+    pub client: Client,
+    /// The control plane; stopped when the cluster is dropped.
+    pub control_plane: ControlPlane,
+}
+
+impl LocalCluster {
+    /// Starts a control plane with its state in `state` and prepares it, creating `namespace`.
+    pub async fn start_in(
+        state: tempfile::TempDir,
+        namespace: &str,
+    ) -> Result<Self, LocalClusterError> {
+        Self::prepare(ControlPlane::start_in(state)?, namespace).await
+    }
+
+    /// Starts and prepares a cluster whose state lives in a temporary directory.
+    pub async fn start(namespace: &str) -> Result<Self, LocalClusterError> {
+        Self::prepare(ControlPlane::start()?, namespace).await
+    }
+
+    async fn prepare(
+        control_plane: ControlPlane,
+        namespace: &str,
+    ) -> Result<Self, LocalClusterError> {
+        let client = control_plane.client().await?;
+        nodes::register(&client, &standard_topology()).await?;
+        install_crd(&client).await?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let object = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        namespaces.create(&PostParams::default(), &object).await?;
+        Ok(Self {
+            client,
+            control_plane,
+        })
+    }
+}
