@@ -2,9 +2,16 @@
 //! `dns.nodeSelector` also matches.
 //!
 //! Both run the same image with different roles. The pods are locked down (non-root,
-//! read-only root filesystem, no capabilities but `NET_BIND_SERVICE` when a port is below
-//! 1024, seccomp `RuntimeDefault`), read everything they need from mounted files, and only the
-//! DNS pods get an API token (for EndpointSlices).
+//! read-only root filesystem, every capability dropped, seccomp `RuntimeDefault`), read
+//! everything they need from mounted files, and only the DNS pods get an API token (for
+//! EndpointSlices).
+//!
+//! Binding a port below 1024 (DNS on 53) as non-root: a pod with its own network namespace
+//! lowers `net.ipv4.ip_unprivileged_port_start` for itself (a namespaced, "safe" sysctl) and
+//! needs no capability at all. A `hostNetwork` pod cannot set that sysctl, so it gets
+//! `NET_BIND_SERVICE`; since container runtimes do not raise capabilities to the ambient set
+//! of a non-root process, the node image carries the file capability `cap_net_bind_service`
+//! on its binary for that case.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +21,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    SecurityContext, Sysctl, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -59,6 +66,7 @@ fn pod_template(
     let spec = &cluster.spec;
     let names = ClusterNames::of(cluster);
     let host_network = component == Component::Dns && spec.dns.exposure == DnsExposure::HostNetwork;
+    let grant = low_port_grant(&ports(cluster, component), host_network);
     let mut node_selector = spec.node_selector.clone();
     if component == Component::Dns {
         node_selector.extend(spec.dns.node_selector.clone());
@@ -93,20 +101,50 @@ fn pod_template(
                     type_: "RuntimeDefault".to_owned(),
                     ..SeccompProfile::default()
                 }),
+                sysctls: match grant {
+                    LowPortGrant::Sysctl(lowest) => Some(vec![Sysctl {
+                        name: "net.ipv4.ip_unprivileged_port_start".to_owned(),
+                        value: lowest.to_string(),
+                    }]),
+                    LowPortGrant::NotNeeded | LowPortGrant::Capability => None,
+                },
                 ..PodSecurityContext::default()
             }),
             termination_grace_period_seconds: Some(30),
-            containers: vec![container(cluster, component, config)],
+            containers: vec![container(cluster, component, config, grant)],
             volumes: Some(volumes(cluster, component, config)),
             ..PodSpec::default()
         }),
     }
 }
 
-fn container(cluster: &CoralCluster, component: Component, config: &NodeConfig) -> Container {
+/// How a pod may bind ports below 1024 without running as root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LowPortGrant {
+    /// Every port is 1024 or above.
+    NotNeeded,
+    /// The pod's own network namespace lets unprivileged processes bind from this port up.
+    Sysctl(i32),
+    /// A host-network pod needs `NET_BIND_SERVICE`.
+    Capability,
+}
+
+fn low_port_grant(ports: &[ContainerPort], host_network: bool) -> LowPortGrant {
+    match ports.iter().map(|p| p.container_port).min() {
+        Some(lowest) if lowest < 1024 && host_network => LowPortGrant::Capability,
+        Some(lowest) if lowest < 1024 => LowPortGrant::Sysctl(lowest),
+        _ => LowPortGrant::NotNeeded,
+    }
+}
+
+fn container(
+    cluster: &CoralCluster,
+    component: Component,
+    config: &NodeConfig,
+    grant: LowPortGrant,
+) -> Container {
     let spec = &cluster.spec;
     let ports = ports(cluster, component);
-    let binds_privileged_port = ports.iter().any(|p| p.container_port < 1024);
     let roles = match component {
         Component::Proxy => "proxy,dht",
         Component::Dns => "dns,dht",
@@ -166,7 +204,8 @@ fn container(cluster: &CoralCluster, component: Component, config: &NodeConfig) 
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".to_owned()]),
-                add: binds_privileged_port.then(|| vec!["NET_BIND_SERVICE".to_owned()]),
+                add: (grant == LowPortGrant::Capability)
+                    .then(|| vec!["NET_BIND_SERVICE".to_owned()]),
             }),
             ..SecurityContext::default()
         }),
@@ -361,14 +400,17 @@ mod tests {
     }
 
     #[test]
-    fn dns_pods_may_bind_port_53_and_read_the_api() {
+    fn dns_pods_bind_port_53_through_their_own_sysctl_not_a_capability() {
         let ds = build(&demo(), Component::Dns);
+        let sysctls = pod(&ds).security_context.unwrap().sysctls.unwrap();
+        assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+        assert_eq!(sysctls[0].value, "53");
         let capabilities = container_of(&ds)
             .security_context
             .unwrap()
             .capabilities
             .unwrap();
-        assert_eq!(capabilities.add, Some(vec!["NET_BIND_SERVICE".to_owned()]));
+        assert_eq!(capabilities.add, None);
         assert_eq!(pod(&ds).automount_service_account_token, Some(true));
         let ports = container_of(&ds).ports.unwrap();
         assert!(
@@ -381,6 +423,38 @@ mod tests {
                 .iter()
                 .any(|p| p.name.as_deref() == Some("dns-tcp")
                     && p.protocol.as_deref() == Some("TCP"))
+        );
+    }
+
+    #[test]
+    fn host_network_dns_pods_get_net_bind_service_and_no_sysctl() {
+        let mut cluster = demo();
+        cluster.spec.dns.exposure = DnsExposure::HostNetwork;
+        let ds = build(&cluster, Component::Dns);
+        assert_eq!(pod(&ds).security_context.unwrap().sysctls, None);
+        let capabilities = container_of(&ds)
+            .security_context
+            .unwrap()
+            .capabilities
+            .unwrap();
+        assert_eq!(capabilities.add, Some(vec!["NET_BIND_SERVICE".to_owned()]));
+        assert_eq!(capabilities.drop, Some(vec!["ALL".to_owned()]));
+    }
+
+    #[test]
+    fn unprivileged_ports_need_no_grant() {
+        let mut cluster = demo();
+        cluster.spec.dns.port = 5353;
+        let ds = build(&cluster, Component::Dns);
+        assert_eq!(pod(&ds).security_context.unwrap().sysctls, None);
+        assert_eq!(
+            container_of(&ds)
+                .security_context
+                .unwrap()
+                .capabilities
+                .unwrap()
+                .add,
+            None
         );
     }
 
