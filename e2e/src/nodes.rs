@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -26,19 +26,22 @@ pub struct FakeNode {
     pub zone: String,
     /// Value of the region label.
     pub region: String,
+    /// The node's InternalIP: a documentation address (192.0.2.0/24) that nothing dials.
+    pub address: String,
 }
 
 /// Six nodes in three zones across two regions: two per zone; zones `eu-1a` and `eu-1b` in
-/// region `eu-1`, zone `us-1a` in region `us-1`.
+/// region `eu-1`, zone `us-1a` in region `us-1`; addresses 192.0.2.1 to 192.0.2.6.
 pub fn standard_topology() -> Vec<FakeNode> {
     [("eu-1a", "eu-1"), ("eu-1b", "eu-1"), ("us-1a", "us-1")]
         .iter()
-        .flat_map(|(zone, region)| {
-            (1..=2).map(move |i| FakeNode {
-                name: format!("node-{zone}-{i}"),
-                zone: (*zone).to_owned(),
-                region: (*region).to_owned(),
-            })
+        .flat_map(|(zone, region)| (1..=2).map(move |i| (*zone, *region, i)))
+        .enumerate()
+        .map(|(n, (zone, region, i))| FakeNode {
+            name: format!("node-{zone}-{i}"),
+            zone: zone.to_owned(),
+            region: region.to_owned(),
+            address: format!("192.0.2.{}", n + 1),
         })
         .collect()
 }
@@ -71,6 +74,8 @@ pub async fn register(client: &Client, nodes: &[FakeNode]) -> kube::Result<()> {
         let status = json!({"status": {
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                             "message": "coral e2e node", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "addresses": [{"type": "InternalIP", "address": node.address},
+                          {"type": "Hostname", "address": node.name}],
             "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
             "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
         }});
@@ -80,14 +85,30 @@ pub async fn register(client: &Client, nodes: &[FakeNode]) -> kube::Result<()> {
     Ok(())
 }
 
-/// Marks a pod Running and Ready with `ip`, as its kubelet would once the container is up.
+/// Marks a pod Running and Ready with `ip`, on its node's InternalIP, as its kubelet would once
+/// the container is up.
 pub async fn mark_pod_ready(client: &Client, pod: &Pod, ip: &str) -> kube::Result<()> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
+    let node_name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    let node = Api::<Node>::all(client.clone()).get(&node_name).await?;
+    let host_ip = node
+        .status
+        .and_then(|s| s.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address)
+        .unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let status = json!({"status": {
         "phase": "Running",
+        "hostIP": host_ip,
         "podIP": ip,
         "podIPs": [{"ip": ip}],
         "startTime": now,
@@ -99,4 +120,53 @@ pub async fn mark_pod_ready(client: &Client, pod: &Pod, ip: &str) -> kube::Resul
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
         .await
         .map(drop)
+}
+
+/// Plays the kubelets for one round: every pod of `instance` bound to a node and not yet
+/// ready is marked ready, and every pod being deleted is let go (a kubelet confirms the
+/// deletion once its containers stop). Returns how many live pods are bound.
+pub async fn ready_bound_pods(
+    client: &Client,
+    namespace: &str,
+    instance: &str,
+) -> kube::Result<usize> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={instance}")))
+        .await?;
+    let mut bound = 0;
+    for pod in &list.items {
+        if pod.metadata.deletion_timestamp.is_some() {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let now = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            pods.delete(&name, &now).await?;
+            continue;
+        }
+        if pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_none()
+        {
+            continue;
+        }
+        bound += 1;
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !ready {
+            mark_pod_ready(
+                client,
+                pod,
+                &format!("10.244.{}.{}", bound / 250, bound % 250 + 2),
+            )
+            .await?;
+        }
+    }
+    Ok(bound)
 }

@@ -11,13 +11,15 @@ use coral_e2e::controlplane::ControlPlane;
 use coral_e2e::nodes;
 use coral_e2e::operator::RunningOperator;
 use coral_e2e::wait::eventually;
-use coral_operator::api::{CoralCluster, CoralClusterSpec};
+use coral_operator::api::{CoralCluster, CoralClusterSpec, DnsExposure};
 use coral_operator::runtime::LeaseOptions;
 use coral_operator::validate::{SpecError, check_rules, schema};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::core::cel::apply_defaults;
@@ -107,6 +109,25 @@ async fn wait_for_condition(
     .await
 }
 
+/// Marks pods ready, as kubelets would, until the cluster's current generation is Ready.
+async fn ready_with_kubelets(client: &Client, name: &str) -> CoralCluster {
+    let clusters: Api<CoralCluster> = api(client);
+    eventually(&format!("{name} to become Ready"), WAIT, || async {
+        nodes::ready_bound_pods(client, NAMESPACE, name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let cluster = clusters.get(name).await.map_err(|e| e.to_string())?;
+        let ready = condition(&cluster, "Ready");
+        let current = cluster.status.as_ref().and_then(|s| s.observed_generation)
+            == cluster.metadata.generation;
+        match ready {
+            Some(c) if current && c.status == "True" => Ok(cluster),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
 async fn warning_events(client: &Client, name: &str) -> Vec<Event> {
     let events: Api<Event> = api(client);
     let list = events.list(&ListParams::default()).await.unwrap();
@@ -172,34 +193,39 @@ async fn minimal_cluster_gets_every_owned_object_and_is_ready_only_when_all_pods
     assert_eq!(key.data.unwrap()["key"].0.len(), 32);
 
     // Play the kubelets: every pod the DaemonSets created (and the scheduler bound) comes up.
-    let pods: Api<Pod> = api(client);
-    let all_pods = eventually("12 node pods", WAIT, || async {
-        let list = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/instance=minimal"))
-            .await
-            .map_err(|e| e.to_string())?;
-        let bound = list
-            .items
-            .iter()
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
-            .count();
-        if bound == 12 {
-            Ok(list.items)
-        } else {
-            Err(format!("{bound} bound"))
-        }
-    })
-    .await;
-    for (i, pod) in all_pods.iter().enumerate() {
-        nodes::mark_pod_ready(client, pod, &format!("10.244.0.{}", i + 10))
-            .await
-            .unwrap();
-    }
-    let ready = wait_for_condition(client, "minimal", "Ready", "True", "AllPodsReady").await;
+    let ready = ready_with_kubelets(client, "minimal").await;
     let status = ready.status.unwrap();
     assert_eq!((status.ready_nodes, status.ready_dns_nodes), (6, 6));
-    assert_eq!(status.dns_endpoints.len(), 6, "{:?}", status.dns_endpoints);
-    assert!(status.dns_endpoints.iter().all(|e| e.ends_with(":53")));
+    assert!(
+        status.dns_endpoints.is_empty(),
+        "no load balancer here: {:?}",
+        status.dns_endpoints
+    );
+    assert!(
+        warning_events(client, "minimal").await.is_empty(),
+        "a healthy rollout warns no one"
+    );
+
+    // A spec change rolls the pods out again; resolvers then reach DNS on the nodes.
+    let clusters: Api<CoralCluster> = api(client);
+    let mut changed = clusters.get("minimal").await.unwrap();
+    changed.spec.dns.exposure = DnsExposure::HostNetwork;
+    let generation = clusters
+        .replace("minimal", &PostParams::default(), &changed)
+        .await
+        .unwrap()
+        .metadata
+        .generation;
+    let rolled = ready_with_kubelets(client, "minimal").await;
+    let status = rolled.status.unwrap();
+    assert_eq!(status.observed_generation, generation);
+    let node_addresses: Vec<String> = (1..=6).map(|n| format!("192.0.2.{n}:53")).collect();
+    assert_eq!(status.dns_endpoints, node_addresses);
+    let dns = api::<DaemonSet>(client).get("minimal-dns").await.unwrap();
+    assert_eq!(
+        dns.spec.unwrap().template.spec.unwrap().host_network,
+        Some(true)
+    );
 
     let metrics = operator.get("/metrics").await.unwrap();
     assert!(
@@ -351,6 +377,94 @@ async fn existing_key_is_used_as_is_and_a_short_key_is_refused_not_replaced() {
         vec![42; 8],
         "never rewritten"
     );
+
+    // The key in use disappears: the operator asks instead of splitting the cluster.
+    secrets
+        .delete("good-dht-key", &DeleteParams::default())
+        .await
+        .unwrap();
+    let missing = wait_for_condition(client, "good", "Degraded", "True", "KeyMissing").await;
+    let message = condition(&missing, "Degraded").unwrap().message;
+    assert!(
+        message.contains("re-create good-dht-key with the old key"),
+        "{message}"
+    );
+    assert!(
+        secrets.get_opt("good-dht-key").await.unwrap().is_none(),
+        "no key invented"
+    );
+    secrets
+        .create(&PostParams::default(), &user_key("good-dht-key", 48))
+        .await
+        .unwrap();
+    wait_for_condition(client, "good", "Degraded", "False", "AsExpected").await;
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_apply_is_degraded_with_an_event_retried_with_backoff_and_recovers() {
+    let env = cluster().await;
+    let client = &env.client;
+    let operator = RunningOperator::start(client, "operator-0", None)
+        .await
+        .unwrap();
+    let mut spec = CoralClusterSpec::default();
+    // Passes the CRD, but the API server refuses a DaemonSet whose request exceeds its limit.
+    let memory = |q: &str| [("memory".to_owned(), Quantity(q.into()))].into();
+    spec.resources = Some(ResourceRequirements {
+        requests: Some(memory("1Gi")),
+        limits: Some(memory("512Mi")),
+        ..ResourceRequirements::default()
+    });
+    let clusters: Api<CoralCluster> = api(client);
+    clusters
+        .create(&PostParams::default(), &CoralCluster::new("strict", spec))
+        .await
+        .unwrap();
+
+    let failed = wait_for_condition(client, "strict", "Degraded", "True", "ApiFailed").await;
+    let message = condition(&failed, "Degraded").unwrap().message;
+    assert!(
+        message.starts_with("applying DaemonSet strict-proxy"),
+        "{message}"
+    );
+    assert!(
+        message.contains("must be less than or equal to memory limit"),
+        "{message}"
+    );
+    eventually("an ApiFailed event", WAIT, || async {
+        let events = warning_events(client, "strict").await;
+        let found = events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ApiFailed"));
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
+    })
+    .await;
+
+    // Backoff (2 s, 4 s, 8 s, ...) bounds the retries: status writes must not retrigger them.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let metrics = operator.get("/metrics").await.unwrap();
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("coral_operator_reconciles_total{result=\"error\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        (2..=6).contains(&errors),
+        "{errors} failed reconciles in ~10 s"
+    );
+
+    let mut fixed = clusters.get("strict").await.unwrap();
+    fixed.spec.resources = None;
+    clusters
+        .replace("strict", &PostParams::default(), &fixed)
+        .await
+        .unwrap();
+    wait_for_condition(client, "strict", "Degraded", "False", "AsExpected").await;
     operator.stop().await.unwrap();
 }
 

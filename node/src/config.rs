@@ -8,6 +8,11 @@
 //! Node topology (which zone and region each Kubernetes node is in) lives in a second file of
 //! the same ConfigMap, [`Topology`], so that a node relabel does not change the configuration
 //! hash and roll every pod.
+//!
+//! Fields a node does not know are ignored and reported, not refused: an operator newer than
+//! a pinned node image may write fields the node has never heard of, and the node must keep
+//! serving rather than crash-loop (the original CoralCDN's lesson: nodes keep working when
+//! the manager sends something unexpected).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,7 +31,7 @@ pub const KEY_FILE: &str = "key";
 
 /// Everything a Coral node needs to know to play its roles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeConfig {
     /// DNS zone the cluster serves, such as `nyud.net`; origins are named `<origin>.<zone>`.
     pub zone: String,
@@ -46,7 +51,7 @@ pub struct NodeConfig {
 
 /// Settings of the caching proxy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ProxyConfig {
     /// Port the proxy serves HTTP on inside the pod.
     pub http_port: u16,
@@ -75,7 +80,7 @@ pub struct ProxyConfig {
 
 /// Timeouts of one origin fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct OriginTimeouts {
     /// Time allowed to establish the TCP (and TLS) connection.
     #[serde(with = "humantime_serde")]
@@ -90,7 +95,7 @@ pub struct OriginTimeouts {
 
 /// A token-bucket rate limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// Sustained requests per second.
     pub requests_per_second: u32,
@@ -100,7 +105,7 @@ pub struct RateLimit {
 
 /// Settings of the authoritative DNS server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DnsConfig {
     /// UDP and TCP port the DNS server listens on inside the pod.
     pub port: u16,
@@ -116,7 +121,7 @@ pub struct DnsConfig {
 
 /// A name server published for the zone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NameServer {
     /// Fully qualified host name of the name server.
     pub name: String,
@@ -126,7 +131,7 @@ pub struct NameServer {
 
 /// The locality hierarchy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LocalityConfig {
     /// Node label keys naming the locality levels, most local first
     /// (by default `topology.kubernetes.io/zone`, then `topology.kubernetes.io/region`).
@@ -137,7 +142,7 @@ pub struct LocalityConfig {
 
 /// A client network and its place in the locality hierarchy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ClientNetwork {
     /// The network, such as `192.0.2.0/24`.
     pub cidr: IpNet,
@@ -148,7 +153,7 @@ pub struct ClientNetwork {
 
 /// Settings of the DHT node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DhtConfig {
     /// UDP port of the DHT.
     pub port: u16,
@@ -162,7 +167,7 @@ pub struct DhtConfig {
 
 /// Health checking of proxies, used by DNS to eject and readmit them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HealthConfig {
     /// Time between two probes of one proxy.
     #[serde(with = "humantime_serde")]
@@ -179,7 +184,7 @@ pub struct HealthConfig {
 /// Where every Kubernetes node sits in the locality hierarchy:
 /// node name to the values of the locality label keys, most local first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Topology {
     /// Node name to locality values, in the order of [`LocalityConfig::label_keys`];
     /// an empty string marks a node without that label.
@@ -219,18 +224,28 @@ pub enum ConfigError {
     },
 }
 
+/// A file as read: its value and the dotted paths of fields this node does not know.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded<T> {
+    /// The value.
+    pub value: T,
+    /// Fields present in the file but unknown to this version, such as `proxy.newSetting`.
+    pub ignored_fields: Vec<String>,
+}
+
 impl NodeConfig {
     /// Reads and checks a node configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = load_yaml(path)?;
-        config
+    pub fn load(path: &Path) -> Result<Loaded<Self>, ConfigError> {
+        let loaded: Loaded<Self> = load_yaml(path)?;
+        loaded
+            .value
             .check()
             .map_err(|(field, problem)| ConfigError::Invalid {
                 path: path.to_owned(),
                 field,
                 problem,
             })?;
-        Ok(config)
+        Ok(loaded)
     }
 
     /// Serialises the configuration as the YAML the node reads.
@@ -286,7 +301,7 @@ impl NodeConfig {
 
 impl Topology {
     /// Reads a topology file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Loaded<Self>, ConfigError> {
         load_yaml(path)
     }
 
@@ -297,7 +312,7 @@ impl Topology {
 }
 
 /// Reads a YAML file, naming the offending field on error.
-fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Loaded<T>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -310,11 +325,18 @@ fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigErr
 }
 
 /// Parses YAML text, returning the dotted path of the offending field on error.
-fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<Loaded<T>, (String, String)> {
+    let mut ignored_fields = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| ignored_fields.push(path.to_string());
     let deserializer = serde_norway::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+    let tracking = serde_ignored::Deserializer::new(deserializer, &mut record);
+    let value = serde_path_to_error::deserialize(tracking).map_err(|err| {
         let field = err.path().to_string();
         (field, err.into_inner().to_string())
+    })?;
+    Ok(Loaded {
+        value,
+        ignored_fields,
     })
 }
 
@@ -390,7 +412,9 @@ mod tests {
     #[test]
     fn written_config_loads_back_unchanged() {
         let (_dir, path) = write(&sample().to_yaml());
-        assert_eq!(NodeConfig::load(&path).unwrap(), sample());
+        let loaded = NodeConfig::load(&path).unwrap();
+        assert_eq!(loaded.value, sample());
+        assert!(loaded.ignored_fields.is_empty());
     }
 
     #[test]
@@ -411,13 +435,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_field_is_refused_by_name() {
+    fn fields_from_a_newer_operator_are_ignored_and_named() {
         let yaml = sample()
             .to_yaml()
-            .replace("zone: nyud.net", "zone: nyud.net\nzoen: typo");
-        let (_dir, path) = write(&yaml);
-        let err = NodeConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("zoen"), "{err}");
+            .replace("httpPort: 8080", "httpPort: 8080\n  http3Port: 8443");
+        let (_dir, path) = write(&format!("{yaml}futureRole: {{}}\n"));
+        let loaded = NodeConfig::load(&path).unwrap();
+        assert_eq!(loaded.value, sample());
+        assert_eq!(loaded.ignored_fields, ["proxy.http3Port", "futureRole"]);
     }
 
     #[test]
@@ -459,6 +484,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(TOPOLOGY_FILE);
         std::fs::write(&path, topology.to_yaml()).unwrap();
-        assert_eq!(Topology::load(&path).unwrap(), topology);
+        assert_eq!(Topology::load(&path).unwrap().value, topology);
     }
 }

@@ -34,7 +34,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => match NodeConfig::load(&config) {
-            Ok(_) => {
+            Ok(loaded) => {
+                for field in &loaded.ignored_fields {
+                    eprintln!(
+                        "warning: {}: field `{field}` is unknown to this node version and ignored",
+                        config.display()
+                    );
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

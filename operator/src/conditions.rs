@@ -2,11 +2,13 @@
 //!
 //! Pure: given the previous status, the outcome of this reconcile and the DaemonSets as the API
 //! server returned them, it computes the new status. `Ready` is claimed only when every
-//! DaemonSet has rolled out the current template and all its pods are ready.
+//! DaemonSet has rolled out the current template and all its pods are ready; nothing is
+//! concluded from a DaemonSet the DaemonSet controller has not looked at yet.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::api::reasons::*;
 use crate::api::{CoralClusterStatus, condition_types};
 
 /// How far this reconcile got.
@@ -18,15 +20,17 @@ pub enum Outcome {
         proxy: Box<DaemonSet>,
         /// The DNS DaemonSet.
         dns: Box<DaemonSet>,
-        /// Addresses of ready DNS pods and load balancers.
+        /// Where resolvers reach ready DNS servers.
         dns_endpoints: Vec<String>,
     },
     /// The spec cannot be acted on; nothing was applied.
     InvalidSpec(String),
     /// The shared-key Secret exists but cannot be used.
     KeyRejected(String),
-    /// Applying an object failed.
-    ApplyFailed(String),
+    /// The shared-key Secret in use has disappeared.
+    KeyMissing(String),
+    /// A call to the API server failed.
+    ApiFailed(String),
 }
 
 impl Outcome {
@@ -34,9 +38,10 @@ impl Outcome {
     pub fn problem(&self) -> Option<(&'static str, &str)> {
         match self {
             Self::Applied { .. } => None,
-            Self::InvalidSpec(message) => Some(("InvalidSpec", message)),
-            Self::KeyRejected(message) => Some(("KeyRejected", message)),
-            Self::ApplyFailed(message) => Some(("ApplyFailed", message)),
+            Self::InvalidSpec(message) => Some((INVALID_SPEC, message)),
+            Self::KeyRejected(message) => Some((KEY_REJECTED, message)),
+            Self::KeyMissing(message) => Some((KEY_MISSING, message)),
+            Self::ApiFailed(message) => Some((API_FAILED, message)),
         }
     }
 }
@@ -44,6 +49,8 @@ impl Outcome {
 /// Rollout state of one DaemonSet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Rollout {
+    /// The DaemonSet controller has computed a status for the current generation.
+    observed: bool,
     desired: i32,
     ready: i32,
     up_to_date: bool,
@@ -55,12 +62,13 @@ impl Rollout {
             return Self::default();
         };
         let generation = daemon_set.metadata.generation.unwrap_or_default();
+        let observed = status.observed_generation.unwrap_or_default() >= generation;
         let desired = status.desired_number_scheduled;
         Self {
+            observed,
             desired,
             ready: status.number_ready,
-            up_to_date: status.observed_generation.unwrap_or_default() >= generation
-                && status.updated_number_scheduled.unwrap_or_default() == desired,
+            up_to_date: observed && status.updated_number_scheduled.unwrap_or_default() == desired,
         }
     }
 
@@ -69,12 +77,14 @@ impl Rollout {
     }
 }
 
-/// One condition's status, reason and message.
+/// One condition's status, reason, message and the generation it speaks about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Verdict {
     status: String,
     reason: String,
     message: String,
+    /// `None`: the generation this reconcile observed.
+    generation: Option<Option<i64>>,
 }
 
 impl Verdict {
@@ -83,6 +93,17 @@ impl Verdict {
             status: status.to_owned(),
             reason: reason.to_owned(),
             message: message.into(),
+            generation: None,
+        }
+    }
+
+    /// The condition as it was, still about the generation it was about.
+    fn unchanged(condition: &Condition) -> Self {
+        Self {
+            status: condition.status.clone(),
+            reason: condition.reason.clone(),
+            message: condition.message.clone(),
+            generation: Some(condition.observed_generation),
         }
     }
 }
@@ -91,16 +112,20 @@ impl Verdict {
 type Verdicts = [Verdict; 3];
 
 /// The status after a reconcile with `outcome` of an object at `generation`.
+/// `key_in_use` names the key Secret when this reconcile handed it to pods; otherwise the
+/// previous name stays.
 pub fn next_status(
     previous: Option<&CoralClusterStatus>,
     generation: Option<i64>,
-    key_secret_name: &str,
+    key_in_use: Option<&str>,
     outcome: &Outcome,
     now: &Time,
 ) -> CoralClusterStatus {
     let mut status = previous.cloned().unwrap_or_default();
     status.observed_generation = generation;
-    status.key_secret_name = Some(key_secret_name.to_owned());
+    if let Some(name) = key_in_use {
+        status.key_secret_name = Some(name.to_owned());
+    }
     let verdicts = match outcome {
         Outcome::Applied {
             proxy,
@@ -115,19 +140,24 @@ pub fn next_status(
             status.dns_endpoints = dns_endpoints.clone();
             rollout_verdicts(proxy, dns)
         }
-        Outcome::InvalidSpec(message) => blocked("InvalidSpec", message, "fix the spec to resume"),
+        Outcome::InvalidSpec(message) => blocked(INVALID_SPEC, message, "fix the spec to resume"),
         Outcome::KeyRejected(message) => {
-            blocked("KeyRejected", message, "fix the key Secret to resume")
+            blocked(KEY_REJECTED, message, "fix the key Secret to resume")
         }
-        Outcome::ApplyFailed(message) => {
-            // The pods may still serve: an apply failure says nothing new about readiness.
-            let ready = find(&status.conditions, condition_types::READY)
-                .map(|c| Verdict::new(&c.status, &c.reason, c.message.clone()))
-                .unwrap_or_else(|| Verdict::new("Unknown", "ApplyFailed", message.clone()));
+        Outcome::KeyMissing(message) => {
+            blocked(KEY_MISSING, message, "create the key Secret to resume")
+        }
+        Outcome::ApiFailed(message) => {
+            // The pods may still serve: a failed call says nothing new about readiness, and
+            // the old verdict keeps naming the generation it was about.
+            let ready = status
+                .condition(condition_types::READY)
+                .map(Verdict::unchanged)
+                .unwrap_or_else(|| Verdict::new("Unknown", API_FAILED, message.clone()));
             [
                 ready,
-                Verdict::new("True", "ApplyFailed", "retrying with backoff"),
-                Verdict::new("True", "ApplyFailed", message.clone()),
+                Verdict::new("True", API_FAILED, "retrying with backoff"),
+                Verdict::new("True", API_FAILED, message.clone()),
             ]
         }
     };
@@ -152,6 +182,15 @@ fn blocked(reason: &str, message: &str, remedy: &str) -> Verdicts {
 }
 
 fn rollout_verdicts(proxy: Rollout, dns: Rollout) -> Verdicts {
+    let healthy = || Verdict::new("False", AS_EXPECTED, "all objects applied");
+    if !proxy.observed || !dns.observed {
+        let message = "waiting for the DaemonSet controller to count the pods";
+        return [
+            Verdict::new("False", WAITING_FOR_DAEMON_SETS, message),
+            Verdict::new("True", WAITING_FOR_DAEMON_SETS, message),
+            healthy(),
+        ];
+    }
     let counts = format!(
         "{}/{} node pods and {}/{} DNS pods ready",
         proxy.ready, proxy.desired, dns.ready, dns.desired
@@ -165,34 +204,29 @@ fn rollout_verdicts(proxy: Rollout, dns: Rollout) -> Verdicts {
     };
     if proxy.desired == 0 {
         return stuck(
-            "NoNodesSelected",
+            NO_NODES_SELECTED,
             "no node matches spec.nodeSelector and the tolerations; no proxy runs",
         );
     }
     if dns.desired == 0 {
         return stuck(
-            "NoDnsNodes",
+            NO_DNS_NODES,
             "no node matches spec.dns.nodeSelector; no DNS server runs",
         );
     }
-    let healthy = Verdict::new("False", "AsExpected", "all objects applied");
     if proxy.complete() && dns.complete() {
         [
-            Verdict::new("True", "AllPodsReady", counts.clone()),
-            Verdict::new("False", "RolloutComplete", counts),
-            healthy,
+            Verdict::new("True", ALL_PODS_READY, counts.clone()),
+            Verdict::new("False", ROLLOUT_COMPLETE, counts),
+            healthy(),
         ]
     } else {
         [
-            Verdict::new("False", "PodsNotReady", counts.clone()),
-            Verdict::new("True", "RollingOut", counts),
-            healthy,
+            Verdict::new("False", PODS_NOT_READY, counts.clone()),
+            Verdict::new("True", ROLLING_OUT, counts),
+            healthy(),
         ]
     }
-}
-
-fn find<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == kind)
 }
 
 /// Sets a condition, keeping its transition time unless its status changes.
@@ -203,7 +237,7 @@ fn set_condition(
     generation: Option<i64>,
     now: &Time,
 ) {
-    let last_transition_time = match find(conditions, kind) {
+    let last_transition_time = match conditions.iter().find(|c| c.type_ == kind) {
         Some(old) if old.status == verdict.status => old.last_transition_time.clone(),
         _ => now.clone(),
     };
@@ -213,7 +247,7 @@ fn set_condition(
         status: verdict.status,
         reason: verdict.reason,
         message: verdict.message,
-        observed_generation: generation,
+        observed_generation: verdict.generation.unwrap_or(generation),
         last_transition_time,
     });
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
@@ -257,13 +291,13 @@ mod tests {
     }
 
     fn condition<'a>(status: &'a CoralClusterStatus, kind: &str) -> &'a Condition {
-        find(&status.conditions, kind).unwrap()
+        status.condition(kind).unwrap()
     }
 
     #[test]
     fn all_pods_ready_on_the_current_template_is_ready() {
         let outcome = applied(daemon_set(2, 2, 6, 6, 6), daemon_set(1, 1, 2, 2, 2));
-        let status = next_status(None, Some(3), "demo-dht-key", &outcome, &time(10));
+        let status = next_status(None, Some(3), Some("demo-dht-key"), &outcome, &time(10));
         assert_eq!(condition(&status, "Ready").status, "True");
         assert_eq!(
             condition(&status, "Ready").message,
@@ -277,17 +311,28 @@ mod tests {
     }
 
     #[test]
-    fn ready_pods_of_an_old_template_are_not_ready() {
+    fn template_the_daemon_set_controller_has_not_seen_is_not_ready() {
         let outcome = applied(daemon_set(3, 2, 6, 6, 6), daemon_set(1, 1, 2, 2, 2));
-        let status = next_status(None, Some(3), "k", &outcome, &time(10));
+        let status = next_status(None, Some(3), Some("k"), &outcome, &time(10));
         assert_eq!(condition(&status, "Ready").status, "False");
+        assert_eq!(
+            condition(&status, "Progressing").reason,
+            "WaitingForDaemonSets"
+        );
+    }
+
+    #[test]
+    fn ready_pods_of_an_old_template_are_not_ready() {
+        let outcome = applied(daemon_set(3, 3, 6, 4, 6), daemon_set(1, 1, 2, 2, 2));
+        let status = next_status(None, Some(3), Some("k"), &outcome, &time(10));
+        assert_eq!(condition(&status, "Ready").reason, "PodsNotReady");
         assert_eq!(condition(&status, "Progressing").reason, "RollingOut");
     }
 
     #[test]
     fn missing_pods_are_progressing_not_ready() {
         let outcome = applied(daemon_set(1, 1, 6, 6, 4), daemon_set(1, 1, 2, 2, 2));
-        let status = next_status(None, Some(1), "k", &outcome, &time(10));
+        let status = next_status(None, Some(1), Some("k"), &outcome, &time(10));
         assert_eq!(condition(&status, "Ready").reason, "PodsNotReady");
         assert_eq!(
             condition(&status, "Ready").message,
@@ -298,15 +343,42 @@ mod tests {
     #[test]
     fn no_selected_nodes_is_degraded() {
         let outcome = applied(daemon_set(1, 1, 0, 0, 0), daemon_set(1, 1, 0, 0, 0));
-        let status = next_status(None, Some(1), "k", &outcome, &time(10));
+        let status = next_status(None, Some(1), Some("k"), &outcome, &time(10));
         assert_eq!(condition(&status, "Ready").status, "False");
         assert_eq!(condition(&status, "Degraded").reason, "NoNodesSelected");
     }
 
     #[test]
+    fn daemon_sets_not_yet_counted_are_progressing_not_degraded() {
+        let mut fresh = daemon_set(1, 0, 0, 0, 0);
+        fresh.status = None;
+        let outcome = applied(fresh, daemon_set(1, 0, 0, 0, 0));
+        let status = next_status(None, Some(1), Some("k"), &outcome, &time(10));
+        assert_eq!(condition(&status, "Degraded").status, "False");
+        assert_eq!(
+            condition(&status, "Progressing").reason,
+            "WaitingForDaemonSets"
+        );
+        assert_eq!(condition(&status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn missing_key_blocks_until_the_user_acts() {
+        let status = next_status(
+            None,
+            Some(1),
+            Some("k"),
+            &Outcome::KeyMissing("gone".into()),
+            &time(10),
+        );
+        assert_eq!(condition(&status, "Degraded").reason, "KeyMissing");
+        assert_eq!(condition(&status, "Progressing").status, "False");
+    }
+
+    #[test]
     fn invalid_spec_is_degraded_with_its_message() {
         let outcome = Outcome::InvalidSpec("spec.zone: bad".into());
-        let status = next_status(None, Some(4), "k", &outcome, &time(10));
+        let status = next_status(None, Some(4), Some("k"), &outcome, &time(10));
         let degraded = condition(&status, "Degraded");
         assert_eq!(
             (degraded.status.as_str(), degraded.reason.as_str()),
@@ -322,30 +394,36 @@ mod tests {
         let ready = next_status(
             None,
             Some(1),
-            "k",
+            Some("k"),
             &applied(daemon_set(1, 1, 2, 2, 2), daemon_set(1, 1, 1, 1, 1)),
             &time(10),
         );
         let failed = next_status(
             Some(&ready),
             Some(2),
-            "k",
-            &Outcome::ApplyFailed("conflict".into()),
+            Some("k"),
+            &Outcome::ApiFailed("conflict".into()),
             &time(20),
         );
         assert_eq!(condition(&failed, "Ready").status, "True");
-        assert_eq!(condition(&failed, "Degraded").reason, "ApplyFailed");
+        assert_eq!(
+            condition(&failed, "Ready").observed_generation,
+            Some(1),
+            "Ready still speaks of generation 1, not the unapplied 2"
+        );
+        assert_eq!(condition(&failed, "Degraded").observed_generation, Some(2));
+        assert_eq!(condition(&failed, "Degraded").reason, "ApiFailed");
         assert_eq!(condition(&failed, "Degraded").message, "conflict");
     }
 
     #[test]
     fn transition_time_moves_only_when_the_status_changes() {
         let outcome = applied(daemon_set(1, 1, 2, 2, 1), daemon_set(1, 1, 1, 1, 1));
-        let first = next_status(None, Some(1), "k", &outcome, &time(10));
-        let same = next_status(Some(&first), Some(1), "k", &outcome, &time(20));
+        let first = next_status(None, Some(1), Some("k"), &outcome, &time(10));
+        let same = next_status(Some(&first), Some(1), Some("k"), &outcome, &time(20));
         assert_eq!(condition(&same, "Ready").last_transition_time, time(10));
         let now_ready = applied(daemon_set(1, 1, 2, 2, 2), daemon_set(1, 1, 1, 1, 1));
-        let changed = next_status(Some(&same), Some(1), "k", &now_ready, &time(30));
+        let changed = next_status(Some(&same), Some(1), Some("k"), &now_ready, &time(30));
         assert_eq!(condition(&changed, "Ready").last_transition_time, time(30));
         assert_eq!(
             condition(&changed, "Degraded").last_transition_time,

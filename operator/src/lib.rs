@@ -8,6 +8,7 @@
 pub mod api;
 pub mod conditions;
 pub mod crd;
+pub mod dns_endpoints;
 pub mod http;
 pub mod metrics;
 pub mod node_config;

@@ -170,7 +170,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("node.yaml");
         std::fs::write(&path, config.to_yaml()).unwrap();
-        assert_eq!(NodeConfig::load(&path).unwrap(), config);
+        assert_eq!(NodeConfig::load(&path).unwrap().value, config);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

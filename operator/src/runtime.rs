@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
@@ -186,20 +188,33 @@ async fn run_controller(
     stop: CancellationToken,
 ) {
     let (nodes, node_writer) = reflector::store();
-    // Topology needs Node labels only: drop the status heartbeats that make up most events.
+    // Topology needs Node names and labels only: watch metadata, and drop the heartbeats that
+    // make up most Node events.
     let node_events = reflector::reflector(
         node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+        watcher(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .applied_objects()
     .predicate_filter(predicates::labels, Default::default());
 
-    let controller = Controller::new(
-        Api::<CoralCluster>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let clusters = controller.store();
+    // Only spec changes start a reconcile: the operator's own status writes must not, or a
+    // failing cluster would be retried at once instead of after its backoff.
+    let (clusters, cluster_writer) = reflector::store();
+    let cluster_events = reflector::reflector(
+        cluster_writer,
+        watcher(
+            Api::<CoralCluster>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    let controller = Controller::for_stream(cluster_events, clusters.clone());
     let every_cluster = clusters.clone();
     let reporter = Reporter {
         controller: MANAGER.into(),
@@ -217,7 +232,10 @@ async fn run_controller(
         .owns(Api::<DaemonSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned)
+        .owns(Api::<Secret>::all(client.clone()), owned.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
+        .owns(Api::<Role>::all(client.clone()), owned.clone())
+        .owns(Api::<RoleBinding>::all(client.clone()), owned)
         .watches_stream(node_events, move |_node| {
             every_cluster
                 .state()

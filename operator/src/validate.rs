@@ -108,6 +108,29 @@ mod tests {
     }
 
     #[test]
+    fn dht_and_dns_sharing_a_udp_port_are_refused() {
+        let mut spec = CoralClusterSpec::default();
+        spec.dht.port = spec.dns.port;
+        let err = check_rules(&cluster(spec)).unwrap_err().to_string();
+        assert!(err.contains("dht.port and dns.port must differ"), "{err}");
+    }
+
+    #[test]
+    fn node_port_exposure_needs_its_port_and_only_it_may_have_one() {
+        let mut spec = CoralClusterSpec::default();
+        spec.dns.exposure = crate::api::DnsExposure::NodePort;
+        let err = check_rules(&cluster(spec.clone())).unwrap_err().to_string();
+        assert!(
+            err.contains("dns.nodePort is required with exposure NodePort"),
+            "{err}"
+        );
+        spec.dns.node_port = Some(30053);
+        assert_eq!(check_rules(&cluster(spec.clone())), Ok(()));
+        spec.dns.exposure = crate::api::DnsExposure::LoadBalancer;
+        assert!(check_rules(&cluster(spec)).is_err());
+    }
+
+    #[test]
     fn probe_timeout_above_interval_is_refused() {
         let mut spec = CoralClusterSpec::default();
         spec.health.timeout = std::time::Duration::from_secs(5).into();

@@ -75,3 +75,14 @@ fn illegal_example_is_refused_naming_each_broken_rule() {
         assert!(err.contains(expected), "`{expected}` missing from: {err}");
     }
 }
+
+#[test]
+fn bad_example_passes_the_rules_but_the_operator_refuses_it_by_field() {
+    let cluster = example("bad");
+    check_rules(&cluster).unwrap();
+    let err = node_config(&cluster).unwrap_err().to_string();
+    assert!(
+        err.starts_with("spec.proxy.maxObjectSize: `1500m`"),
+        "{err}"
+    );
+}

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Settings of the authoritative DNS servers that answer `<origin>.<zone>` with nearby,
 /// healthy proxies.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[schemars(extend("x-kubernetes-validations" = [{"rule": "self.exposure == 'NodePort' || !has(self.nodePort)", "message": "dns.nodePort is only used with exposure NodePort"}]))]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "(self.exposure == 'NodePort') == has(self.nodePort)", "message": "dns.nodePort is required with exposure NodePort (UDP and TCP must share one port, or resolvers retrying over TCP miss) and only used with it"}]))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DnsSpec {
     /// UDP and TCP port the DNS servers listen on, and the port of the DNS Service.
@@ -30,7 +31,8 @@ pub struct DnsSpec {
     /// `HostNetwork` (pods bind the port on their node's addresses).
     pub exposure: DnsExposure,
 
-    /// Node port of the DNS Service when `exposure` is `NodePort`; unset lets Kubernetes pick.
+    /// Node port of the DNS Service, required with `exposure: NodePort`: UDP and TCP share it,
+    /// so that a resolver retrying a truncated answer over TCP reaches the same servers.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 30000, max = 32767))]
     pub node_port: Option<u16>,
@@ -43,6 +45,11 @@ pub struct DnsSpec {
     /// empty runs DNS on every Coral node.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+
+    /// CPU and memory of each DNS pod. When unset, Coral requests 100m CPU and 128Mi and
+    /// limits memory to 256Mi: DNS pods hold no cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 
     /// Name servers published in the zone's NS records. Empty: the healthy DNS pods publish
     /// themselves as `ns<N>.<zone>` with their addresses as glue.
@@ -88,6 +95,7 @@ impl Default for DnsSpec {
             node_port: None,
             service_annotations: BTreeMap::new(),
             node_selector: BTreeMap::new(),
+            resources: None,
             nameservers: Vec::new(),
         }
     }

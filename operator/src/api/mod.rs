@@ -27,7 +27,7 @@ pub use dns::{DnsExposure, DnsSpec, NameServerSpec};
 pub use health::HealthSpec;
 pub use locality::{ClientNetworkSpec, LocalitySpec};
 pub use proxy::{OriginTimeoutsSpec, ProxySpec, RateLimitSpec};
-pub use status::{CoralClusterStatus, condition_types};
+pub use status::{CoralClusterStatus, condition_types, reasons};
 
 /// API group of Coral's custom resources.
 pub const GROUP: &str = "coral.nyud.net";
@@ -53,6 +53,7 @@ pub const GROUP: &str = "coral.nyud.net";
 )]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.adminPort != self.proxy.httpPort && self.adminPort != self.dns.port && self.proxy.httpPort != self.dns.port", "message": "adminPort, proxy.httpPort and dns.port must all differ"},
+    {"rule": "self.dht.port != self.dns.port", "message": "dht.port and dns.port must differ: both are UDP ports of the DNS pods"},
     {"rule": "!has(self.dns.nameservers) || self.dns.nameservers.all(ns, !ns.name.endsWith('.' + self.zone) || (has(ns.addresses) && size(ns.addresses) > 0))", "message": "a name server inside the zone needs glue: give dns.nameservers[].addresses"}
 ]))]
 #[serde(rename_all = "camelCase", default)]
@@ -63,9 +64,11 @@ pub struct CoralClusterSpec {
     #[schemars(length(min = 3, max = 200))]
     pub zone: String,
 
-    /// Container image of the Coral node (one binary for proxy, DNS and DHT).
+    /// Container image of the Coral node (one binary for proxy, DNS and DHT). Unset: the image
+    /// matching this operator's version, so that upgrading the operator upgrades the nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
-    pub image: String,
+    pub image: Option<String>,
 
     /// When the kubelet pulls the node image.
     pub image_pull_policy: PullPolicy,
@@ -74,8 +77,9 @@ pub struct CoralClusterSpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
 
-    /// CPU and memory of each node pod's container. When unset, Coral requests 100m CPU and
-    /// the proxy's cache memory plus 128Mi, and limits memory to the same amount.
+    /// CPU and memory of each proxy pod. When unset, Coral requests 100m CPU and the proxy's
+    /// cache memory plus 128Mi, and limits memory to the same amount. DNS pods have their own
+    /// (`dns.resources`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
@@ -140,11 +144,18 @@ pub fn default_image() -> String {
     format!("ghcr.io/coral-cdn/coral-node:{}", env!("CARGO_PKG_VERSION"))
 }
 
+impl CoralClusterSpec {
+    /// The node image to run: the spec's, or the one matching this operator.
+    pub fn node_image(&self) -> String {
+        self.image.clone().unwrap_or_else(default_image)
+    }
+}
+
 impl Default for CoralClusterSpec {
     fn default() -> Self {
         Self {
             zone: "nyud.net".to_owned(),
-            image: default_image(),
+            image: None,
             image_pull_policy: PullPolicy::default(),
             image_pull_secrets: Vec::new(),
             resources: None,

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use coral_node::config::{CONFIG_FILE, NodeConfig, TOPOLOGY_FILE, Topology};
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use super::names::ClusterNames;
@@ -18,10 +18,13 @@ use super::owned_meta;
 use crate::api::CoralCluster;
 
 /// Where every node sits: node name to the values of `label_keys`, in order.
-pub fn topology(nodes: &[Node], label_keys: &[String]) -> Topology {
+pub fn topology<'a, N>(nodes: impl IntoIterator<Item = &'a N>, label_keys: &[String]) -> Topology
+where
+    N: Resource + 'a,
+{
     Topology {
         nodes: nodes
-            .iter()
+            .into_iter()
             .map(|node| {
                 let labels = node.labels();
                 let values = label_keys
@@ -57,6 +60,7 @@ mod tests {
     use super::*;
     use crate::node_config::node_config;
     use crate::resources::tests::demo;
+    use k8s_openapi::api::core::v1::Node;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node(name: &str, labels: &[(&str, &str)]) -> Node {

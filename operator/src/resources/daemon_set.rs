@@ -38,8 +38,16 @@ use crate::node_config::{CACHE_DIR, CONFIG_DIR, KEY_DIR};
 pub const CONFIG_HASH_ANNOTATION: &str = "coral.nyud.net/config-hash";
 /// User and group the node runs as (the conventional "nonroot" of distroless images).
 pub const NODE_UID: i64 = 65532;
-/// Memory the node needs beyond its cache budget.
+/// Memory a proxy pod needs beyond its cache budget.
 const MEMORY_OVERHEAD_BYTES: u64 = 128 << 20;
+/// Memory a DNS pod requests.
+const DNS_MEMORY_BYTES: u64 = 128 << 20;
+/// Room above the disk cache budget before the kubelet evicts the pod for filling its volume
+/// (index files, objects being written): a tenth of it in whole mebibytes, at least 64Mi.
+fn disk_headroom(budget: u64) -> u64 {
+    const MI: u64 = 1 << 20;
+    ((budget / 10).div_ceil(MI) * MI).max(64 * MI)
+}
 
 /// The DaemonSet of `component` pods for `cluster`, configured by `config`.
 pub fn daemon_set(cluster: &CoralCluster, component: Component, config: &NodeConfig) -> DaemonSet {
@@ -167,7 +175,7 @@ fn container(
     }
     Container {
         name: "coral-node".to_owned(),
-        image: Some(spec.image.clone()),
+        image: Some(spec.node_image()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().to_owned()),
         args: Some(
             [
@@ -190,11 +198,7 @@ fn container(
             field_env("HOST_IP", "status.hostIP"),
         ]),
         ports: Some(ports),
-        resources: Some(
-            spec.resources
-                .clone()
-                .unwrap_or_else(|| default_resources(config)),
-        ),
+        resources: Some(resources(cluster, component, config)),
         volume_mounts: Some(mounts),
         liveness_probe: Some(http_probe("/healthz", spec.admin_port, 10, 3)),
         readiness_probe: Some(http_probe("/readyz", spec.admin_port, 5, 2)),
@@ -269,7 +273,8 @@ fn volumes(cluster: &CoralCluster, component: Component, config: &NodeConfig) ->
         empty_dir("tmp", 64 << 20),
     ];
     if component == Component::Proxy && config.proxy.cache_disk_bytes > 0 {
-        volumes.push(empty_dir("cache", config.proxy.cache_disk_bytes));
+        let budget = config.proxy.cache_disk_bytes;
+        volumes.push(empty_dir("cache", budget + disk_headroom(budget)));
     }
     volumes
 }
@@ -322,17 +327,36 @@ fn http_probe(path: &str, port: u16, period_seconds: i32, failure_threshold: i32
     }
 }
 
-/// Requests 100m CPU and the memory cache plus overhead; limits memory to the same.
-fn default_resources(config: &NodeConfig) -> ResourceRequirements {
-    let memory = bytes_quantity(config.proxy.cache_memory_bytes + MEMORY_OVERHEAD_BYTES);
-    ResourceRequirements {
+/// The spec's resources for the component, or defaults: proxies request 100m CPU and their
+/// memory cache plus overhead (limit the same); DNS pods, which cache nothing, 100m CPU and
+/// 128Mi (limit 256Mi).
+fn resources(
+    cluster: &CoralCluster,
+    component: Component,
+    config: &NodeConfig,
+) -> ResourceRequirements {
+    let (chosen, request, limit) = match component {
+        Component::Proxy => {
+            let memory = config.proxy.cache_memory_bytes + MEMORY_OVERHEAD_BYTES;
+            (&cluster.spec.resources, memory, memory)
+        }
+        Component::Dns => (
+            &cluster.spec.dns.resources,
+            DNS_MEMORY_BYTES,
+            2 * DNS_MEMORY_BYTES,
+        ),
+    };
+    chosen.clone().unwrap_or_else(|| ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity("100m".to_owned())),
-            ("memory".to_owned(), memory.clone()),
+            ("memory".to_owned(), bytes_quantity(request)),
         ])),
-        limits: Some(BTreeMap::from([("memory".to_owned(), memory)])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            bytes_quantity(limit),
+        )])),
         ..ResourceRequirements::default()
-    }
+    })
 }
 
 /// A byte count as a quantity, in `Mi` when it is a whole number of mebibytes.
@@ -472,6 +496,21 @@ mod tests {
     }
 
     #[test]
+    fn dns_pods_do_not_reserve_the_proxy_cache_memory() {
+        let resources = container_of(&build(&demo(), Component::Dns))
+            .resources
+            .unwrap();
+        assert_eq!(
+            resources.requests.unwrap()["memory"],
+            Quantity("128Mi".into())
+        );
+        assert_eq!(
+            resources.limits.unwrap()["memory"],
+            Quantity("256Mi".into())
+        );
+    }
+
+    #[test]
     fn default_resources_cover_the_memory_cache() {
         let resources = container_of(&build(&demo(), Component::Proxy))
             .resources
@@ -527,7 +566,11 @@ mod tests {
             .empty_dir
             .clone()
             .unwrap();
-        assert_eq!(cache.size_limit, Some(Quantity("1024Mi".into())));
+        assert_eq!(
+            cache.size_limit,
+            Some(Quantity("1127Mi".into())),
+            "1Gi plus a tenth, in whole mebibytes"
+        );
     }
 
     #[test]

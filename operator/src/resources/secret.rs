@@ -78,14 +78,7 @@ pub fn check_key(cluster: &CoralCluster, secret: &Secret) -> Result<(), KeyError
         .data
         .as_ref()
         .and_then(|data| data.get(key))
-        .map(|bytes| bytes.0.len())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|data| data.get(key))
-                .map(String::len)
-        });
+        .map(|bytes| bytes.0.len());
     match value {
         None => Err(KeyError::Missing {
             secret: secret_name,
