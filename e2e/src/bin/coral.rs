@@ -70,13 +70,12 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "kubelet that starts them as processes is the next step (issue 3), so Ready stays False."
     );
-    println!();
-    println!(
-        "Look around:  KUBECONFIG={kubeconfig} kubectl get coral,daemonsets,services -n {NAMESPACE}"
-    );
-    println!("Operator metrics: http://{}/metrics", operator.address);
-
     if !once {
+        println!();
+        println!(
+            "Look around:  KUBECONFIG={kubeconfig} kubectl get coral,daemonsets,services -n {NAMESPACE}"
+        );
+        println!("Operator metrics: http://{}/metrics", operator.address);
         eprintln!("==> running; Ctrl-C stops the operator and the control plane");
         tokio::signal::ctrl_c().await?;
     }
@@ -136,11 +135,11 @@ async fn show(client: &Client, cluster: &CoralCluster) -> anyhow::Result<()> {
     }
     let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
     for service in services.list(&ListParams::default()).await? {
-        let kind = service
-            .spec
-            .as_ref()
-            .and_then(|s| s.type_.clone())
-            .unwrap_or_default();
+        let spec = service.spec.clone().unwrap_or_default();
+        let kind = match spec.cluster_ip.as_deref() {
+            Some("None") => "headless".to_owned(),
+            _ => spec.type_.unwrap_or_default(),
+        };
         println!("  Service   {:<24} {kind}", service.name_any());
     }
     Ok(())

@@ -26,12 +26,8 @@ pub fn dns_service(cluster: &CoralCluster) -> Service {
         .then_some(dns.node_port.map(i32::from))
         .flatten();
     let dns_port = |name: &str, protocol: &str| ServicePort {
-        name: Some(name.to_owned()),
-        protocol: Some(protocol.to_owned()),
-        port: dns.port.into(),
-        target_port: Some(IntOrString::String(name.to_owned())),
         node_port,
-        ..ServicePort::default()
+        ..port_to(name, protocol, dns.port, name)
     };
     Service {
         metadata,
@@ -56,44 +52,54 @@ pub fn dns_service(cluster: &CoralCluster) -> Service {
 /// The headless Service whose DNS name lists every DHT node (proxy and DNS pods), including
 /// pods not yet ready, so that a starting node can bootstrap.
 pub fn dht_service(cluster: &CoralCluster) -> Service {
-    let names = ClusterNames::of(cluster);
+    let port = cluster.spec.dht.port;
+    headless(
+        cluster,
+        ClusterNames::of(cluster).dht_service(),
+        true,
+        port_to("dht", "UDP", port, "dht"),
+    )
+}
+
+/// The headless Service exposing every node pod's admin port, for Prometheus.
+pub fn metrics_service(cluster: &CoralCluster) -> Service {
+    let port = cluster.spec.admin_port;
+    headless(
+        cluster,
+        ClusterNames::of(cluster).metrics_service(),
+        false,
+        port_to("metrics", "TCP", port, "admin"),
+    )
+}
+
+/// A headless Service selecting every pod of the cluster.
+fn headless(
+    cluster: &CoralCluster,
+    name: String,
+    publish_not_ready: bool,
+    port: ServicePort,
+) -> Service {
     Service {
-        metadata: owned_meta(cluster, names.dht_service(), None),
+        metadata: owned_meta(cluster, name, None),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
-            publish_not_ready_addresses: Some(true),
-            selector: Some(names.selector(None)),
-            ports: Some(vec![ServicePort {
-                name: Some("dht".to_owned()),
-                protocol: Some("UDP".to_owned()),
-                port: cluster.spec.dht.port.into(),
-                target_port: Some(IntOrString::String("dht".to_owned())),
-                ..ServicePort::default()
-            }]),
+            publish_not_ready_addresses: publish_not_ready.then_some(true),
+            selector: Some(ClusterNames::of(cluster).selector(None)),
+            ports: Some(vec![port]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
     }
 }
 
-/// The Service exposing every node pod's admin port, for Prometheus.
-pub fn metrics_service(cluster: &CoralCluster) -> Service {
-    let names = ClusterNames::of(cluster);
-    Service {
-        metadata: owned_meta(cluster, names.metrics_service(), None),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".to_owned()),
-            selector: Some(names.selector(None)),
-            ports: Some(vec![ServicePort {
-                name: Some("metrics".to_owned()),
-                protocol: Some("TCP".to_owned()),
-                port: cluster.spec.admin_port.into(),
-                target_port: Some(IntOrString::String("admin".to_owned())),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
+/// A Service port named `name` forwarding to the container port named `target`.
+fn port_to(name: &str, protocol: &str, port: u16, target: &str) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        protocol: Some(protocol.to_owned()),
+        port: port.into(),
+        target_port: Some(IntOrString::String(target.to_owned())),
+        ..ServicePort::default()
     }
 }
 
