@@ -25,7 +25,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::CoralCluster;
+use crate::api::{CoralCluster, CoralClusterStatus};
 use crate::conditions::Outcome;
 use crate::dns_endpoints::dns_endpoints;
 use crate::metrics::Metrics;
@@ -132,11 +132,19 @@ impl Context {
             .remove(&ObjectRef::from_obj(cluster));
     }
 
-    fn count_clusters(&self) {
+    /// Sets the cluster gauges from the store, taking `current`'s readiness from the status
+    /// just computed (the store learns of it only when the watch delivers the write).
+    fn count_clusters(&self, current: &ObjectRef<CoralCluster>, current_ready: bool) {
         let clusters = self.clusters.state();
         let ready = clusters
             .iter()
-            .filter(|c| c.status.as_ref().is_some_and(|s| s.is_ready()))
+            .filter(|c| {
+                if ObjectRef::from_obj(&***c) == *current {
+                    current_ready
+                } else {
+                    c.status.as_ref().is_some_and(CoralClusterStatus::is_ready)
+                }
+            })
             .count();
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.metrics
@@ -146,7 +154,7 @@ impl Context {
         self.metrics
             .clusters
             .with_label_values(&["false"])
-            .set(count(clusters.len() - ready));
+            .set(count(clusters.len().saturating_sub(ready)));
     }
 }
 
@@ -159,12 +167,19 @@ pub async fn reconcile(cluster: Arc<CoralCluster>, ctx: Arc<Context>) -> Result<
         return Ok(Action::await_change());
     }
     let result = reconcile_live(&cluster, &ctx).await;
+    let ready = match &result {
+        Ok(done) => done.ready,
+        Err(_) => cluster
+            .status
+            .as_ref()
+            .is_some_and(CoralClusterStatus::is_ready),
+    };
     match &result {
-        Ok((outcome_label, _)) => {
+        Ok(done) => {
             ctx.record_success(&cluster);
             ctx.metrics
                 .reconciles
-                .with_label_values(&[outcome_label])
+                .with_label_values(&[done.label])
                 .inc();
         }
         Err(err) => {
@@ -175,8 +190,8 @@ pub async fn reconcile(cluster: Arc<CoralCluster>, ctx: Arc<Context>) -> Result<
                 .inc();
         }
     }
-    ctx.count_clusters();
-    result.map(|(_, action)| action)
+    ctx.count_clusters(&ObjectRef::from_obj(&*cluster), ready);
+    result.map(|done| done.action)
 }
 
 /// Requeue delay after a failed reconcile: exponential in the cluster's consecutive failures.
@@ -200,15 +215,26 @@ fn namespace_of(cluster: &CoralCluster) -> String {
     cluster.namespace().unwrap_or_else(|| "default".to_owned())
 }
 
-async fn reconcile_live(
-    cluster: &CoralCluster,
-    ctx: &Context,
-) -> Result<(&'static str, Action), Error> {
+/// What a reconcile that did not fail decided.
+struct Reconciled {
+    /// The `result` label of the reconcile metric.
+    label: &'static str,
+    /// When to look again.
+    action: Action,
+    /// Whether the cluster is now Ready.
+    ready: bool,
+}
+
+async fn reconcile_live(cluster: &CoralCluster, ctx: &Context) -> Result<Reconciled, Error> {
     let config = match check_rules(cluster).and_then(|()| node_config(cluster)) {
         Ok(config) => config,
         Err(err) => {
             report::problem(cluster, ctx, Outcome::InvalidSpec(err.to_string())).await?;
-            return Ok(("invalid_spec", Action::await_change()));
+            return Ok(Reconciled {
+                label: "invalid_spec",
+                action: Action::await_change(),
+                ready: false,
+            });
         }
     };
     let outcome = match apply_all(cluster, ctx, &config).await {
@@ -232,10 +258,18 @@ async fn reconcile_live(
         } else {
             NOT_READY_RESYNC
         };
-        return Ok(("ok", Action::requeue(resync)));
+        return Ok(Reconciled {
+            label: "ok",
+            action: Action::requeue(resync),
+            ready: status.is_ready(),
+        });
     }
     report::problem(cluster, ctx, outcome).await?;
-    Ok(("key_problem", Action::requeue(NOT_READY_RESYNC)))
+    Ok(Reconciled {
+        label: "key_problem",
+        action: Action::requeue(NOT_READY_RESYNC),
+        ready: false,
+    })
 }
 
 /// Makes sure of the key, applies every owned object and observes the result; a key the
