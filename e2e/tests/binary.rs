@@ -1,0 +1,134 @@
+//! The shipped `coral-operator` binary, as a process: its CLI, its refusal without a cluster,
+//! and a clean stop on SIGTERM that hands the leader Lease over at once.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use coral_e2e::controlplane::ControlPlane;
+use coral_e2e::operator::install_crd;
+use coral_e2e::wait::eventually;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+
+/// Builds the operator binary (a no-op when `cargo test --workspace` already did) and returns
+/// its path next to this test's own executable.
+fn operator_binary() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "coral-operator",
+            "--bin",
+            "coral-operator",
+        ])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building coral-operator failed");
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    deps.parent().unwrap().join("coral-operator")
+}
+
+#[test]
+fn crd_subcommand_prints_the_shipped_crd() {
+    let output = Command::new(operator_binary()).arg("crd").output().unwrap();
+    assert!(output.status.success());
+    let shipped = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds/coral.nyud.net_coralclusters.yaml"),
+    )
+    .unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), shipped);
+}
+
+#[test]
+fn run_without_a_reachable_api_server_fails_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: u, user: {}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let output = Command::new(operator_binary())
+        .args(["run", "--metrics-address", "127.0.0.1:0"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot read CustomResourceDefinitions"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_leader_cleanly_and_releases_its_lease() {
+    let control_plane = ControlPlane::start().unwrap();
+    let client = control_plane.client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let mut operator = Command::new(operator_binary())
+        .args([
+            "run",
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--leader-election",
+            "--identity",
+            "replica-1",
+        ])
+        .env("KUBECONFIG", control_plane.kubeconfig())
+        .env("POD_NAMESPACE", "default")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let holder = || async {
+        let lease = leases
+            .get_opt("coral-operator")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(lease.and_then(|l| l.spec?.holder_identity))
+    };
+    eventually(
+        "replica-1 to hold the Lease",
+        Duration::from_secs(30),
+        || async {
+            match holder().await? {
+                Some(holder) if holder == "replica-1" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    let pid = operator.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let operator = std::sync::Mutex::new(operator);
+    let exit = eventually("the operator to exit", Duration::from_secs(20), || {
+        let waited = operator.lock().unwrap().try_wait();
+        async move {
+            waited
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_owned())
+        }
+    })
+    .await;
+    assert!(exit.success(), "SIGTERM is a clean stop: {exit}");
+    assert_eq!(
+        holder().await.unwrap(),
+        None,
+        "the Lease is free for a standby at once"
+    );
+}
