@@ -73,7 +73,7 @@ async fn sigterm_stops_the_leader_cleanly_and_releases_its_lease() {
     let control_plane = ControlPlane::start().unwrap();
     let client = control_plane.client().await.unwrap();
     install_crd(&client).await.unwrap();
-    let mut operator = Command::new(operator_binary())
+    let operator = Command::new(operator_binary())
         .args([
             "run",
             "--metrics-address",
