@@ -612,3 +612,125 @@ async fn deleting_the_cluster_garbage_collects_what_it_owned() {
     .await;
     operator.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn objects_deleted_by_hand_come_back_and_a_restarted_operator_changes_nothing() {
+    let env = cluster().await;
+    let client = &env.client;
+    let first = RunningOperator::start(client, "operator-0", None)
+        .await
+        .unwrap();
+    create_example(client, "minimal").await.unwrap();
+    ready_with_kubelets(client, "minimal").await;
+
+    api::<Service>(client)
+        .delete("minimal-dht", &DeleteParams::default())
+        .await
+        .unwrap();
+    api::<ConfigMap>(client)
+        .delete("minimal-config", &DeleteParams::default())
+        .await
+        .unwrap();
+    api::<Role>(client)
+        .delete("minimal-node", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the deleted objects to be recreated", WAIT, || async {
+        let service = api::<Service>(client)
+            .get_opt("minimal-dht")
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = api::<ConfigMap>(client)
+            .get_opt("minimal-config")
+            .await
+            .map_err(|e| e.to_string())?;
+        let role = api::<Role>(client)
+            .get_opt("minimal-node")
+            .await
+            .map_err(|e| e.to_string())?;
+        match (service, config, role) {
+            (Some(_), Some(_), Some(_)) => Ok(()),
+            missing => Err(format!("{missing:?}")),
+        }
+    })
+    .await;
+    ready_with_kubelets(client, "minimal").await;
+
+    // Every object's resourceVersion, before and after another replica takes over.
+    let versions = || async {
+        let mut versions = vec![
+            api::<CoralCluster>(client)
+                .get("minimal")
+                .await
+                .unwrap()
+                .resource_version(),
+            api::<Secret>(client)
+                .get("minimal-dht-key")
+                .await
+                .unwrap()
+                .resource_version(),
+            api::<ConfigMap>(client)
+                .get("minimal-config")
+                .await
+                .unwrap()
+                .resource_version(),
+            api::<ServiceAccount>(client)
+                .get("minimal-node")
+                .await
+                .unwrap()
+                .resource_version(),
+            api::<Role>(client)
+                .get("minimal-node")
+                .await
+                .unwrap()
+                .resource_version(),
+            api::<RoleBinding>(client)
+                .get("minimal-node")
+                .await
+                .unwrap()
+                .resource_version(),
+        ];
+        for name in ["minimal-proxy", "minimal-dns"] {
+            versions.push(
+                api::<DaemonSet>(client)
+                    .get(name)
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+        }
+        for name in ["minimal-dns", "minimal-dht", "minimal-metrics"] {
+            versions.push(
+                api::<Service>(client)
+                    .get(name)
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+        }
+        versions
+    };
+    let before = versions().await;
+    first.stop().await.unwrap();
+    let second = RunningOperator::start(client, "operator-1", None)
+        .await
+        .unwrap();
+    eventually("the new operator to reconcile", WAIT, || async {
+        let metrics = second.get("/metrics").await.map_err(|e| e.to_string())?;
+        let done = metrics
+            .lines()
+            .any(|l| l.starts_with("coral_operator_reconciles_total{result=\"ok\"}"));
+        if done {
+            Ok(())
+        } else {
+            Err("no reconcile yet".into())
+        }
+    })
+    .await;
+    assert_eq!(
+        versions().await,
+        before,
+        "a converged cluster is not rewritten"
+    );
+    second.stop().await.unwrap();
+}
