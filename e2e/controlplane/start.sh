@@ -191,7 +191,7 @@ EOF
 start kube-controller-manager \
   --kubeconfig="$pki/controller-manager.kubeconfig" \
   --leader-elect=false --secure-port=0 \
-  --controllers=daemonset,garbagecollector,serviceaccount,serviceaccount-token,endpointslice,namespace,deployment,replicaset,clusterrole-aggregation \
+  --controllers=daemonset,garbagecollector,serviceaccount,serviceaccount-token,endpointslice,namespace,deployment,replicaset,clusterrole-aggregation,root-ca-cert-publisher \
   --use-service-account-credentials=true \
   --root-ca-file="$pki/ca.crt" \
   --service-account-private-key-file="$pki/sa.key"

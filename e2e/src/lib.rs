@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod controlplane;
+pub mod kubelet;
 pub mod nodes;
 pub mod operator;
 pub mod wait;

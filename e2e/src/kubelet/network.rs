@@ -1,0 +1,202 @@
+//! Pod networking for the e2e kubelet: a Linux bridge per kubelet, and per pod a network
+//! namespace joined to it by a veth pair.
+//!
+//! Pods get addresses in their kubelet's own /16 (`10.200+k.0.0/16`, the host side of the
+//! bridge is `.0.1`). Pods have no default route and the host does not forward, so nothing a
+//! pod sends can leave the bridge: pods reach each other and the host, and nothing else.
+//! Tests can cut a pod off by taking its veth down.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// Why the network could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// An `ip` command failed.
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip {
+        /// The arguments.
+        args: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// No free bridge index was left.
+    #[error("all {0} pod networks on this machine are in use")]
+    Exhausted(u8),
+}
+
+/// How many kubelets (each with its own bridge and /16) may run at once on this machine.
+const MAX_NETWORKS: u8 = 32;
+
+/// Runs `ip` with `args`.
+fn ip(args: &[&str]) -> Result<(), NetworkError> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|err| NetworkError::Ip {
+            args: args.join(" "),
+            stderr: err.to_string(),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(NetworkError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// One kubelet's bridge and address range; removed (with every pod namespace) when dropped.
+#[derive(Debug)]
+pub struct PodNetwork {
+    index: u8,
+    bridge: String,
+    next_host: u32,
+    namespaces: Vec<String>,
+}
+
+/// A pod's network namespace and address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInterface {
+    /// Name of the network namespace (`ip netns exec NAME ...`).
+    pub namespace: String,
+    /// Host end of the veth pair, on the bridge.
+    pub host_veth: String,
+    /// The pod's address.
+    pub address: Ipv4Addr,
+}
+
+impl PodNetwork {
+    /// Creates a bridge on the first free index.
+    pub fn create() -> Result<Self, NetworkError> {
+        for index in 0..MAX_NETWORKS {
+            let bridge = format!("coralbr{index}");
+            if ip(&["link", "add", &bridge, "type", "bridge"]).is_err() {
+                continue; // taken by another kubelet
+            }
+            let network = Self {
+                index,
+                bridge,
+                next_host: 2,
+                namespaces: Vec::new(),
+            };
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/16", network.gateway()),
+                "dev",
+                &network.bridge,
+            ])?;
+            ip(&["link", "set", &network.bridge, "up"])?;
+            return Ok(network);
+        }
+        Err(NetworkError::Exhausted(MAX_NETWORKS))
+    }
+
+    /// The host's address on the bridge, which pods can reach.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 200 + self.index, 0, 1)
+    }
+
+    /// Gives a new pod a namespace and the next address.
+    pub fn attach(&mut self) -> Result<PodInterface, NetworkError> {
+        let host = self.next_host;
+        self.next_host += 1;
+        let [_, _, high, low] = host.to_be_bytes();
+        let address = Ipv4Addr::new(10, 200 + self.index, high, low);
+        let namespace = format!("coral{}-{host}", self.index);
+        let host_veth = format!("cv{}h{host}", self.index);
+        let pod_veth = format!("cv{}p{host}", self.index);
+        ip(&["netns", "add", &namespace])?;
+        self.namespaces.push(namespace.clone());
+        ip(&[
+            "link", "add", &host_veth, "type", "veth", "peer", "name", &pod_veth,
+        ])?;
+        ip(&["link", "set", &pod_veth, "netns", &namespace])?;
+        ip(&["link", "set", &host_veth, "master", &self.bridge, "up"])?;
+        ip(&["-n", &namespace, "link", "set", &pod_veth, "name", "eth0"])?;
+        ip(&[
+            "-n",
+            &namespace,
+            "addr",
+            "add",
+            &format!("{address}/16"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
+        Ok(PodInterface {
+            namespace,
+            host_veth,
+            address,
+        })
+    }
+
+    /// Removes a pod's namespace (and with it its veth pair).
+    pub fn detach(&mut self, interface: &PodInterface) {
+        if let Err(err) = ip(&["netns", "del", &interface.namespace]) {
+            eprintln!("kubelet: {err}");
+        }
+        self.namespaces.retain(|n| n != &interface.namespace);
+    }
+}
+
+impl Drop for PodNetwork {
+    fn drop(&mut self) {
+        for namespace in std::mem::take(&mut self.namespaces) {
+            let _ = ip(&["netns", "del", &namespace]);
+        }
+        if let Err(err) = ip(&["link", "del", &self.bridge]) {
+            eprintln!("kubelet: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_reach_each_other_and_the_host_but_have_no_route_out() {
+        let mut network = PodNetwork::create().unwrap();
+        let a = network.attach().unwrap();
+        let b = network.attach().unwrap();
+        assert_ne!(a.address, b.address);
+        let routes = Command::new("ip")
+            .args(["-n", &a.namespace, "route"])
+            .output()
+            .unwrap();
+        let routes = String::from_utf8(routes.stdout).unwrap();
+        assert!(!routes.contains("default"), "{routes}");
+        // A listener in pod b answers a connection from pod a, through the bridge.
+        let listener = std::process::Command::new("ip")
+            .args(["netns", "exec", &b.namespace, "python3", "-c"])
+            .arg("import socket;s=socket.socket();s.bind(('0.0.0.0',7000));s.listen();c,_=s.accept();c.send(b'hi')")
+            .spawn()
+            .unwrap();
+        let mut reply = String::new();
+        for _ in 0..50 {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &a.namespace, "python3", "-c"])
+                .arg(format!("import socket;s=socket.create_connection(('{}',7000),1);print(s.recv(2).decode())", b.address))
+                .output()
+                .unwrap();
+            reply = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if reply == "hi" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = listener.wait_with_output();
+        assert_eq!(reply, "hi");
+        let namespace = a.namespace.clone();
+        drop(network);
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&list.stdout).contains(&namespace),
+            "torn down"
+        );
+    }
+}
