@@ -191,7 +191,8 @@ EOF
 start kube-controller-manager \
   --kubeconfig="$pki/controller-manager.kubeconfig" \
   --leader-elect=false --secure-port=0 \
-  --controllers=daemonset,garbagecollector,serviceaccount,serviceaccount-token,endpointslice,namespace,deployment,replicaset,clusterrole-aggregation,root-ca-cert-publisher \
+  --controllers=daemonset,garbagecollector,serviceaccount,serviceaccount-token,endpointslice,namespace,deployment,replicaset,clusterrole-aggregation,root-ca-cert-publisher,nodelifecycle \
+  --node-monitor-period=2s --node-monitor-grace-period=20s \
   --use-service-account-credentials=true \
   --root-ca-file="$pki/ca.crt" \
   --service-account-private-key-file="$pki/sa.key"

@@ -6,7 +6,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 
 use crate::controlplane::{ControlPlane, ControlPlaneError};
-use crate::nodes::{self, standard_topology};
+use crate::nodes::{self, Heartbeats, standard_topology};
 use crate::operator::install_crd;
 
 /// Why the local cluster could not be prepared.
@@ -24,6 +24,8 @@ pub enum LocalClusterError {
 pub struct LocalCluster {
     /// An admin client.
     pub client: Client,
+    /// Keeps the nodes Ready while the cluster lives.
+    pub heartbeats: Heartbeats,
     /// The control plane; stopped when the cluster is dropped.
     pub control_plane: ControlPlane,
 }
@@ -47,7 +49,7 @@ impl LocalCluster {
         namespace: &str,
     ) -> Result<Self, LocalClusterError> {
         let client = control_plane.client().await?;
-        nodes::register(&client, &standard_topology()).await?;
+        let heartbeats = nodes::register(&client, &standard_topology()).await?;
         install_crd(&client).await?;
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let object = Namespace {
@@ -60,6 +62,7 @@ impl LocalCluster {
         namespaces.create(&PostParams::default(), &object).await?;
         Ok(Self {
             client,
+            heartbeats,
             control_plane,
         })
     }

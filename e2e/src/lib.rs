@@ -5,6 +5,7 @@
 //! from Go modules by `e2e/controlplane` (no Docker, no downloads). This crate drives it; it
 //! does not fake any part of the API.
 
+pub mod binaries;
 pub mod cluster;
 pub mod controlplane;
 pub mod kubelet;

@@ -2,15 +2,21 @@
 //!
 //! A Node created through the API gets the `node.kubernetes.io/not-ready` taint and no Ready
 //! condition; without a kubelet nothing would ever clear them and DaemonSets would want no
-//! pods. [`register`] plays the kubelet's part for the Node object itself.
+//! pods. [`register`] plays the kubelet's part for the Node object itself, including the
+//! heartbeats (node Lease and Ready condition) that keep the node lifecycle controller from
+//! declaring the nodes lost.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 /// Label key of a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -46,8 +52,25 @@ pub fn standard_topology() -> Vec<FakeNode> {
         .collect()
 }
 
-/// Creates the nodes, marks them Ready with room for pods, and removes the not-ready taint.
-pub async fn register(client: &Client, nodes: &[FakeNode]) -> kube::Result<()> {
+/// How often registered nodes renew their Lease and Ready condition. The control plane's node
+/// lifecycle controller declares a node lost after 20 s without either.
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// Keeps registered nodes alive with heartbeats until dropped, as their kubelets would.
+#[must_use = "the nodes go NotReady once their heartbeats stop"]
+pub struct Heartbeats {
+    shutdown: CancellationToken,
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Creates the nodes, marks them Ready with room for pods, removes the not-ready taint, and
+/// keeps them Ready (node Leases and the Ready condition) while the returned guard lives.
+pub async fn register(client: &Client, nodes: &[FakeNode]) -> kube::Result<Heartbeats> {
     let api: Api<Node> = Api::all(client.clone());
     for node in nodes {
         let object = Node {
@@ -70,7 +93,7 @@ pub async fn register(client: &Client, nodes: &[FakeNode]) -> kube::Result<()> {
             &Patch::Merge(json!({"spec": {"taints": []}})),
         )
         .await?;
-        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let now = Timestamp::now().to_string();
         let status = json!({"status": {
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                             "message": "coral e2e node", "lastHeartbeatTime": now, "lastTransitionTime": now}],
@@ -81,8 +104,53 @@ pub async fn register(client: &Client, nodes: &[FakeNode]) -> kube::Result<()> {
         }});
         api.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(status))
             .await?;
+        beat(client, &node.name).await?;
     }
-    Ok(())
+    let shutdown = CancellationToken::new();
+    let (client, names, stop) = (
+        client.clone(),
+        nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+        shutdown.clone(),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => for name in &names {
+                    if let Err(err) = beat(&client, name).await {
+                        eprintln!("heartbeat of {name}: {err}");
+                    }
+                },
+            }
+        }
+    });
+    Ok(Heartbeats { shutdown })
+}
+
+/// One heartbeat: renew the node's Lease and its Ready condition.
+async fn beat(client: &Client, node: &str) -> kube::Result<()> {
+    let now = Timestamp::now();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": node},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": MicroTime(now)},
+    });
+    leases
+        .patch(
+            node,
+            &PatchParams::apply("coral-e2e-kubelet").force(),
+            &Patch::Apply(&lease),
+        )
+        .await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                                   "message": "coral e2e node", "lastHeartbeatTime": now.to_string()}]}});
+    nodes
+        .patch_status(node, &PatchParams::default(), &Patch::Strategic(ready))
+        .await
+        .map(drop)
 }
 
 /// Marks a pod Running and Ready with `ip`, on its node's InternalIP, as its kubelet would once
@@ -105,7 +173,7 @@ pub async fn mark_pod_ready(client: &Client, pod: &Pod, ip: &str) -> kube::Resul
         .map(|a| a.address)
         .unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let now = Timestamp::now().to_string();
     let status = json!({"status": {
         "phase": "Running",
         "hostIP": host_ip,

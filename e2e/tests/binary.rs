@@ -5,33 +5,15 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use coral_e2e::binaries::workspace_binary;
 use coral_e2e::controlplane::ControlPlane;
 use coral_e2e::operator::install_crd;
 use coral_e2e::wait::eventually;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
-/// Builds the operator binary (a no-op when `cargo test --workspace` already did) and returns
-/// its path next to this test's own executable.
 fn operator_binary() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--package",
-            "coral-operator",
-            "--bin",
-            "coral-operator",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building coral-operator failed");
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned();
-    deps.parent().unwrap().join("coral-operator")
+    workspace_binary("coral-operator", "coral-operator").unwrap()
 }
 
 #[test]

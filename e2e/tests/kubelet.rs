@@ -72,7 +72,7 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
     let control_plane = ControlPlane::start().unwrap();
     let client = control_plane.client().await.unwrap();
     let topology = standard_topology();
-    nodes::register(&client, &topology).await.unwrap();
+    let _heartbeats = nodes::register(&client, &topology).await.unwrap();
     let namespaces_before = our_namespaces();
     let state = tempfile::tempdir().unwrap();
     let kubelet = Kubelet::start(

@@ -5,6 +5,10 @@
 //! bridge is `.0.1`). Pods have no default route and the host does not forward, so nothing a
 //! pod sends can leave the bridge: pods reach each other and the host, and nothing else.
 //! Tests can cut a pod off by taking its veth down.
+//!
+//! A kubelet that is killed (SIGKILL, Ctrl-C on a test run) cannot clean up, so each bridge
+//! records its owner's PID under `/run/coral-e2e`; the next kubelet reclaims the bridges of
+//! dead owners, killing the processes left in their namespaces.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -68,13 +72,23 @@ pub struct PodInterface {
 }
 
 impl PodNetwork {
-    /// Creates a bridge on the first free index.
+    /// Creates a bridge on the first index no live kubelet owns, reclaiming dead ones.
     pub fn create() -> Result<Self, NetworkError> {
         for index in 0..MAX_NETWORKS {
             let bridge = format!("coralbr{index}");
-            if ip(&["link", "add", &bridge, "type", "bridge"]).is_err() {
-                continue; // taken by another kubelet
+            if owner_alive(index) {
+                continue;
             }
+            reclaim(index, &bridge);
+            if ip(&["link", "add", &bridge, "type", "bridge"]).is_err() {
+                continue; // another kubelet was faster
+            }
+            let recorded = std::fs::create_dir_all(RUN_DIR)
+                .and_then(|()| std::fs::write(owner_file(index), std::process::id().to_string()));
+            if let Err(err) = recorded {
+                eprintln!("kubelet: recording the owner of {bridge}: {err}");
+            }
+            CLAIMED.lock().expect("claimed-bridges lock").insert(index);
             let network = Self {
                 index,
                 bridge,
@@ -143,6 +157,61 @@ impl PodNetwork {
     }
 }
 
+/// Where bridges record the PID of the kubelet that owns them.
+const RUN_DIR: &str = "/run/coral-e2e";
+
+fn owner_file(index: u8) -> std::path::PathBuf {
+    std::path::Path::new(RUN_DIR).join(format!("network-{index}.pid"))
+}
+
+/// Bridges owned by kubelets of this process (tests run several in parallel threads).
+static CLAIMED: std::sync::Mutex<std::collections::BTreeSet<u8>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether a live kubelet owns bridge `index`: one of this process, or a live other process.
+fn owner_alive(index: u8) -> bool {
+    let Ok(pid) = std::fs::read_to_string(owner_file(index)) else {
+        return false;
+    };
+    let pid = pid.trim();
+    if pid == std::process::id().to_string() {
+        return CLAIMED
+            .lock()
+            .expect("claimed-bridges lock")
+            .contains(&index);
+    }
+    std::path::Path::new("/proc").join(pid).exists()
+}
+
+/// Removes what a dead kubelet left of network `index`: processes, namespaces, the bridge.
+fn reclaim(index: u8, bridge: &str) {
+    let listing = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let prefix = format!("coral{index}-");
+    for namespace in String::from_utf8_lossy(&listing)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        if !namespace.starts_with(&prefix) {
+            continue;
+        }
+        let pids = Command::new("ip")
+            .args(["netns", "pids", namespace])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        for pid in String::from_utf8_lossy(&pids).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        let _ = ip(&["netns", "del", namespace]);
+    }
+    let _ = ip(&["link", "del", bridge]);
+    let _ = std::fs::remove_file(owner_file(index));
+}
+
 impl Drop for PodNetwork {
     fn drop(&mut self) {
         for namespace in std::mem::take(&mut self.namespaces) {
@@ -151,6 +220,11 @@ impl Drop for PodNetwork {
         if let Err(err) = ip(&["link", "del", &self.bridge]) {
             eprintln!("kubelet: {err}");
         }
+        let _ = std::fs::remove_file(owner_file(self.index));
+        CLAIMED
+            .lock()
+            .expect("claimed-bridges lock")
+            .remove(&self.index);
     }
 }
 
@@ -197,6 +271,29 @@ mod tests {
         assert!(
             !String::from_utf8_lossy(&list.stdout).contains(&namespace),
             "torn down"
+        );
+    }
+
+    #[test]
+    fn a_dead_kubelets_network_is_reclaimed_by_the_next_one() {
+        let mut crashed = PodNetwork::create().unwrap();
+        let orphan = crashed.attach().unwrap();
+        let index = crashed.index;
+        // The owner dies without cleaning up: its record names a process that is gone.
+        let mut dead = Command::new("true").spawn().unwrap();
+        dead.wait().unwrap();
+        std::fs::write(owner_file(index), dead.id().to_string()).unwrap();
+        std::mem::forget(crashed);
+
+        let next = PodNetwork::create().unwrap();
+        assert_eq!(next.index, index, "the dead owner's index is free again");
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let listing = String::from_utf8_lossy(&list.stdout);
+        assert!(
+            !listing
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(orphan.namespace.as_str())),
+            "{listing}"
         );
     }
 }

@@ -38,6 +38,8 @@ use crate::validate::check_rules;
 const RESYNC: Duration = Duration::from_secs(300);
 /// How often a cluster that is not ready, or waits on its key, is re-checked without events.
 const NOT_READY_RESYNC: Duration = Duration::from_secs(30);
+/// Longest a reconcile waits for the first complete list of Nodes.
+const NODE_LIST_WAIT: Duration = Duration::from_secs(30);
 /// First and largest retry delay after a failed reconcile.
 const BACKOFF: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(300));
 
@@ -68,6 +70,9 @@ pub enum Error {
     /// Writing the status failed.
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+    /// The list of Nodes (for the topology map) could not be read in time.
+    #[error("the list of Nodes is not available yet")]
+    NodesUnknown,
 }
 
 impl Error {
@@ -78,6 +83,7 @@ impl Error {
             Self::Key { .. } => "key",
             Self::ListPods(_) => "list_pods",
             Self::Status(_) => "status",
+            Self::NodesUnknown => "nodes",
         }
     }
 }
@@ -282,6 +288,12 @@ async fn apply_all(
     let namespace = namespace_of(cluster);
     if let Some(problem) = key::ensure(cluster, ctx, &namespace).await? {
         return Ok(problem);
+    }
+    // Rendering the topology from a Node list still being read would rewrite the ConfigMap with
+    // nodes missing, and again once the list is complete (seen after an operator restart).
+    match tokio::time::timeout(NODE_LIST_WAIT, ctx.nodes.wait_until_ready()).await {
+        Ok(Ok(())) => {}
+        _ => return Err(Error::NodesUnknown),
     }
     let nodes = ctx.nodes.state();
     let topology = config_map::topology(
