@@ -114,3 +114,43 @@ async fn sigterm_stops_the_leader_cleanly_and_releases_its_lease() {
         "the Lease is free for a standby at once"
     );
 }
+
+#[tokio::test]
+async fn kubectl_shows_the_printer_columns_and_explains_the_spec() {
+    let control_plane = ControlPlane::start().unwrap();
+    let client = control_plane.client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let kubectl = |args: &[&str]| {
+        let output = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(control_plane.kubeconfig())
+            .args(args)
+            .output()
+            .expect("kubectl is installed");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let minimal = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds/examples/minimal.yaml");
+    kubectl(&["apply", "-f", minimal.to_str().unwrap()]);
+    let table = kubectl(&["get", "coral"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "ZONE", "DESIRED", "READY", "NODES", "READY", "AGE"],
+        "{table}"
+    );
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("minimal"),
+        "{table}"
+    );
+    assert!(table.contains("nyud.net"), "{table}");
+    let explained = kubectl(&["explain", "coralcluster.spec.proxy.serveStale"]);
+    assert!(
+        explained.contains("How long past expiry a cached object is still served"),
+        "{explained}"
+    );
+}
