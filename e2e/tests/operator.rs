@@ -109,6 +109,17 @@ async fn wait_for_condition(
     .await
 }
 
+/// The resourceVersion of an object of the test namespace.
+async fn resource_version<K>(client: &Client, name: &str) -> Option<String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned,
+{
+    api::<K>(client).get(name).await.unwrap().resource_version()
+}
+
 /// Marks pods ready, as kubelets would, until the cluster's current generation is Ready.
 async fn ready_with_kubelets(client: &Client, name: &str) -> CoralCluster {
     let clusters: Api<CoralCluster> = api(client);
@@ -658,57 +669,19 @@ async fn objects_deleted_by_hand_come_back_and_a_restarted_operator_changes_noth
 
     // Every object's resourceVersion, before and after another replica takes over.
     let versions = || async {
-        let mut versions = vec![
-            api::<CoralCluster>(client)
-                .get("minimal")
-                .await
-                .unwrap()
-                .resource_version(),
-            api::<Secret>(client)
-                .get("minimal-dht-key")
-                .await
-                .unwrap()
-                .resource_version(),
-            api::<ConfigMap>(client)
-                .get("minimal-config")
-                .await
-                .unwrap()
-                .resource_version(),
-            api::<ServiceAccount>(client)
-                .get("minimal-node")
-                .await
-                .unwrap()
-                .resource_version(),
-            api::<Role>(client)
-                .get("minimal-node")
-                .await
-                .unwrap()
-                .resource_version(),
-            api::<RoleBinding>(client)
-                .get("minimal-node")
-                .await
-                .unwrap()
-                .resource_version(),
-        ];
-        for name in ["minimal-proxy", "minimal-dns"] {
-            versions.push(
-                api::<DaemonSet>(client)
-                    .get(name)
-                    .await
-                    .unwrap()
-                    .resource_version(),
-            );
-        }
-        for name in ["minimal-dns", "minimal-dht", "minimal-metrics"] {
-            versions.push(
-                api::<Service>(client)
-                    .get(name)
-                    .await
-                    .unwrap()
-                    .resource_version(),
-            );
-        }
-        versions
+        vec![
+            resource_version::<CoralCluster>(client, "minimal").await,
+            resource_version::<Secret>(client, "minimal-dht-key").await,
+            resource_version::<ConfigMap>(client, "minimal-config").await,
+            resource_version::<ServiceAccount>(client, "minimal-node").await,
+            resource_version::<Role>(client, "minimal-node").await,
+            resource_version::<RoleBinding>(client, "minimal-node").await,
+            resource_version::<DaemonSet>(client, "minimal-proxy").await,
+            resource_version::<DaemonSet>(client, "minimal-dns").await,
+            resource_version::<Service>(client, "minimal-dns").await,
+            resource_version::<Service>(client, "minimal-dht").await,
+            resource_version::<Service>(client, "minimal-metrics").await,
+        ]
     };
     let before = versions().await;
     first.stop().await.unwrap();
