@@ -1,4 +1,4 @@
-//! A local cluster ready for Coral: the control plane, six nodes, the CRD and a namespace.
+//! A local cluster ready for Coral: the control plane, six live nodes and a namespace.
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -7,7 +7,6 @@ use kube::{Api, Client};
 
 use crate::controlplane::{ControlPlane, ControlPlaneError};
 use crate::nodes::{self, Heartbeats, standard_topology};
-use crate::operator::install_crd;
 
 /// Why the local cluster could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +19,7 @@ pub enum LocalClusterError {
     Api(#[from] kube::Error),
 }
 
-/// A running control plane with the standard six nodes, the CoralCluster CRD and one namespace.
+/// A running control plane with the standard six nodes (kept Ready) and one namespace.
 pub struct LocalCluster {
     /// An admin client.
     pub client: Client,
@@ -50,7 +49,6 @@ impl LocalCluster {
     ) -> Result<Self, LocalClusterError> {
         let client = control_plane.client().await?;
         let heartbeats = nodes::register(&client, &standard_topology()).await?;
-        install_crd(&client).await?;
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let object = Namespace {
             metadata: ObjectMeta {

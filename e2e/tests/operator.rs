@@ -9,7 +9,7 @@ use std::time::Duration;
 use coral_e2e::cluster::LocalCluster;
 use coral_e2e::controlplane::ControlPlane;
 use coral_e2e::nodes;
-use coral_e2e::operator::RunningOperator;
+use coral_e2e::operator::{RunningOperator, install_crd};
 use coral_e2e::wait::eventually;
 use coral_operator::api::{CoralCluster, CoralClusterSpec, DnsExposure};
 use coral_operator::runtime::LeaseOptions;
@@ -42,6 +42,7 @@ async fn cluster() -> Cluster {
     let local = LocalCluster::start(NAMESPACE)
         .await
         .expect("local cluster starts");
+    install_crd(&local.client).await.expect("CRD installs");
     Cluster {
         client: local.client.clone(),
         _local: local,

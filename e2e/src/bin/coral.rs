@@ -1,24 +1,27 @@
-//! `coral up`: a whole Coral control plane on this machine, with no Docker and no downloads.
+//! `coral up`: a whole Coral control plane on this machine, with no Docker and no downloads;
+//! `coral down`: remove whatever an interrupted `coral up` left.
 //!
 //! Starts the real Kubernetes control plane of `e2e/controlplane` on loopback, registers six
 //! nodes in three zones and two regions, installs the CRD, runs the operator and the local
 //! kubelet (pods as processes in network namespaces), creates the minimal CoralCluster, then
 //! shows what the operator and the kubelet made of it.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use coral_e2e::binaries::workspace_binary;
 use coral_e2e::cluster::LocalCluster;
+use coral_e2e::kubelet::network::reclaim_abandoned;
 use coral_e2e::kubelet::{Kubelet, KubeletConfig};
 use coral_e2e::nodes::standard_topology;
-use coral_e2e::operator::RunningOperator;
-use coral_operator::api::{CoralCluster, CoralClusterSpec};
+use coral_operator::api::CoralCluster;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 const NAMESPACE: &str = "coral";
@@ -28,24 +31,40 @@ const NAMESPACE: &str = "coral";
 #[command(version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Subcommands,
 }
 
 #[derive(Subcommand)]
-enum Command {
-    /// Start a local control plane with six nodes, the operator and a CoralCluster; keeps
-    /// running until Ctrl-C.
+enum Subcommands {
+    /// Start a local control plane with six nodes, the local kubelet, the operator (as a
+    /// process) and the minimal CoralCluster; keeps running until Ctrl-C.
     Up {
         /// Show the result and stop everything instead of running until Ctrl-C.
         #[arg(long)]
         once: bool,
     },
+    /// Stop and remove whatever an interrupted `coral up` left behind.
+    Down,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Up { once } = Cli::parse().command;
+    match Cli::parse().command {
+        Subcommands::Up { once } => up(once).await,
+        Subcommands::Down => {
+            down()?;
+            eprintln!("==> nothing of coral up is left running");
+            Ok(())
+        }
+    }
+}
+
+async fn up(once: bool) -> anyhow::Result<()> {
+    down()?;
     let state = state_dir()?;
+    eprintln!("==> building coral-operator and coral-node");
+    let operator_binary = workspace_binary("coral-operator", "coral-operator")?;
+    let node_binary = workspace_binary("coral-node", "coral-node")?;
     eprintln!(
         "==> starting the Kubernetes control plane (the first run builds it from Go modules: ~7 min on 2 cores)"
     );
@@ -53,33 +72,68 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the local cluster")?;
     let client = local.client.clone();
-    let kubeconfig = local.control_plane.kubeconfig().display().to_string();
+    let state_dir = local.control_plane.state_dir().to_owned();
+    let kubeconfig = local.control_plane.kubeconfig().to_owned();
     eprintln!(
-        "==> 6 nodes in zones eu-1a, eu-1b (region eu-1) and us-1a (region us-1); CRD installed; starting the operator"
+        "==> 6 nodes in zones eu-1a, eu-1b (region eu-1) and us-1a (region us-1), kept Ready by heartbeats"
     );
-    let operator = RunningOperator::start(&client, "coral-up", None).await?;
-    eprintln!(
-        "==> building coral-node and starting the local kubelet (pods run as processes in network namespaces)"
-    );
-    let node_binary = workspace_binary("coral-node", "coral-node")?;
+
+    eprintln!("==> starting the local kubelet (pods run as processes in network namespaces)");
     let kubelet = Kubelet::start(
         client.clone(),
         KubeletConfig {
             nodes: standard_topology(),
             images: vec![("coral-node".to_owned(), node_binary)],
-            state_dir: local.control_plane.state_dir().join("kubelet"),
+            state_dir: state_dir.join("kubelet"),
         },
     )
     .context("starting the kubelet (it needs root, for network namespaces)")?;
-    let clusters: Api<CoralCluster> = Api::namespaced(client.clone(), NAMESPACE);
-    clusters
-        .create(
-            &PostParams::default(),
-            &CoralCluster::new("demo", CoralClusterSpec::default()),
-        )
-        .await?;
-    eprintln!("==> created CoralCluster coral/demo (every setting at its default: zone nyud.net)");
 
+    eprintln!("==> coral-operator crd | kubectl apply --server-side -f -");
+    let crd = Command::new(&operator_binary)
+        .arg("crd")
+        .output()
+        .context("running coral-operator crd")?;
+    kubectl(
+        &kubeconfig,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&crd.stdout),
+    )?;
+    kubectl(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/coralclusters.coral.nyud.net",
+            "--timeout=30s",
+        ],
+        None,
+    )?;
+
+    let metrics = free_loopback_port()?;
+    eprintln!(
+        "==> starting coral-operator run (a local process; log in {})",
+        state_dir.join("operator.log").display()
+    );
+    let operator = OperatorProcess::start(&operator_binary, &kubeconfig, metrics, &state_dir)?;
+
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../crds/examples/minimal.yaml")
+        .canonicalize()?;
+    eprintln!("==> kubectl apply -n {NAMESPACE} -f {}", example.display());
+    kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "-n",
+            NAMESPACE,
+            "-f",
+            &example.display().to_string(),
+        ],
+        None,
+    )?;
+
+    let clusters: Api<CoralCluster> = Api::namespaced(client.clone(), NAMESPACE);
     let cluster = wait_for_status(&clusters).await?;
     wait_for_pod_states(&client).await?;
     show(&client, &cluster).await?;
@@ -94,30 +148,150 @@ async fn main() -> anyhow::Result<()> {
     if !once {
         println!();
         println!(
-            "Look around:  KUBECONFIG={kubeconfig} kubectl get coral,daemonsets,services -n {NAMESPACE}"
+            "Look around:  KUBECONFIG={} kubectl get coral,daemonsets,pods,services -n {NAMESPACE}",
+            kubeconfig.display()
         );
-        println!("Operator metrics: http://{}/metrics", operator.address);
-        eprintln!("==> running; Ctrl-C stops the operator and the control plane");
+        println!("Operator metrics: http://127.0.0.1:{metrics}/metrics");
+        eprintln!(
+            "==> running; Ctrl-C stops everything (if this is killed instead, `coral down` cleans up)"
+        );
         tokio::signal::ctrl_c().await?;
     }
+    operator.stop();
     kubelet.stop().await;
-    operator.stop().await?;
     eprintln!("==> stopping the control plane");
     drop(local);
     Ok(())
 }
 
-/// A fresh state directory under the repository's ignored `.cache/`.
-fn state_dir() -> anyhow::Result<tempfile::TempDir> {
+/// The operator binary running as a local process, as it would run in a pod.
+struct OperatorProcess {
+    child: std::process::Child,
+}
+
+/// File in the state directory recording the operator's PID, for `coral down`.
+const OPERATOR_PID_FILE: &str = "operator.pid";
+
+impl OperatorProcess {
+    fn start(
+        binary: &Path,
+        kubeconfig: &Path,
+        port: u16,
+        state_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(state_dir.join("operator.log"))?;
+        let child = Command::new(binary)
+            .args(["run", "--metrics-address", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAMESPACE", NAMESPACE)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting coral-operator")?;
+        std::fs::write(state_dir.join(OPERATOR_PID_FILE), child.id().to_string())?;
+        Ok(Self { child })
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod, then wait (SIGKILL after 10 s).
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+/// Runs kubectl against the local cluster, failing with its stderr.
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<String> {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context(
+            "running kubectl (coral up applies manifests with it; install kubectl 1.32 or newer)",
+        )?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input)?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn free_loopback_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Stops what earlier `coral up` runs left: their operators, control planes, state and pod
+/// networks.
+fn down() -> anyhow::Result<()> {
+    let cache = cache_dir()?;
+    for entry in std::fs::read_dir(&cache)? {
+        let dir = entry?.path();
+        let is_up = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("up-"));
+        if !is_up || !dir.is_dir() {
+            continue;
+        }
+        if let Ok(pid) = std::fs::read_to_string(dir.join(OPERATOR_PID_FILE)) {
+            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+        }
+        if dir.join("pids").exists() {
+            let stop = coral_e2e::controlplane::scripts_dir().join("stop.sh");
+            let _ = Command::new(stop).arg(&dir).stdout(Stdio::null()).status();
+        }
+        eprintln!(
+            "==> removed what a previous coral up left in {}",
+            dir.display()
+        );
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let networks = reclaim_abandoned();
+    if networks > 0 {
+        eprintln!("==> removed {networks} abandoned pod network(s)");
+    }
+    Ok(())
+}
+
+fn cache_dir() -> anyhow::Result<PathBuf> {
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache");
     std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let cache = cache.canonicalize()?;
-    Ok(tempfile::Builder::new().prefix("up-").tempdir_in(cache)?)
+    Ok(cache.canonicalize()?)
+}
+
+/// A fresh state directory under the repository's ignored `.cache/`.
+fn state_dir() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("up-")
+        .tempdir_in(cache_dir()?)?)
 }
 
 async fn wait_for_status(clusters: &Api<CoralCluster>) -> anyhow::Result<CoralCluster> {
     for _ in 0..150 {
-        let cluster = clusters.get("demo").await?;
+        let cluster = clusters.get("minimal").await?;
         if cluster.status.as_ref().is_some_and(|s| s.desired_nodes > 0) {
             return Ok(cluster);
         }

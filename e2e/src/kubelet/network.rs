@@ -183,6 +183,24 @@ fn owner_alive(index: u8) -> bool {
     std::path::Path::new("/proc").join(pid).exists()
 }
 
+/// Removes what dead kubelets left behind (for `coral down`); returns how many networks.
+pub fn reclaim_abandoned() -> usize {
+    (0..MAX_NETWORKS)
+        .filter(|&index| {
+            let bridge = format!("coralbr{index}");
+            let exists = Command::new("ip")
+                .args(["link", "show", &bridge])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            let abandoned = exists && !owner_alive(index);
+            if abandoned {
+                reclaim(index, &bridge);
+            }
+            abandoned
+        })
+        .count()
+}
+
 /// Removes what a dead kubelet left of network `index`: processes, namespaces, the bridge.
 fn reclaim(index: u8, bridge: &str) {
     let listing = Command::new("ip")
