@@ -69,8 +69,11 @@ sign() {
   rm -f "$pki/$1.csr" "$pki/$1.ext"
 }
 client_ext='basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth'
+# Pods of the e2e kubelet reach the apiserver through a forwarder on their bridge's gateway
+# (10.200+k.0.1, k < 32), so those addresses are names of the apiserver too.
+pod_gateways=$(for k in $(seq 0 31); do printf ',IP:10.%d.0.1' $((200 + k)); done)
 sign apiserver "/CN=kube-apiserver" \
-  'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local'
+  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local$pod_gateways"
 sign admin "/O=system:masters/CN=kubernetes-admin" "$client_ext"
 sign controller-manager "/CN=system:kube-controller-manager" "$client_ext"
 sign scheduler "/CN=system:kube-scheduler" "$client_ext"

@@ -96,6 +96,20 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
+    /// The apiserver's address on loopback, read from the state directory's `env` file.
+    pub fn api_address(&self) -> Result<std::net::SocketAddr, ControlPlaneError> {
+        let path = self.state.path().join("env");
+        let error = |message: String| ControlPlaneError::Kubeconfig {
+            path: path.clone(),
+            message,
+        };
+        let env = std::fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
+        env.lines()
+            .find_map(|line| line.strip_prefix("APISERVER=https://"))
+            .and_then(|address| address.parse().ok())
+            .ok_or_else(|| error("no APISERVER=https://ADDRESS line".to_owned()))
+    }
+
     /// The state directory (logs, certificates, etcd data).
     pub fn state_dir(&self) -> &Path {
         self.state.path()

@@ -21,9 +21,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Serves its node, name and address, and a file from its ConfigMap, over HTTP on 8080.
+/// Serves its node, name and address, a file from its ConfigMap, and what the API server said
+/// to its service-account token, over HTTP on 8080.
 const WEB_SCRIPT: &str = r#"printf '%s %s %s' "$MY_POD_IP" "$MY_NODE" "$MY_NAME" > /srv/env.txt
 cp /etc/demo/greeting /srv/greeting
+account=/var/run/secrets/kubernetes.io/serviceaccount
+curl -sS --cacert $account/ca.crt -H "Authorization: Bearer $(cat $account/token)" \
+  "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/default/secrets" > /srv/api.json 2>&1 || true
 touch /srv/ready.txt
 exec python3 -m http.server --bind 0.0.0.0 --directory /srv 8080"#;
 
@@ -81,8 +85,10 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
             nodes: topology.clone(),
             images: vec![("python".to_owned(), PathBuf::from("/usr/bin/python3"))],
             state_dir: state.path().to_owned(),
+            api_server: Some(control_plane.api_address().unwrap()),
         },
     )
+    .await
     .unwrap();
 
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
@@ -163,6 +169,13 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
         assert_eq!(
             get(&ip, "/greeting").await.unwrap(),
             "hello from a ConfigMap"
+        );
+        // Reached through the gateway forwarder, over verified TLS, authenticated as the pod's
+        // service account (which may not list Secrets).
+        let api = get(&ip, "/api.json").await.unwrap();
+        assert!(
+            api.contains("system:serviceaccount:default:default") && api.contains("Forbidden"),
+            "{api}"
         );
         let host_ip = pod.status.as_ref().unwrap().host_ip.clone().unwrap();
         let expected = topology.iter().find(|n| n.name == node).unwrap();

@@ -85,8 +85,10 @@ async fn up(once: bool) -> anyhow::Result<()> {
             nodes: standard_topology(),
             images: vec![("coral-node".to_owned(), node_binary)],
             state_dir: state_dir.join("kubelet"),
+            api_server: Some(local.control_plane.api_address()?),
         },
     )
+    .await
     .context("starting the kubelet (it needs root, for network namespaces)")?;
 
     eprintln!("==> coral-operator crd | kubectl apply --server-side -f -");

@@ -13,6 +13,7 @@
 //! resource limits, users and read-only root filesystems, images (an image name maps to a
 //! binary on this machine).
 
+pub mod api_proxy;
 pub mod network;
 pub mod process;
 pub mod status;
@@ -46,6 +47,9 @@ pub struct KubeletConfig {
     pub images: Vec<(String, PathBuf)>,
     /// Where pod volumes and logs go.
     pub state_dir: PathBuf,
+    /// The API server on loopback, forwarded to pods at their gateway; `None`: pods cannot
+    /// reach it.
+    pub api_server: Option<std::net::SocketAddr>,
 }
 
 /// Why the kubelet could not start.
@@ -54,6 +58,9 @@ pub enum KubeletError {
     /// The pod network could not be created.
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+    /// The API forwarder could not listen on the gateway.
+    #[error("forwarding the API server to pods: {0}")]
+    ApiProxy(#[source] std::io::Error),
 }
 
 /// A running kubelet; stopping or dropping it stops every pod process and removes every
@@ -65,9 +72,14 @@ pub struct Kubelet {
 
 impl Kubelet {
     /// Starts running pods bound to `config.nodes`.
-    pub fn start(client: Client, config: KubeletConfig) -> Result<Self, KubeletError> {
+    pub async fn start(client: Client, config: KubeletConfig) -> Result<Self, KubeletError> {
         let network = PodNetwork::create()?;
         let shutdown = CancellationToken::new();
+        if let Some(api_server) = config.api_server {
+            api_proxy::bind(network.gateway(), api_server, shutdown.clone())
+                .await
+                .map_err(KubeletError::ApiProxy)?;
+        }
         let runner = Runner {
             client,
             config,
@@ -371,6 +383,16 @@ impl Runner {
             .await
             .map_err(|e| e.to_string())?;
         let mut env = BTreeMap::new();
+        if self.config.api_server.is_some() {
+            env.insert(
+                "KUBERNETES_SERVICE_HOST".to_owned(),
+                self.network.gateway().to_string(),
+            );
+            env.insert(
+                "KUBERNETES_SERVICE_PORT".to_owned(),
+                api_proxy::PORT.to_string(),
+            );
+        }
         for var in container.env.iter().flatten() {
             env.insert(var.name.clone(), self.env_value(pod, runtime, var).await?);
         }
