@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use coral_e2e::controlplane::ControlPlane;
-use coral_e2e::kubelet::{Kubelet, KubeletConfig};
+use coral_e2e::kubelet::{Kubelet, KubeletConfig, network};
 use coral_e2e::nodes::{self, standard_topology};
 use coral_e2e::wait::eventually;
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -249,6 +249,45 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
         get(&ip, "/greeting").await.unwrap(),
         "hello from a ConfigMap"
     );
+
+    // A pod cut off the network fails its readiness probe and leaves the endpoints; healed,
+    // it comes back.
+    let address: std::net::Ipv4Addr = ip.parse().unwrap();
+    network::set_connected(address, false).unwrap();
+    let ready_endpoints = || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .count();
+        Ok::<_, String>(ready)
+    };
+    eventually("the cut-off pod to leave the endpoints", WAIT, || async {
+        let ready = ready_endpoints().await?;
+        if ready == 5 {
+            Ok(())
+        } else {
+            Err(format!("{ready} ready"))
+        }
+    })
+    .await;
+    let attempt = tokio::time::timeout(Duration::from_secs(2), get(&ip, "/greeting")).await;
+    assert!(!matches!(attempt, Ok(Ok(_))), "unreachable while cut off");
+    network::set_connected(address, true).unwrap();
+    eventually("the healed pod to return", WAIT, || async {
+        let ready = ready_endpoints().await?;
+        if ready == 6 {
+            Ok(())
+        } else {
+            Err(format!("{ready} ready"))
+        }
+    })
+    .await;
 
     // A deleted pod is stopped and its namespace removed; the DaemonSet gets a new one.
     pod_api

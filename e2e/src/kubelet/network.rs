@@ -164,6 +164,26 @@ fn owner_file(index: u8) -> std::path::PathBuf {
     std::path::Path::new(RUN_DIR).join(format!("network-{index}.pid"))
 }
 
+/// Cuts a pod off the network (`connected: false` takes the host end of its veth down) or
+/// connects it again, found by its address, for partition tests.
+pub fn set_connected(pod: Ipv4Addr, connected: bool) -> Result<(), NetworkError> {
+    let [ten, network, high, low] = pod.octets();
+    let index = network.wrapping_sub(200);
+    if ten != 10 || index >= MAX_NETWORKS {
+        return Err(NetworkError::Ip {
+            args: format!("link of {pod}"),
+            stderr: "not a pod address".to_owned(),
+        });
+    }
+    let host = u16::from_be_bytes([high, low]);
+    ip(&[
+        "link",
+        "set",
+        &format!("cv{index}h{host}"),
+        if connected { "up" } else { "down" },
+    ])
+}
+
 /// Bridges owned by kubelets of this process (tests run several in parallel threads).
 static CLAIMED: std::sync::Mutex<std::collections::BTreeSet<u8>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
