@@ -6,9 +6,10 @@
 //! pod sends can leave the bridge: pods reach each other and the host, and nothing else.
 //! Tests can cut a pod off by taking its veth down.
 //!
-//! A kubelet that is killed (SIGKILL, Ctrl-C on a test run) cannot clean up, so each bridge
-//! records its owner's PID under `/run/coral-e2e`; the next kubelet reclaims the bridges of
-//! dead owners, killing the processes left in their namespaces.
+//! A kubelet that is killed (SIGKILL, Ctrl-C on a test run) cannot clean up, so each network
+//! is owned through a lock file under `/run/coral-e2e` that the kernel releases when its
+//! holder dies; the next kubelet to take that network first removes what was left there,
+//! killing the processes left in its namespaces.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -58,6 +59,8 @@ pub struct PodNetwork {
     bridge: String,
     next_host: u32,
     namespaces: Vec<String>,
+    /// Held locked while this network lives: the kernel releases it if the process dies.
+    _ownership: std::fs::File,
 }
 
 /// A pod's network namespace and address.
@@ -72,28 +75,22 @@ pub struct PodInterface {
 }
 
 impl PodNetwork {
-    /// Creates a bridge on the first index no live kubelet owns, reclaiming dead ones.
+    /// Creates a bridge on the first index no live kubelet owns, reclaiming what a dead one
+    /// left there.
     pub fn create() -> Result<Self, NetworkError> {
         for index in 0..MAX_NETWORKS {
-            let bridge = format!("coralbr{index}");
-            if owner_alive(index) {
+            let Some(ownership) = take_ownership(index) else {
                 continue;
-            }
+            };
+            let bridge = format!("coralbr{index}");
             reclaim(index, &bridge);
-            if ip(&["link", "add", &bridge, "type", "bridge"]).is_err() {
-                continue; // another kubelet was faster
-            }
-            let recorded = std::fs::create_dir_all(RUN_DIR)
-                .and_then(|()| std::fs::write(owner_file(index), std::process::id().to_string()));
-            if let Err(err) = recorded {
-                eprintln!("kubelet: recording the owner of {bridge}: {err}");
-            }
-            CLAIMED.lock().expect("claimed-bridges lock").insert(index);
+            ip(&["link", "add", &bridge, "type", "bridge"])?;
             let network = Self {
                 index,
                 bridge,
                 next_host: 2,
                 namespaces: Vec::new(),
+                _ownership: ownership,
             };
             ip(&[
                 "addr",
@@ -157,11 +154,23 @@ impl PodNetwork {
     }
 }
 
-/// Where bridges record the PID of the kubelet that owns them.
+/// Where kubelets lock the networks they own.
 const RUN_DIR: &str = "/run/coral-e2e";
 
-fn owner_file(index: u8) -> std::path::PathBuf {
-    std::path::Path::new(RUN_DIR).join(format!("network-{index}.pid"))
+/// Locks network `index` for this kubelet, unless a live kubelet (of any process) holds it.
+/// The lock is an exclusive `flock`, which the kernel drops when its holder dies: a killed
+/// kubelet's network is free again at once, and two threads of one process never share one.
+fn take_ownership(index: u8) -> Option<std::fs::File> {
+    std::fs::create_dir_all(RUN_DIR).ok()?;
+    let path = std::path::Path::new(RUN_DIR).join(format!("network-{index}.lock"));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    file.try_lock().ok()?;
+    Some(file)
 }
 
 /// Cuts a pod off the network (`connected: false` takes the host end of its veth down) or
@@ -184,25 +193,6 @@ pub fn set_connected(pod: Ipv4Addr, connected: bool) -> Result<(), NetworkError>
     ])
 }
 
-/// Bridges owned by kubelets of this process (tests run several in parallel threads).
-static CLAIMED: std::sync::Mutex<std::collections::BTreeSet<u8>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// Whether a live kubelet owns bridge `index`: one of this process, or a live other process.
-fn owner_alive(index: u8) -> bool {
-    let Ok(pid) = std::fs::read_to_string(owner_file(index)) else {
-        return false;
-    };
-    let pid = pid.trim();
-    if pid == std::process::id().to_string() {
-        return CLAIMED
-            .lock()
-            .expect("claimed-bridges lock")
-            .contains(&index);
-    }
-    std::path::Path::new("/proc").join(pid).exists()
-}
-
 /// Removes what dead kubelets left behind (for `coral down`); returns how many networks.
 pub fn reclaim_abandoned() -> usize {
     (0..MAX_NETWORKS)
@@ -212,7 +202,8 @@ pub fn reclaim_abandoned() -> usize {
                 .args(["link", "show", &bridge])
                 .output()
                 .is_ok_and(|o| o.status.success());
-            let abandoned = exists && !owner_alive(index);
+            // Holding the lock proves no live kubelet owns the network.
+            let abandoned = exists && take_ownership(index).is_some();
             if abandoned {
                 reclaim(index, &bridge);
             }
@@ -247,7 +238,6 @@ fn reclaim(index: u8, bridge: &str) {
         let _ = ip(&["netns", "del", namespace]);
     }
     let _ = ip(&["link", "del", bridge]);
-    let _ = std::fs::remove_file(owner_file(index));
 }
 
 impl Drop for PodNetwork {
@@ -258,11 +248,6 @@ impl Drop for PodNetwork {
         if let Err(err) = ip(&["link", "del", &self.bridge]) {
             eprintln!("kubelet: {err}");
         }
-        let _ = std::fs::remove_file(owner_file(self.index));
-        CLAIMED
-            .lock()
-            .expect("claimed-bridges lock")
-            .remove(&self.index);
     }
 }
 
@@ -317,11 +302,12 @@ mod tests {
         let mut crashed = PodNetwork::create().unwrap();
         let orphan = crashed.attach().unwrap();
         let index = crashed.index;
-        // The owner dies without cleaning up: its record names a process that is gone.
-        let mut dead = Command::new("true").spawn().unwrap();
-        dead.wait().unwrap();
-        std::fs::write(owner_file(index), dead.id().to_string()).unwrap();
+        // The owner dies without cleaning up: its namespaces and bridge stay, its lock goes.
+        let PodNetwork { _ownership, .. } = &crashed;
+        let lock = _ownership.try_clone().unwrap();
         std::mem::forget(crashed);
+        lock.unlock().unwrap();
+        drop(lock);
 
         let next = PodNetwork::create().unwrap();
         assert_eq!(next.index, index, "the dead owner's index is free again");
