@@ -28,7 +28,7 @@ cp /etc/demo/greeting /srv/greeting
 account=/var/run/secrets/kubernetes.io/serviceaccount
 curl -sS --cacert $account/ca.crt -H "Authorization: Bearer $(cat $account/token)" \
   "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/default/secrets" > /srv/api.json 2>&1 || true
-touch /srv/ready.txt
+touch /srv/ready.txt /srv/alive.txt
 exec python3 -m http.server --bind 0.0.0.0 --directory /srv 8080"#;
 
 async fn get(ip: &str, path: &str) -> Result<String, String> {
@@ -123,6 +123,7 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
                         "env": [field("MY_POD_IP", "status.podIP"), field("MY_NODE", "spec.nodeName"), field("MY_NAME", "metadata.name")],
                         "ports": [{"name": "http", "containerPort": 8080}],
                         "readinessProbe": {"httpGet": {"path": "/ready.txt", "port": "http"}, "periodSeconds": 1},
+                        "livenessProbe": {"httpGet": {"path": "/alive.txt", "port": "http"}, "periodSeconds": 1, "failureThreshold": 2},
                         "volumeMounts": [{"name": "demo", "mountPath": "/etc/demo"}, {"name": "srv", "mountPath": "/srv"}],
                     }],
                     "volumes": [{"name": "demo", "configMap": {"name": "demo"}}, {"name": "srv", "emptyDir": {}}],
@@ -287,6 +288,36 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
             Err(format!("{ready} ready"))
         }
     })
+    .await;
+
+    // A container failing its liveness probe is killed and restarted (its script then answers
+    // the probe again).
+    let alive = state.path().join(format!(
+        "pods/default_{}/volumes/srv/alive.txt",
+        victim.name_any()
+    ));
+    std::fs::remove_file(&alive).unwrap();
+    eventually(
+        "the unresponsive container to be restarted",
+        WAIT,
+        || async {
+            let pod = pod_api
+                .get(&victim.name_any())
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = pod
+                .status
+                .unwrap_or_default()
+                .container_statuses
+                .unwrap_or_default();
+            let container = status.first().ok_or("no container status")?;
+            if container.restart_count >= 2 && container.ready {
+                Ok(())
+            } else {
+                Err(format!("{container:?}"))
+            }
+        },
+    )
     .await;
 
     // A deleted pod is stopped and its namespace removed; the DaemonSet gets a new one.

@@ -3,18 +3,20 @@
 //! For every pod the scheduler binds to one of its nodes, it gives the pod a network namespace
 //! and address ([`network`]), writes its ConfigMap, Secret and emptyDir volumes to disk
 //! ([`volumes`]), starts the first container's command with the pod's environment (downward-API
-//! fields included) in its own mount namespace ([`process`]), probes readiness over HTTP, and
+//! fields included) in its own mount namespace ([`process`]), runs HTTP readiness and liveness
+//! probes ([`probe`]), and
 //! reports pod status ([`status`]) so that DaemonSet status and EndpointSlices are real. A
 //! process that exits is restarted with backoff (restart policy `Always`: pods here are
 //! DaemonSet pods); a pod being deleted gets SIGTERM, then SIGKILL after its grace period.
 //! Everything is torn down when the kubelet stops or is dropped.
 //!
-//! What it does not do: more than one container per pod, init containers, liveness probes,
-//! resource limits, users and read-only root filesystems, images (an image name maps to a
+//! What it does not do: more than one container per pod, init containers, restart policies
+//! other than `Always`, resource limits, users and read-only root filesystems, images (an image name maps to a
 //! binary on this machine).
 
 pub mod api_proxy;
 pub mod network;
+pub mod probe;
 pub mod process;
 pub mod status;
 pub mod volumes;
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::nodes::FakeNode;
 use network::{PodInterface, PodNetwork};
+use probe::{ProbeState, Verdict};
 use process::ProcessSpec;
 use status::{ContainerState, PodView, Termination, pod_status};
 
@@ -119,7 +122,8 @@ struct PodRuntime {
     child: Option<(Child, Timestamp)>,
     view: PodView,
     next_start: Instant,
-    next_probe: Instant,
+    readiness: ProbeState,
+    liveness: ProbeState,
     reported: Option<serde_json::Value>,
 }
 
@@ -234,7 +238,8 @@ impl Runner {
             child: None,
             view,
             next_start: now,
-            next_probe: now,
+            readiness: ProbeState::new(None, now),
+            liveness: ProbeState::new(None, now),
             reported: None,
         })
     }
@@ -302,12 +307,8 @@ impl Runner {
         if runtime.child.is_none() && now >= runtime.next_start {
             self.start_process(runtime).await;
         }
-        if runtime.child.is_some() && now >= runtime.next_probe {
-            let (ready, period) = probe(runtime).await;
-            runtime.next_probe = now + period;
-            if let ContainerState::Running { started_at, .. } = runtime.view.state {
-                runtime.view.state = ContainerState::Running { started_at, ready };
-            }
+        if runtime.child.is_some() {
+            self.probe(runtime).await;
         }
     }
 
@@ -353,7 +354,12 @@ impl Runner {
                     ready: false,
                 };
                 runtime.child = Some((child, started_at));
-                runtime.next_probe = Instant::now();
+                let container = first_container(&runtime.pod);
+                let now = Instant::now();
+                runtime.readiness =
+                    ProbeState::new(container.and_then(|c| c.readiness_probe.as_ref()), now);
+                runtime.liveness =
+                    ProbeState::new(container.and_then(|c| c.liveness_probe.as_ref()), now);
             }
             Err(err) => {
                 runtime.view.state = ContainerState::Waiting {
@@ -362,6 +368,41 @@ impl Runner {
                 };
                 runtime.next_start = Instant::now() + RESTART_BACKOFF.1;
             }
+        }
+    }
+
+    /// Runs the container's due probes: readiness sets `ready` (no probe: ready once
+    /// running); a failed liveness probe kills the container, which is then restarted.
+    async fn probe(&self, runtime: &mut PodRuntime) {
+        let Some(container) = first_container(&runtime.pod).cloned() else {
+            return;
+        };
+        let address = runtime.interface.address;
+        let ready = match &container.readiness_probe {
+            None => Some(true),
+            Some(probe) => match runtime.readiness.run(probe, &container, address).await {
+                Verdict::NotDue | Verdict::Failing => None,
+                Verdict::Passed => Some(true),
+                Verdict::Failed => Some(false),
+            },
+        };
+        if let (Some(ready), ContainerState::Running { started_at, .. }) =
+            (ready, &runtime.view.state)
+        {
+            runtime.view.state = ContainerState::Running {
+                started_at: *started_at,
+                ready,
+            };
+        }
+        if let Some(probe) = &container.liveness_probe
+            && runtime.liveness.run(probe, &container, address).await == Verdict::Failed
+            && let Some((child, _)) = runtime.child.as_mut()
+        {
+            eprintln!(
+                "kubelet: {} failed its liveness probe; restarting it",
+                runtime.pod.name_any()
+            );
+            let _ = child.start_kill();
         }
     }
 
@@ -497,73 +538,6 @@ impl Runner {
 
 fn first_container(pod: &Pod) -> Option<&Container> {
     pod.spec.as_ref()?.containers.first()
-}
-
-/// Runs the readiness probe; returns the verdict and when to probe next. No probe: ready.
-async fn probe(runtime: &PodRuntime) -> (bool, Duration) {
-    let Some(probe) = first_container(&runtime.pod).and_then(|c| c.readiness_probe.clone()) else {
-        return (true, Duration::from_secs(10));
-    };
-    let period = Duration::from_secs(
-        probe
-            .period_seconds
-            .unwrap_or(10)
-            .max(1)
-            .unsigned_abs()
-            .into(),
-    );
-    let timeout = Duration::from_secs(
-        probe
-            .timeout_seconds
-            .unwrap_or(1)
-            .max(1)
-            .unsigned_abs()
-            .into(),
-    );
-    let Some(get) = probe.http_get else {
-        return (true, period);
-    };
-    let port = match get.port {
-        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port) => {
-            u16::try_from(port).unwrap_or_default()
-        }
-        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => {
-            first_container(&runtime.pod)
-                .and_then(|c| {
-                    c.ports
-                        .as_ref()?
-                        .iter()
-                        .find(|p| p.name.as_deref() == Some(name.as_str()))
-                        .map(|p| p.container_port)
-                })
-                .and_then(|p| u16::try_from(p).ok())
-                .unwrap_or_default()
-        }
-    };
-    let path = get.path.unwrap_or_else(|| "/".to_owned());
-    let address = std::net::SocketAddr::from((runtime.interface.address, port));
-    let ok = tokio::time::timeout(timeout, http_ok(address, &path))
-        .await
-        .unwrap_or(false);
-    (ok, period)
-}
-
-/// Whether `GET path` answers with a 2xx or 3xx status.
-async fn http_ok(address: std::net::SocketAddr, path: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
-        return false;
-    };
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: coral-e2e-kubelet\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    if stream.read_exact(&mut head).await.is_err() {
-        return false;
-    }
-    matches!(&head[9..10], b"2" | b"3")
 }
 
 /// SIGTERM, then SIGKILL once `grace` has passed.
