@@ -59,6 +59,29 @@ async fn pods(client: &Client) -> Vec<Pod> {
         .items
 }
 
+/// Waits until the pod's container was restarted `times` times and is ready again.
+async fn wait_for_restarts(pods: &Api<Pod>, name: &str, times: i32) {
+    eventually(
+        &format!("{name} restarted {times} times and ready"),
+        WAIT,
+        || async {
+            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+            let statuses = pod
+                .status
+                .unwrap_or_default()
+                .container_statuses
+                .unwrap_or_default();
+            let container = statuses.first().ok_or("no container status")?;
+            if container.restart_count >= times && container.ready {
+                Ok(())
+            } else {
+                Err(format!("{container:?}"))
+            }
+        },
+    )
+    .await;
+}
+
 fn our_namespaces() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
     // `ip netns list` prints `NAME (id: N)`.
@@ -224,28 +247,7 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
         Command::new("kill").args(["-KILL", pid]).status().unwrap();
     }
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    eventually(
-        "the killed container to restart and be ready",
-        WAIT,
-        || async {
-            let pod = pod_api
-                .get(&victim.name_any())
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = pod
-                .status
-                .unwrap_or_default()
-                .container_statuses
-                .unwrap_or_default();
-            let container = status.first().ok_or("no container status")?;
-            if container.restart_count >= 1 && container.ready {
-                Ok(())
-            } else {
-                Err(format!("{container:?}"))
-            }
-        },
-    )
-    .await;
+    wait_for_restarts(&pod_api, &victim.name_any(), 1).await;
     assert_eq!(
         get(&ip, "/greeting").await.unwrap(),
         "hello from a ConfigMap"
@@ -297,28 +299,7 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
         victim.name_any()
     ));
     std::fs::remove_file(&alive).unwrap();
-    eventually(
-        "the unresponsive container to be restarted",
-        WAIT,
-        || async {
-            let pod = pod_api
-                .get(&victim.name_any())
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = pod
-                .status
-                .unwrap_or_default()
-                .container_statuses
-                .unwrap_or_default();
-            let container = status.first().ok_or("no container status")?;
-            if container.restart_count >= 2 && container.ready {
-                Ok(())
-            } else {
-                Err(format!("{container:?}"))
-            }
-        },
-    )
-    .await;
+    wait_for_restarts(&pod_api, &victim.name_any(), 2).await;
 
     // A deleted pod is stopped and its namespace removed; the DaemonSet gets a new one.
     pod_api

@@ -110,6 +110,23 @@ async fn wait_for_condition(
     .await
 }
 
+/// Changes a CoralCluster's spec; returns its new generation.
+async fn update_spec(
+    client: &Client,
+    name: &str,
+    change: impl FnOnce(&mut CoralClusterSpec),
+) -> Option<i64> {
+    let clusters: Api<CoralCluster> = api(client);
+    let mut cluster = clusters.get(name).await.unwrap();
+    change(&mut cluster.spec);
+    clusters
+        .replace(name, &PostParams::default(), &cluster)
+        .await
+        .unwrap()
+        .metadata
+        .generation
+}
+
 /// The resourceVersion of an object of the test namespace.
 async fn resource_version<K>(client: &Client, name: &str) -> Option<String>
 where
@@ -219,15 +236,10 @@ async fn minimal_cluster_gets_every_owned_object_and_is_ready_only_when_all_pods
     );
 
     // A spec change rolls the pods out again; resolvers then reach DNS on the nodes.
-    let clusters: Api<CoralCluster> = api(client);
-    let mut changed = clusters.get("minimal").await.unwrap();
-    changed.spec.dns.exposure = DnsExposure::HostNetwork;
-    let generation = clusters
-        .replace("minimal", &PostParams::default(), &changed)
-        .await
-        .unwrap()
-        .metadata
-        .generation;
+    let generation = update_spec(client, "minimal", |spec| {
+        spec.dns.exposure = DnsExposure::HostNetwork
+    })
+    .await;
     let rolled = ready_with_kubelets(client, "minimal").await;
     let status = rolled.status.unwrap();
     assert_eq!(status.observed_generation, generation);
@@ -327,12 +339,10 @@ async fn spec_the_node_cannot_use_is_degraded_with_an_event_and_recovers_when_fi
     );
     assert!(!operator.has_ended(), "a bad spec never stops the operator");
 
-    let mut fixed = clusters.get("odd").await.unwrap();
-    fixed.spec.proxy.max_object_size.0 = "10Mi".into();
-    clusters
-        .replace("odd", &PostParams::default(), &fixed)
-        .await
-        .unwrap();
+    update_spec(client, "odd", |spec| {
+        spec.proxy.max_object_size.0 = "10Mi".into()
+    })
+    .await;
     wait_for_condition(client, "odd", "Degraded", "False", "AsExpected").await;
     operator.stop().await.unwrap();
 }
@@ -470,12 +480,7 @@ async fn failed_apply_is_degraded_with_an_event_retried_with_backoff_and_recover
         "{errors} failed reconciles in ~10 s"
     );
 
-    let mut fixed = clusters.get("strict").await.unwrap();
-    fixed.spec.resources = None;
-    clusters
-        .replace("strict", &PostParams::default(), &fixed)
-        .await
-        .unwrap();
+    update_spec(client, "strict", |spec| spec.resources = None).await;
     wait_for_condition(client, "strict", "Degraded", "False", "AsExpected").await;
     operator.stop().await.unwrap();
 }
