@@ -32,12 +32,14 @@ pub struct FakeNode {
     pub zone: String,
     /// Value of the region label.
     pub region: String,
-    /// The node's InternalIP: a documentation address (192.0.2.0/24) that nothing dials.
+    /// The node's InternalIP: a loopback address (127.0.100.0/24), so that anything that dials
+    /// a node (a resolver handed a hostNetwork DNS endpoint, say) stays on this machine. The
+    /// documentation range 192.0.2.0/24 is not safe here: it can be a real network.
     pub address: String,
 }
 
 /// Six nodes in three zones across two regions: two per zone; zones `eu-1a` and `eu-1b` in
-/// region `eu-1`, zone `us-1a` in region `us-1`; addresses 192.0.2.1 to 192.0.2.6.
+/// region `eu-1`, zone `us-1a` in region `us-1`; addresses 127.0.100.1 to 127.0.100.6.
 pub fn standard_topology() -> Vec<FakeNode> {
     [("eu-1a", "eu-1"), ("eu-1b", "eu-1"), ("us-1a", "us-1")]
         .iter()
@@ -47,7 +49,7 @@ pub fn standard_topology() -> Vec<FakeNode> {
             name: format!("node-{zone}-{i}"),
             zone: zone.to_owned(),
             region: region.to_owned(),
-            address: format!("192.0.2.{}", n + 1),
+            address: format!("127.0.100.{}", n + 1),
         })
         .collect()
 }

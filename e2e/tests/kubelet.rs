@@ -59,6 +59,17 @@ async fn pods(client: &Client) -> Vec<Pod> {
         .items
 }
 
+/// How often the pod's container was restarted so far.
+async fn restart_count(pods: &Api<Pod>, name: &str) -> i32 {
+    let pod = pods.get(name).await.unwrap();
+    let statuses = pod
+        .status
+        .unwrap_or_default()
+        .container_statuses
+        .unwrap_or_default();
+    statuses.first().map_or(0, |c| c.restart_count)
+}
+
 /// Waits until the pod's container was restarted `times` times and is ready again.
 async fn wait_for_restarts(pods: &Api<Pod>, name: &str, times: i32) {
     eventually(
@@ -298,8 +309,9 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
         "pods/default_{}/volumes/srv/alive.txt",
         victim.name_any()
     ));
+    let restarts = restart_count(&pod_api, &victim.name_any()).await;
     std::fs::remove_file(&alive).unwrap();
-    wait_for_restarts(&pod_api, &victim.name_any(), 2).await;
+    wait_for_restarts(&pod_api, &victim.name_any(), restarts + 1).await;
 
     // A deleted pod is stopped and its namespace removed; the DaemonSet gets a new one.
     pod_api

@@ -243,7 +243,7 @@ async fn minimal_cluster_gets_every_owned_object_and_is_ready_only_when_all_pods
     let rolled = ready_with_kubelets(client, "minimal").await;
     let status = rolled.status.unwrap();
     assert_eq!(status.observed_generation, generation);
-    let node_addresses: Vec<String> = (1..=6).map(|n| format!("192.0.2.{n}:53")).collect();
+    let node_addresses: Vec<String> = (1..=6).map(|n| format!("127.0.100.{n}:53")).collect();
     assert_eq!(status.dns_endpoints, node_addresses);
     let dns = api::<DaemonSet>(client).get("minimal-dns").await.unwrap();
     assert_eq!(

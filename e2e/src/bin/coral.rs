@@ -195,7 +195,14 @@ impl OperatorProcess {
     }
 
     /// SIGTERM, as Kubernetes stops a pod, then wait (SIGKILL after 10 s).
-    fn stop(mut self) {
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+/// The operator is stopped on every way out of `up`, errors included.
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         for _ in 0..100 {
@@ -205,6 +212,7 @@ impl OperatorProcess {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -174,7 +174,8 @@ fn take_ownership(index: u8) -> Option<std::fs::File> {
 }
 
 /// Cuts a pod off the network (`connected: false` takes the host end of its veth down) or
-/// connects it again, found by its address, for partition tests.
+/// connects it again, found by its address, for partition tests. A cut-off pod is isolated
+/// from everything, its kubelet's probes included, as a node that lost its network would be.
 pub fn set_connected(pod: Ipv4Addr, connected: bool) -> Result<(), NetworkError> {
     let [ten, network, high, low] = pod.octets();
     let index = network.wrapping_sub(200);
@@ -202,12 +203,13 @@ pub fn reclaim_abandoned() -> usize {
                 .args(["link", "show", &bridge])
                 .output()
                 .is_ok_and(|o| o.status.success());
-            // Holding the lock proves no live kubelet owns the network.
-            let abandoned = exists && take_ownership(index).is_some();
-            if abandoned {
-                reclaim(index, &bridge);
-            }
-            abandoned
+            // Holding the lock proves no live kubelet owns the network, and keeps one from
+            // taking it while it is being cleared.
+            let Some(_lock) = take_ownership(index).filter(|_| exists) else {
+                return false;
+            };
+            reclaim(index, &bridge);
+            true
         })
         .count()
 }

@@ -114,7 +114,7 @@ mod tests {
     fn view(state: ContainerState) -> PodView {
         PodView {
             pod_ip: "10.200.0.2".into(),
-            host_ip: "192.0.2.1".into(),
+            host_ip: "127.0.100.1".into(),
             start_time: Timestamp::UNIX_EPOCH,
             container: "c".into(),
             image: "img".into(),
