@@ -59,6 +59,28 @@ async fn pods(client: &Client) -> Vec<Pod> {
         .items
 }
 
+/// Waits until the `web` Service has exactly `count` ready endpoints.
+async fn wait_for_ready_endpoints(slices: &Api<EndpointSlice>, count: usize) {
+    eventually(&format!("{count} ready endpoints"), WAIT, || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .count();
+        if ready == count {
+            Ok(())
+        } else {
+            Err(format!("{ready} ready"))
+        }
+    })
+    .await;
+}
+
 /// How often the pod's container was restarted so far.
 async fn restart_count(pods: &Api<Pod>, name: &str) -> i32 {
     let pod = pods.get(name).await.unwrap();
@@ -218,24 +240,7 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
     }
     // The endpoint-slice controller sees six ready endpoints because the pod statuses are real.
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    eventually("6 ready endpoints", WAIT, || async {
-        let list = slices
-            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-            .await
-            .map_err(|e| e.to_string())?;
-        let ready = list
-            .items
-            .iter()
-            .flat_map(|s| s.endpoints.iter().flatten())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-            .count();
-        if ready == 6 {
-            Ok(())
-        } else {
-            Err(format!("{ready} ready"))
-        }
-    })
-    .await;
+    wait_for_ready_endpoints(&slices, 6).await;
 
     // A killed process is restarted, and the pod is ready again.
     let victim = pods(&client).await.remove(0);
@@ -268,40 +273,11 @@ async fn daemon_set_pods_run_as_processes_with_their_env_volumes_and_readiness()
     // it comes back.
     let address: std::net::Ipv4Addr = ip.parse().unwrap();
     network::set_connected(address, false).unwrap();
-    let ready_endpoints = || async {
-        let list = slices
-            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-            .await
-            .map_err(|e| e.to_string())?;
-        let ready = list
-            .items
-            .iter()
-            .flat_map(|s| s.endpoints.iter().flatten())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-            .count();
-        Ok::<_, String>(ready)
-    };
-    eventually("the cut-off pod to leave the endpoints", WAIT, || async {
-        let ready = ready_endpoints().await?;
-        if ready == 5 {
-            Ok(())
-        } else {
-            Err(format!("{ready} ready"))
-        }
-    })
-    .await;
+    wait_for_ready_endpoints(&slices, 5).await;
     let attempt = tokio::time::timeout(Duration::from_secs(2), get(&ip, "/greeting")).await;
     assert!(!matches!(attempt, Ok(Ok(_))), "unreachable while cut off");
     network::set_connected(address, true).unwrap();
-    eventually("the healed pod to return", WAIT, || async {
-        let ready = ready_endpoints().await?;
-        if ready == 6 {
-            Ok(())
-        } else {
-            Err(format!("{ready} ready"))
-        }
-    })
-    .await;
+    wait_for_ready_endpoints(&slices, 6).await;
 
     // A container failing its liveness probe is killed and restarted (its script then answers
     // the probe again).

@@ -110,6 +110,15 @@ async fn wait_for_condition(
     .await
 }
 
+/// Creates a CoralCluster in the test namespace.
+async fn create_cluster(client: &Client, name: &str, spec: CoralClusterSpec) {
+    let clusters: Api<CoralCluster> = api(client);
+    clusters
+        .create(&PostParams::default(), &CoralCluster::new(name, spec))
+        .await
+        .unwrap();
+}
+
 /// Changes a CoralCluster's spec; returns its new generation.
 async fn update_spec(
     client: &Client,
@@ -298,11 +307,7 @@ async fn spec_the_node_cannot_use_is_degraded_with_an_event_and_recovers_when_fi
     let mut spec = CoralClusterSpec::default();
     // A valid quantity, but not a whole number of bytes: only the operator can catch it.
     spec.proxy.max_object_size.0 = "1500m".into();
-    let clusters: Api<CoralCluster> = api(client);
-    clusters
-        .create(&PostParams::default(), &CoralCluster::new("odd", spec))
-        .await
-        .unwrap();
+    create_cluster(client, "odd", spec).await;
 
     let degraded = wait_for_condition(client, "odd", "Degraded", "True", "InvalidSpec").await;
     let message = condition(&degraded, "Degraded").unwrap().message;
@@ -371,15 +376,8 @@ async fn existing_key_is_used_as_is_and_a_short_key_is_refused_not_replaced() {
     let operator = RunningOperator::start(client, "operator-0", None)
         .await
         .unwrap();
-    let clusters: Api<CoralCluster> = api(client);
     for name in ["good", "short"] {
-        clusters
-            .create(
-                &PostParams::default(),
-                &CoralCluster::new(name, CoralClusterSpec::default()),
-            )
-            .await
-            .unwrap();
+        create_cluster(client, name, CoralClusterSpec::default()).await;
     }
 
     wait_for_condition(client, "good", "Ready", "False", "PodsNotReady").await;
@@ -438,11 +436,7 @@ async fn failed_apply_is_degraded_with_an_event_retried_with_backoff_and_recover
         limits: Some(memory("512Mi")),
         ..ResourceRequirements::default()
     });
-    let clusters: Api<CoralCluster> = api(client);
-    clusters
-        .create(&PostParams::default(), &CoralCluster::new("strict", spec))
-        .await
-        .unwrap();
+    create_cluster(client, "strict", spec).await;
 
     let failed = wait_for_condition(client, "strict", "Degraded", "True", "ApiFailed").await;
     let message = condition(&failed, "Degraded").unwrap().message;
@@ -527,7 +521,6 @@ async fn standby_replica_takes_over_when_the_leader_shuts_down() {
         "only one replica leads"
     );
 
-    let clusters: Api<CoralCluster> = api(client);
     first.stop().await.unwrap();
     eventually(
         "operator-b to take over",
@@ -542,13 +535,7 @@ async fn standby_replica_takes_over_when_the_leader_shuts_down() {
         },
     )
     .await;
-    clusters
-        .create(
-            &PostParams::default(),
-            &CoralCluster::new("after", CoralClusterSpec::default()),
-        )
-        .await
-        .unwrap();
+    create_cluster(client, "after", CoralClusterSpec::default()).await;
     wait_for_condition(client, "after", "Progressing", "True", "RollingOut").await;
     second.stop().await.unwrap();
 }
@@ -577,13 +564,7 @@ async fn deleting_the_cluster_garbage_collects_what_it_owned() {
         .await
         .unwrap();
     let clusters: Api<CoralCluster> = api(client);
-    clusters
-        .create(
-            &PostParams::default(),
-            &CoralCluster::new("doomed", CoralClusterSpec::default()),
-        )
-        .await
-        .unwrap();
+    create_cluster(client, "doomed", CoralClusterSpec::default()).await;
     wait_for_condition(client, "doomed", "Ready", "False", "PodsNotReady").await;
     clusters
         .delete("doomed", &DeleteParams::default())
