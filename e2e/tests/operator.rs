@@ -110,6 +110,13 @@ async fn wait_for_condition(
     .await
 }
 
+/// Starts an operator replica named `identity` without leader election.
+async fn start_operator(client: &Client, identity: &str) -> RunningOperator {
+    RunningOperator::start(client, identity, None)
+        .await
+        .expect("operator starts")
+}
+
 /// Creates a CoralCluster in the test namespace.
 async fn create_cluster(client: &Client, name: &str, spec: CoralClusterSpec) {
     let clusters: Api<CoralCluster> = api(client);
@@ -181,9 +188,7 @@ async fn warning_events(client: &Client, name: &str) -> Vec<Event> {
 async fn minimal_cluster_gets_every_owned_object_and_is_ready_only_when_all_pods_are() {
     let env = cluster().await;
     let client = &env.client;
-    let operator = RunningOperator::start(client, "operator-0", None)
-        .await
-        .unwrap();
+    let operator = start_operator(client, "operator-0").await;
 
     let created = create_example(client, "minimal").await.unwrap();
     assert_eq!(
@@ -301,9 +306,7 @@ async fn api_server_refuses_the_illegal_example_with_the_operators_own_messages_
 async fn spec_the_node_cannot_use_is_degraded_with_an_event_and_recovers_when_fixed() {
     let env = cluster().await;
     let client = &env.client;
-    let operator = RunningOperator::start(client, "operator-0", None)
-        .await
-        .unwrap();
+    let operator = start_operator(client, "operator-0").await;
     let mut spec = CoralClusterSpec::default();
     // A valid quantity, but not a whole number of bytes: only the operator can catch it.
     spec.proxy.max_object_size.0 = "1500m".into();
@@ -373,9 +376,7 @@ async fn existing_key_is_used_as_is_and_a_short_key_is_refused_not_replaced() {
         .create(&PostParams::default(), &user_key("short-dht-key", 8))
         .await
         .unwrap();
-    let operator = RunningOperator::start(client, "operator-0", None)
-        .await
-        .unwrap();
+    let operator = start_operator(client, "operator-0").await;
     for name in ["good", "short"] {
         create_cluster(client, name, CoralClusterSpec::default()).await;
     }
@@ -425,9 +426,7 @@ async fn existing_key_is_used_as_is_and_a_short_key_is_refused_not_replaced() {
 async fn failed_apply_is_degraded_with_an_event_retried_with_backoff_and_recovers() {
     let env = cluster().await;
     let client = &env.client;
-    let operator = RunningOperator::start(client, "operator-0", None)
-        .await
-        .unwrap();
+    let operator = start_operator(client, "operator-0").await;
     let mut spec = CoralClusterSpec::default();
     // Passes the CRD, but the API server refuses a DaemonSet whose request exceeds its limit.
     let memory = |q: &str| [("memory".to_owned(), Quantity(q.into()))].into();
@@ -545,9 +544,7 @@ async fn operator_without_the_crd_says_how_to_install_it() {
     let turn = ONE_CONTROL_PLANE_AT_A_TIME.lock().await;
     let control_plane = ControlPlane::start().unwrap();
     let client = control_plane.client().await.unwrap();
-    let operator = RunningOperator::start(&client, "operator-0", None)
-        .await
-        .unwrap();
+    let operator = start_operator(&client, "operator-0").await;
     let err = operator.stop().await.unwrap_err().to_string();
     assert!(
         err.contains("coral-operator crd | kubectl apply --server-side -f -"),
@@ -560,9 +557,7 @@ async fn operator_without_the_crd_says_how_to_install_it() {
 async fn deleting_the_cluster_garbage_collects_what_it_owned() {
     let env = cluster().await;
     let client = &env.client;
-    let operator = RunningOperator::start(client, "operator-0", None)
-        .await
-        .unwrap();
+    let operator = start_operator(client, "operator-0").await;
     let clusters: Api<CoralCluster> = api(client);
     create_cluster(client, "doomed", CoralClusterSpec::default()).await;
     wait_for_condition(client, "doomed", "Ready", "False", "PodsNotReady").await;
@@ -615,9 +610,7 @@ async fn deleting_the_cluster_garbage_collects_what_it_owned() {
 async fn objects_deleted_by_hand_come_back_and_a_restarted_operator_changes_nothing() {
     let env = cluster().await;
     let client = &env.client;
-    let first = RunningOperator::start(client, "operator-0", None)
-        .await
-        .unwrap();
+    let first = start_operator(client, "operator-0").await;
     create_example(client, "minimal").await.unwrap();
     ready_with_kubelets(client, "minimal").await;
 
@@ -672,9 +665,7 @@ async fn objects_deleted_by_hand_come_back_and_a_restarted_operator_changes_noth
     };
     let before = versions().await;
     first.stop().await.unwrap();
-    let second = RunningOperator::start(client, "operator-1", None)
-        .await
-        .unwrap();
+    let second = start_operator(client, "operator-1").await;
     eventually("the new operator to reconcile", WAIT, || async {
         let metrics = second.get("/metrics").await.map_err(|e| e.to_string())?;
         let done = metrics
