@@ -6,3 +6,4 @@
 //! own modules.
 
 pub mod config;
+pub mod dht;
