@@ -163,6 +163,49 @@ pub struct DhtConfig {
     pub protocol_version: u32,
     /// DNS name listing DHT peers (the headless Service), used to bootstrap.
     pub bootstrap_name: String,
+    /// Tunables of the DHT; every field has the original CoralCDN's value as its default.
+    #[serde(default)]
+    pub tuning: DhtTuning,
+}
+
+/// Tunables of the sloppy DHT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DhtTuning {
+    /// Entries per k-bucket, and how many closest nodes a lookup converges on.
+    pub bucket_size: u32,
+    /// Requests one lookup keeps in flight.
+    pub parallelism: u32,
+    /// `l`: values a node holds for a key before it counts as full for that key.
+    pub values_per_key: u32,
+    /// `beta`: requests for one key per minute above which a node counts as loaded for it.
+    pub loaded_requests_per_minute: u32,
+    /// Most keys one level's store tracks.
+    pub max_keys: u32,
+    /// Time to wait for an answer from a peer never measured before; measured peers get
+    /// their smoothed round-trip time plus four deviations.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Retransmissions of a request before its peer counts as failed.
+    pub retries: u32,
+    /// Time between two upkeep rounds (table refresh, re-announcement, expiry).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for DhtTuning {
+    fn default() -> Self {
+        Self {
+            bucket_size: 8,
+            parallelism: 3,
+            values_per_key: 4,
+            loaded_requests_per_minute: 12,
+            max_keys: 65_536,
+            request_timeout: Duration::from_millis(500),
+            retries: 2,
+            refresh_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Health checking of proxies, used by DNS to eject and readmit them.
@@ -269,6 +312,23 @@ impl NodeConfig {
         positive("dns.port", self.dns.port.into())?;
         positive("dns.answersPerQuery", self.dns.answers_per_query.into())?;
         positive("dht.port", self.dht.port.into())?;
+        let tuning = &self.dht.tuning;
+        positive("dht.tuning.bucketSize", tuning.bucket_size.into())?;
+        positive("dht.tuning.parallelism", tuning.parallelism.into())?;
+        positive("dht.tuning.valuesPerKey", tuning.values_per_key.into())?;
+        positive("dht.tuning.maxKeys", tuning.max_keys.into())?;
+        if tuning.request_timeout.is_zero() {
+            return Err((
+                "dht.tuning.requestTimeout",
+                "must be longer than 0s".to_owned(),
+            ));
+        }
+        if tuning.refresh_interval < Duration::from_secs(1) {
+            return Err((
+                "dht.tuning.refreshInterval",
+                "must be at least 1s".to_owned(),
+            ));
+        }
         positive(
             "health.failureThreshold",
             self.health.failure_threshold.into(),
@@ -392,6 +452,7 @@ mod tests {
                 key_file: "/etc/coral/key/key".into(),
                 protocol_version: 1,
                 bootstrap_name: "demo-dht.default.svc".into(),
+                tuning: DhtTuning::default(),
             },
             health: HealthConfig {
                 interval: Duration::from_secs(1),
@@ -464,6 +525,24 @@ mod tests {
         let (_dir, path) = write(&config.to_yaml());
         let err = NodeConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("field `health.timeout`"), "{err}");
+    }
+
+    #[test]
+    fn a_config_without_dht_tuning_gets_the_defaults() {
+        let yaml = sample().to_yaml();
+        let start = yaml.find("  tuning:").unwrap();
+        let end = start + yaml[start..].find("health:").unwrap();
+        let (_dir, path) = write(&format!("{}{}", &yaml[..start], &yaml[end..]));
+        assert_eq!(NodeConfig::load(&path).unwrap().value, sample());
+    }
+
+    #[test]
+    fn zero_dht_parallelism_is_refused_by_name() {
+        let mut config = sample();
+        config.dht.tuning.parallelism = 0;
+        let (_dir, path) = write(&config.to_yaml());
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("field `dht.tuning.parallelism`"), "{err}");
     }
 
     #[test]

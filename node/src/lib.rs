@@ -1,9 +1,12 @@
 //! Coral node: one binary with three roles (caching proxy, authoritative DNS, sloppy DHT).
 //!
-//! This library holds what the roles and the operator share. Today that is the node
-//! configuration ([`config`]), the contract between the operator, which writes it into a
-//! ConfigMap, and the node, which reads it from the mounted file. The roles arrive in their
-//! own modules.
+//! - [`config`]: the node configuration, the contract between the operator (which writes it
+//!   into a ConfigMap) and the node (which reads the mounted file);
+//! - [`dht`]: the hierarchical sloppy DHT, a library that knows nothing of HTTP or DNS;
+//! - [`roles`]: each role started from the configuration (today the DHT);
+//! - [`admin`]: the admin port (health, readiness, metrics, live state).
 
+pub mod admin;
 pub mod config;
 pub mod dht;
+pub mod roles;

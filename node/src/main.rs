@@ -1,11 +1,17 @@
-//! The `coral-node` binary. The roles (proxy, DNS, DHT) come in their own modules; today the
-//! binary reports its version and checks a configuration file the way the node will read it.
+//! The `coral-node` binary: `run` plays the roles a pod was given; `check-config` reads a
+//! configuration file the way `run` would and reports the first problem.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use coral_node::config::{CONFIG_FILE, NodeConfig};
+use coral_node::admin::{AdminState, Readiness, http};
+use coral_node::config::{CONFIG_FILE, NodeConfig, TOPOLOGY_FILE, Topology};
+use coral_node::dht::metrics::DhtMetrics;
+use coral_node::roles::dht::{DhtPlacement, DhtRole};
+use tokio_util::sync::CancellationToken;
 
 /// Coral node: cooperative caching proxy, locality-aware DNS and sloppy DHT.
 #[derive(Parser)]
@@ -25,6 +31,49 @@ enum Command {
         #[arg(long, default_value = CONFIG_FILE)]
         config: PathBuf,
     },
+    /// Play the given roles until SIGTERM or Ctrl-C.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Roles to play, comma-separated: `proxy`, `dns`, `dht`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    roles: Vec<Role>,
+    /// The node configuration file.
+    #[arg(long, default_value = CONFIG_FILE)]
+    config: PathBuf,
+    /// The topology file (zone and region of every node).
+    #[arg(long, default_value = TOPOLOGY_FILE)]
+    topology: PathBuf,
+    /// The Kubernetes node this pod runs on.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// This pod's IP: the DHT binds it and peers reach the node there.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: IpAddr,
+    /// A DHT peer to bootstrap from besides the configured DNS name (`host:port`; repeatable).
+    #[arg(long = "dht-peer")]
+    dht_peers: Vec<String>,
+    /// Address of the admin port; defaults to every address at the configured port.
+    #[arg(long)]
+    admin_address: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Proxy,
+    Dns,
+    Dht,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -33,21 +82,130 @@ fn main() -> ExitCode {
             println!("coral-node {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match NodeConfig::load(&config) {
-            Ok(loaded) => {
-                for field in &loaded.ignored_fields {
-                    eprintln!(
-                        "warning: {}: field `{field}` is unknown to this node version and ignored",
-                        config.display()
-                    );
-                }
+        Command::CheckConfig { config } => match load_config(&config) {
+            Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("error: {err}");
+                eprintln!("error: {err:#}");
                 ExitCode::from(2)
             }
         },
+        Command::Run(args) => {
+            init_logging(args.log_format);
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads the configuration, warning about fields this version does not know.
+fn load_config(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
+    let loaded = NodeConfig::load(path)?;
+    for field in &loaded.ignored_fields {
+        eprintln!(
+            "warning: {}: field `{field}` is unknown to this node version and ignored",
+            path.display()
+        );
+    }
+    Ok(loaded.value)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.config)?;
+    let topology = Topology::load(&args.topology)?.value;
+    let shutdown = CancellationToken::new();
+    let registry = prometheus::Registry::new();
+    let mut roles = Vec::new();
+    let mut dht_role = None;
+    for role in dedup(&args.roles) {
+        match role {
+            Role::Dht => {
+                let metrics = DhtMetrics::register(&registry).context("registering DHT metrics")?;
+                let placement = DhtPlacement {
+                    node_name: args.node_name.clone(),
+                    bind: SocketAddr::new(args.pod_ip, config.dht.port),
+                    advertise: SocketAddr::new(args.pod_ip, config.dht.port),
+                    peers: args.dht_peers.clone(),
+                };
+                let started =
+                    DhtRole::start(&config, &topology, placement, metrics, shutdown.clone())
+                        .await?;
+                roles.push(("dht".to_owned(), Readiness::Flag(started.readiness())));
+                dht_role = Some(started);
+            }
+            Role::Proxy => roles.push((
+                "proxy".to_owned(),
+                Readiness::Unavailable("not in this build yet"),
+            )),
+            Role::Dns => roles.push((
+                "dns".to_owned(),
+                Readiness::Unavailable("not in this build yet"),
+            )),
+        }
+    }
+    if roles.is_empty() {
+        bail!("no role to play");
+    }
+    let admin_address = args
+        .admin_address
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.admin_port)));
+    let listener = http::bind(admin_address).await?;
+    let admin = AdminState {
+        registry,
+        dht: dht_role.as_ref().map(DhtRole::dht),
+        roles,
+    };
+    let server = tokio::spawn(http::serve(
+        listener,
+        admin.into_responder(),
+        shutdown.clone(),
+    ));
+    tracing::info!(%admin_address, "admin port serving");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = server.await;
+    if let Some(role) = dht_role {
+        role.stop().await;
+    }
+    Ok(())
+}
+
+fn dedup(roles: &[Role]) -> Vec<Role> {
+    let mut unique = Vec::new();
+    for role in roles {
+        if !unique.contains(role) {
+            unique.push(*role);
+        }
+    }
+    unique
+}
+
+async fn wait_for_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
 }

@@ -3,16 +3,14 @@
 //! `/healthz` answers while the process serves at all. `/readyz` answers once the replica is
 //! doing its job: running the controller as leader, or standing by for the Lease.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http::{Method, Request, Response, StatusCode, header};
+use coral_node::admin::http::{self as server, text};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,42 +26,17 @@ pub struct Health {
 
 /// Serves the endpoints on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, health: Arc<Health>, shutdown: CancellationToken) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let health = health.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |request| {
-                let health = health.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &health)) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, %err, "metrics connection ended");
-            }
-        });
-        while connections.try_join_next().is_some() {}
-    }
-    connections.shutdown().await;
+    server::serve(
+        listener,
+        Arc::new(move |request| respond(request, &health)),
+        shutdown,
+    )
+    .await;
 }
 
 /// Binds the endpoints' listener, naming the address on failure.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await.map_err(|err| {
-        std::io::Error::new(err.kind(), format!("cannot listen on {address}: {err}"))
-    })
+    server::bind(address).await
 }
 
 fn respond(request: &Request<Incoming>, health: &Health) -> Response<Full<Bytes>> {
@@ -74,25 +47,12 @@ fn respond(request: &Request<Incoming>, health: &Health) -> Response<Full<Bytes>
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if health.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ok\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
-        "/metrics" => {
-            let mut response = text(StatusCode::OK, &health.metrics.render());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
+        "/metrics" => server::metrics(health.metrics.render()),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /healthz, /readyz or /metrics\n",
         ),
     }
-}
-
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
-    *response.status_mut() = status;
-    response
 }
 
 #[cfg(test)]

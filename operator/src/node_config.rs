@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use coral_node::config::{
-    ClientNetwork, DhtConfig, DnsConfig, HealthConfig, KEY_FILE, LocalityConfig, NameServer,
-    NodeConfig, OriginTimeouts, ProxyConfig, RateLimit,
+    ClientNetwork, DhtConfig, DhtTuning, DnsConfig, HealthConfig, KEY_FILE, LocalityConfig,
+    NameServer, NodeConfig, OriginTimeouts, ProxyConfig, RateLimit,
 };
 use kube::ResourceExt;
 
@@ -117,6 +117,7 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
             key_file: format!("{KEY_DIR}/{KEY_FILE}").into(),
             protocol_version: spec.dht.protocol_version,
             bootstrap_name: format!("{}.{namespace}.svc", names.dht_service()),
+            tuning: DhtTuning::default(),
         },
         health: HealthConfig {
             interval: duration("spec.health.interval", spec.health.interval)?,

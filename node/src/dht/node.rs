@@ -52,6 +52,15 @@ struct Announcement {
     refresh_at: Instant,
 }
 
+/// What a find-node lookup found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FindOutcome {
+    /// The closest nodes that answered, closest first (this node included when it is one).
+    pub closest: Vec<Contact>,
+    /// Hops of the lookup: the deepest hop at which a node answered.
+    pub hops: u32,
+}
+
 /// What a get found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GetOutcome {
@@ -226,9 +235,12 @@ impl<N: Network> Dht<N> {
     }
 
     /// Looks up the nodes closest to `target` at `level`.
-    pub async fn find_node(&self, level: usize, target: Id) -> Vec<Contact> {
+    pub async fn find_node(&self, level: usize, target: Id) -> FindOutcome {
         let outcome = self.lookup(level, target, Query::FindNode, &[]).await;
-        outcome.candidates.closest_answered(self.params.k)
+        FindOutcome {
+            closest: outcome.candidates.closest_answered(self.params.k),
+            hops: outcome.hops,
+        }
     }
 
     /// Finds some values under `key`, most local level first.

@@ -192,12 +192,21 @@ impl Routing {
         let Some(table) = self.levels.get(level) else {
             return Vec::new();
         };
-        let mut entries: Vec<&Entry> = table.buckets.iter().flat_map(|b| &b.live).collect();
-        entries.sort_by_key(|entry| entry.contact.id.distance(target));
+        let mut entries: Vec<_> = table
+            .buckets
+            .iter()
+            .flat_map(|b| &b.live)
+            .map(|entry| (entry.contact.id.distance(target), entry))
+            .collect();
+        if entries.len() > n && n > 0 {
+            entries.select_nth_unstable_by_key(n - 1, |(distance, _)| *distance);
+            entries.truncate(n);
+        }
+        entries.sort_unstable_by_key(|(distance, _)| *distance);
         entries
             .into_iter()
             .take(n)
-            .map(|entry| ContactInfo {
+            .map(|(_, entry)| ContactInfo {
                 id: entry.contact.id,
                 addr: entry.contact.addr,
                 age_secs: age_secs(now, entry.heard_at),

@@ -1,0 +1,122 @@
+//! The node's admin port: `/healthz`, `/readyz`, `/metrics`, and the DHT's live state as JSON
+//! (`/dht`) and as a page for people (`/`).
+//!
+//! The admin port reads the roles through small read-only views (a readiness flag, the DHT's
+//! snapshot); the roles do not know it exists. `/readyz` is ready only when every role the pod
+//! was asked to play is ready, so a pod asked for a role this build lacks stays unready rather
+//! than claiming to serve.
+
+pub mod http;
+mod page;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ::http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::dht::Dht;
+use crate::dht::udp::UdpNetwork;
+
+/// Whether one role is ready.
+#[derive(Clone, Debug)]
+pub enum Readiness {
+    /// Ready once the flag is set.
+    Flag(Arc<AtomicBool>),
+    /// The role cannot become ready, for this reason.
+    Unavailable(&'static str),
+}
+
+/// What the admin port shows.
+pub struct AdminState {
+    /// Every metric of the node.
+    pub registry: Registry,
+    /// The DHT, when the node plays that role.
+    pub dht: Option<Arc<Dht<UdpNetwork>>>,
+    /// Each requested role and its readiness.
+    pub roles: Vec<(String, Readiness)>,
+}
+
+impl AdminState {
+    /// The responder for [`http::serve`].
+    pub fn into_responder(self) -> http::Responder {
+        let state = Arc::new(self);
+        Arc::new(move |request| state.respond(request))
+    }
+
+    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return http::text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        }
+        match request.uri().path() {
+            "/healthz" => http::text(StatusCode::OK, "ok\n"),
+            "/readyz" => self.readyz(),
+            "/metrics" => {
+                if let Some(dht) = &self.dht {
+                    dht.update_gauges();
+                }
+                let mut exposition = Vec::new();
+                TextEncoder::new()
+                    .encode(&self.registry.gather(), &mut exposition)
+                    .expect("text encoding of gathered metrics");
+                http::metrics(String::from_utf8(exposition).expect("exposition is UTF-8"))
+            }
+            "/dht" => match &self.dht {
+                Some(dht) => http::respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec_pretty(&dht.snapshot()).expect("snapshot serialises"),
+                ),
+                None => http::text(
+                    StatusCode::NOT_FOUND,
+                    "this node does not play the DHT role\n",
+                ),
+            },
+            "/" => http::respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                page::render(
+                    self.dht.as_ref().map(|dht| dht.snapshot()),
+                    &self.role_states(),
+                ),
+            ),
+            _ => http::text(
+                StatusCode::NOT_FOUND,
+                "not found: try /, /dht, /healthz, /readyz or /metrics\n",
+            ),
+        }
+    }
+
+    fn role_states(&self) -> Vec<(String, Result<(), String>)> {
+        self.roles
+            .iter()
+            .map(|(name, readiness)| {
+                let state = match readiness {
+                    Readiness::Flag(flag) if flag.load(Ordering::Relaxed) => Ok(()),
+                    Readiness::Flag(_) => Err("starting".to_owned()),
+                    Readiness::Unavailable(reason) => Err((*reason).to_owned()),
+                };
+                (name.clone(), state)
+            })
+            .collect()
+    }
+
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let states = self.role_states();
+        let body: String = states
+            .iter()
+            .map(|(name, state)| match state {
+                Ok(()) => format!("{name}: ready\n"),
+                Err(reason) => format!("{name}: {reason}\n"),
+            })
+            .collect();
+        let status = if states.iter().all(|(_, state)| state.is_ok()) {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        http::text(status, body)
+    }
+}

@@ -1,0 +1,90 @@
+//! The admin page people read: roles, and per DHT level the cluster, the store and the
+//! routing table. Plain HTML tables, no scripts.
+
+use std::fmt::Write;
+
+use crate::dht::node::DhtSnapshot;
+
+/// Renders the page.
+pub fn render(dht: Option<DhtSnapshot>, roles: &[(String, Result<(), String>)]) -> String {
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Coral node</title>\
+         <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}\
+         td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-family:monospace}</style>\
+         </head><body><h1>Coral node</h1>\n<h2>Roles</h2><table><tr><th>role</th><th>state</th></tr>\n",
+    );
+    for (name, state) in roles {
+        let state = match state {
+            Ok(()) => "ready".to_owned(),
+            Err(reason) => escape(reason),
+        };
+        let _ = writeln!(html, "<tr><td>{}</td><td>{state}</td></tr>", escape(name));
+    }
+    html.push_str("</table>\n");
+    let Some(dht) = dht else {
+        html.push_str("<p>This node does not play the DHT role.</p></body></html>\n");
+        return html;
+    };
+    let _ = writeln!(
+        html,
+        "<h2>DHT</h2><p>ID <code>{}</code> at <code>{}</code>; {} announcement(s) kept fresh. \
+         <a href=\"/dht\">JSON</a> · <a href=\"/metrics\">metrics</a></p>",
+        dht.id, dht.addr, dht.announcements
+    );
+    for level in &dht.levels {
+        let name = match level.level {
+            0 => "global".to_owned(),
+            n => format!("level {n}"),
+        };
+        let cluster = level.cluster.map_or_else(
+            || "everyone".to_owned(),
+            |c| format!("cluster {:016x}", c.0),
+        );
+        let live = level.peers.iter().filter(|p| !p.peer.replacement).count();
+        let _ = writeln!(
+            html,
+            "<h3>{name} ({cluster})</h3><p>{live} live peer(s), {} replacement(s); store: {} key(s), \
+             {} value(s), {} loaded key(s)</p>",
+            level.peers.len() - live,
+            level.store.keys,
+            level.store.values,
+            level.store.loaded_keys
+        );
+        html.push_str(
+            "<table><tr><th>bucket</th><th>node ID</th><th>address</th><th>heard</th>\
+             <th>how</th><th>RTT</th><th>entry</th></tr>\n",
+        );
+        for peer in &level.peers {
+            let rtt = peer
+                .rtt_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"));
+            let _ = writeln!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} s ago</td><td>{}</td><td>{rtt}</td><td>{}</td></tr>",
+                peer.peer.bucket,
+                peer.peer.id,
+                peer.peer.addr,
+                peer.peer.age_secs,
+                if peer.peer.direct {
+                    "direct"
+                } else {
+                    "second-hand"
+                },
+                if peer.peer.replacement {
+                    "replacement"
+                } else {
+                    "live"
+                },
+            );
+        }
+        html.push_str("</table>\n");
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

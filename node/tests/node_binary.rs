@@ -1,0 +1,203 @@
+//! The shipped `coral-node run` on loopback: two nodes form a DHT through `--dht-peer`, the
+//! admin port shows it, readiness is honest about roles this build lacks, and bad input is
+//! refused with the file named.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coral_node::config::{DhtTuning, NodeConfig, Topology};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_coral-node");
+const DHT_PORT: u16 = 19410;
+
+struct Node {
+    child: Child,
+    admin: SocketAddr,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sample_config(dir: &Path, key: &[u8]) -> PathBuf {
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, key).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node.yaml");
+    let mut config = NodeConfig::load(&fixture).unwrap().value;
+    config.dht.port = DHT_PORT;
+    config.dht.key_file = key_file;
+    // The fixture's bootstrap name is `localhost`, which /etc/hosts answers: the test never
+    // asks the machine's resolver.
+    config.dht.tuning = DhtTuning {
+        refresh_interval: Duration::from_secs(1),
+        ..DhtTuning::default()
+    };
+    let path = dir.join("node.yaml");
+    std::fs::write(&path, config.to_yaml()).unwrap();
+    let topology = Topology {
+        nodes: [("node-a", "z1"), ("node-b", "z2")]
+            .into_iter()
+            .map(|(node, zone)| (node.to_owned(), vec![zone.to_owned(), "r1".to_owned()]))
+            .collect(),
+    };
+    std::fs::write(dir.join("topology.yaml"), topology.to_yaml()).unwrap();
+    path
+}
+
+fn start(dir: &Path, node: &str, ip: [u8; 4], roles: &str, peers: &[&str]) -> Node {
+    let admin = SocketAddr::from((ip, 19090));
+    let mut command = Command::new(BINARY);
+    command
+        .args(["run", "--roles", roles, "--config"])
+        .arg(dir.join("node.yaml"))
+        .arg("--topology")
+        .arg(dir.join("topology.yaml"))
+        .args([
+            "--node-name",
+            node,
+            "--pod-ip",
+            &std::net::Ipv4Addr::from(ip).to_string(),
+        ])
+        .args(["--admin-address", &admin.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{node}.log"))).unwrap());
+    for peer in peers {
+        command.args(["--dht-peer", peer]);
+    }
+    Node {
+        child: command.spawn().unwrap(),
+        admin,
+    }
+}
+
+fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+fn wait_for(admin: SocketAddr, path: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((status, body)) = get(admin, path)
+            && (done(status, &body) || Instant::now() > deadline)
+        {
+            return (status, body);
+        }
+        assert!(Instant::now() < deadline, "{admin}{path} never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_nodes_form_a_dht_and_the_admin_port_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    sample_config(dir.path(), b"a test key of at least thirty-two bytes....");
+    let a = start(dir.path(), "node-a", [127, 0, 0, 21], "dht", &[]);
+    let b = start(
+        dir.path(),
+        "node-b",
+        [127, 0, 0, 22],
+        "dht",
+        &[&format!("127.0.0.21:{DHT_PORT}")],
+    );
+
+    let (status, body) = wait_for(b.admin, "/readyz", |status, _| status == 200);
+    assert_eq!((status, body.as_str()), (200, "dht: ready\n"));
+    let a_addr = format!("127.0.0.21:{DHT_PORT}");
+    let (_, json) = wait_for(b.admin, "/dht", |_, body| body.contains(&a_addr));
+    let snapshot: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let levels = snapshot["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 3, "global, region and zone");
+    assert!(
+        levels[0]["peers"].to_string().contains(&a_addr),
+        "A is a global peer: {json}"
+    );
+    assert!(
+        levels[1]["peers"].to_string().contains(&a_addr),
+        "and a region peer"
+    );
+    assert!(
+        !levels[2]["peers"].to_string().contains(&a_addr),
+        "but not a zone peer"
+    );
+    let b_addr = format!("127.0.0.22:{DHT_PORT}");
+    wait_for(a.admin, "/dht", |_, body| body.contains(&b_addr));
+
+    let (status, page) = get(b.admin, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<h1>Coral node</h1>") && page.contains(&a_addr),
+        "{page}"
+    );
+    let (_, metrics) = get(b.admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains("coral_dht_rpcs_sent_total{type=\"ping\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("coral_dht_routing_peers{level=\"0\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_pod_asked_for_a_role_this_build_lacks_stays_unready_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    sample_config(dir.path(), b"a test key of at least thirty-two bytes....");
+    let node = start(dir.path(), "node-a", [127, 0, 0, 23], "proxy,dht", &[]);
+    let (status, body) = wait_for(node.admin, "/readyz", |_, body| body.contains("dht: ready"));
+    assert_eq!(status, 503);
+    assert!(body.contains("proxy: not in this build yet"), "{body}");
+    assert_eq!(
+        get(node.admin, "/healthz").unwrap().0,
+        200,
+        "alive, so not restarted"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_node_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    sample_config(dir.path(), b"a test key of at least thirty-two bytes....");
+    let mut node = start(dir.path(), "node-a", [127, 0, 0, 24], "dht", &[]);
+    wait_for(node.admin, "/healthz", |status, _| status == 200);
+    let pid = node.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = node.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_short_key_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    sample_config(dir.path(), b"too short");
+    let mut node = start(dir.path(), "node-a", [127, 0, 0, 25], "dht", &[]);
+    assert_eq!(node.child.wait().unwrap().code(), Some(1));
+    let log = std::fs::read_to_string(dir.path().join("node-a.log")).unwrap();
+    assert!(log.contains("has 9 bytes; at least 32 are needed"), "{log}");
+    assert!(
+        log.contains(&dir.path().join("key").display().to_string()),
+        "{log}"
+    );
+}
