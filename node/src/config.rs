@@ -176,6 +176,11 @@ pub struct DhtTuning {
     pub bucket_size: u32,
     /// Requests one lookup keeps in flight.
     pub parallelism: u32,
+    /// `b`: bits a get or put path corrects per hop (1 in CoralCDN); 0 jumps straight to the
+    /// closest node known, as Kademlia does, which is faster but lets hot keys melt a node.
+    pub bits_per_hop: u32,
+    /// Nodes a put stores at on each level.
+    pub replicas: u32,
     /// `l`: values a node holds for a key before it counts as full for that key.
     pub values_per_key: u32,
     /// `beta`: requests for one key per minute above which a node counts as loaded for it.
@@ -198,6 +203,8 @@ impl Default for DhtTuning {
         Self {
             bucket_size: 8,
             parallelism: 3,
+            bits_per_hop: 1,
+            replicas: 2,
             values_per_key: 4,
             loaded_requests_per_minute: 12,
             max_keys: 65_536,
@@ -315,6 +322,13 @@ impl NodeConfig {
         let tuning = &self.dht.tuning;
         positive("dht.tuning.bucketSize", tuning.bucket_size.into())?;
         positive("dht.tuning.parallelism", tuning.parallelism.into())?;
+        positive("dht.tuning.replicas", tuning.replicas.into())?;
+        if tuning.bits_per_hop > 8 {
+            return Err((
+                "dht.tuning.bitsPerHop",
+                "must be 0 (Kademlia) to 8".to_owned(),
+            ));
+        }
         positive("dht.tuning.valuesPerKey", tuning.values_per_key.into())?;
         positive("dht.tuning.maxKeys", tuning.max_keys.into())?;
         if tuning.request_timeout.is_zero() {

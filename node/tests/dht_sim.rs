@@ -109,3 +109,29 @@ async fn a_hot_key_spills_over_instead_of_melting_the_closest_node() {
         strict.requests_per_node[0]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn announcements_are_put_again_before_they_expire_and_plain_puts_expire() {
+    let mut cluster = SimCluster::build(GEOGRAPHY, 200, DhtParams::default(), 11).await;
+    let nodes = cluster.live_nodes();
+    let (announced, plain) = (Id::of(b"http://o/announced"), Id::of(b"http://o/plain"));
+    let ttl = Duration::from_secs(300);
+    let value = |n: usize| coral_node::dht::Value {
+        holder: nodes[n].contact().addr,
+        meta: b"complete".to_vec(),
+    };
+    assert!(
+        nodes[0]
+            .announce(announced, value(0), ttl)
+            .await
+            .stored_everywhere()
+    );
+    assert!(nodes[1].put(plain, value(1), ttl).await.stored_everywhere());
+    cluster.start_maintenance();
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    assert_eq!(nodes[50].get(announced).await.values[0].value, value(0));
+    assert!(
+        nodes[50].get(plain).await.values.is_empty(),
+        "the plain put expired"
+    );
+}

@@ -43,16 +43,18 @@ async fn start(zone: usize, secret: &[u8], version: u32) -> UdpDht {
         .unwrap()
 }
 
-/// Nodes 0..8 in z1, 8..16 in z2, 16..24 in z3; all joined through node 0, then one upkeep round.
+/// Nodes 0..8 in z1, 8..16 in z2, 16..24 in z3, started one after another; each joins
+/// through the nodes already there, as the headless Service's DNS name lists them, then every
+/// node runs one upkeep round.
 async fn cluster(secret: &[u8]) -> Vec<UdpDht> {
-    let mut nodes = Vec::new();
+    let mut nodes: Vec<UdpDht> = Vec::new();
     for index in 0..ZONES.len() * PER_ZONE {
-        nodes.push(start(index / PER_ZONE, secret, VERSION).await);
+        let node = start(index / PER_ZONE, secret, VERSION).await;
+        let listed: Vec<_> = nodes.iter().map(|n| n.dht.contact().addr).collect();
+        node.dht.join(&listed).await;
+        nodes.push(node);
     }
     let seed = [nodes[0].dht.contact().addr];
-    for node in &nodes[1..] {
-        node.dht.join(&seed).await;
-    }
     join_all(nodes.iter().map(|node| node.dht.maintain(&seed))).await;
     nodes
 }

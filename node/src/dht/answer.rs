@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::DhtParams;
+use super::id::Id;
 use super::routing::{Contact, Routing};
 use super::store::SloppyStore;
 use super::wire::{Body, MAX_CONTACTS, MAX_META, MAX_VALUES, Packet};
@@ -37,11 +38,28 @@ impl Tables {
         let level = usize::from(request.level);
         let member = level < self.routing.levels()
             && self.routing.locality().shares(&request.locality, level);
-        let closest = |routing: &Routing, target| {
+        let n = params.k.min(MAX_CONTACTS);
+        let closest = |routing: &Routing, target: &Id| {
             if member {
-                routing.closest(level, target, params.k.min(MAX_CONTACTS), now)
+                routing.closest(level, target, n, now)
             } else {
                 Vec::new()
+            }
+        };
+        // A get or probe path asks for the nodes closest to its intermediate target; when this
+        // node knows none sharing more bits with the key than itself, the path's next step is
+        // toward the key itself, so answer that at once rather than be asked twice.
+        let route = |routing: &Routing, key: &Id, toward: &Id| {
+            let contacts = closest(routing, toward);
+            let mine = routing.own().distance(key).leading_zeros();
+            if toward == key
+                || contacts
+                    .iter()
+                    .any(|c| c.id.distance(key).leading_zeros() > mine)
+            {
+                contacts
+            } else {
+                closest(routing, key)
             }
         };
         match &request.body {
@@ -49,7 +67,11 @@ impl Tables {
             Body::FindNode { target } => Body::Nodes {
                 contacts: closest(&self.routing, target),
             },
-            Body::Get { key, max_values } => {
+            Body::Get {
+                key,
+                max_values,
+                toward,
+            } => {
                 let mut values = Vec::new();
                 if member {
                     let store = &mut self.stores[level];
@@ -58,13 +80,17 @@ impl Tables {
                     values = store.values(key, &request.locality, max, now);
                 }
                 let contacts = if values.is_empty() {
-                    closest(&self.routing, key)
+                    route(&self.routing, key, toward)
                 } else {
                     Vec::new()
                 };
                 Body::Values { values, contacts }
             }
-            Body::Probe { key, ttl_secs } => {
+            Body::Probe {
+                key,
+                ttl_secs,
+                toward,
+            } => {
                 let (mut full, mut loaded) = (false, false);
                 if member {
                     let store = &mut self.stores[level];
@@ -76,7 +102,7 @@ impl Tables {
                 Body::ProbeReply {
                     full,
                     loaded,
-                    contacts: closest(&self.routing, key),
+                    contacts: route(&self.routing, key, toward),
                 }
             }
             Body::Store { key, value } => {
@@ -104,7 +130,6 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dht::id::Id;
     use crate::dht::locality::Locality;
     use crate::dht::store::SloppyStore;
     use crate::dht::wire::{TimedValue, Value};
@@ -201,7 +226,11 @@ mod tests {
         let mut tables = tables(now);
         let params = DhtParams::default();
         let key = Id([7; 20]);
-        let get = Body::Get { key, max_values: 4 };
+        let get = Body::Get {
+            key,
+            max_values: 4,
+            toward: key,
+        };
         let (from, asked) = request(2, zone("a"), 1, get.clone());
         let Body::Values { values, contacts } = tables.answer(&params, from, &asked, now) else {
             panic!("values expected");
@@ -230,6 +259,7 @@ mod tests {
         let probe = Body::Probe {
             key,
             ttl_secs: 3600,
+            toward: key,
         };
         for port in 0..4 {
             let (from, put) = request(2, zone("a"), 0, store_body(key, port));

@@ -46,6 +46,21 @@ impl Candidates {
         }
     }
 
+    /// Up to `n` nodes that have not failed, closest first, whatever their progress.
+    pub fn closest(&self, n: usize) -> Vec<Contact> {
+        self.entries
+            .values()
+            .filter(|c| c.progress != Progress::Failed)
+            .take(n)
+            .map(|c| c.contact)
+            .collect()
+    }
+
+    /// The ID the lookup converges on.
+    pub fn target(&self) -> Id {
+        self.target
+    }
+
     /// Adds a node learned at `hop`; a node already known keeps its earlier hop.
     pub fn offer(&mut self, contact: Contact, hop: u32) {
         self.entries

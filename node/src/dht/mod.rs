@@ -13,8 +13,9 @@
 //! - [`wire`]: the authenticated packet format (documented there);
 //! - [`routing`], [`store`]: the per-node tables, which decide and never send;
 //! - [`answer`]: how a node answers a request, a pure function of its tables;
-//! - [`lookup`], [`node`]: the iterative lookups and the put/get/join algorithms, written
-//!   against the [`Network`] trait;
+//! - [`lookup`], [`path`]: the books of an iterative Kademlia lookup (joins and refreshes) and
+//!   the bit-at-a-time path of Coral's gets and puts, both pure;
+//! - [`node`]: the node that drives them over the [`Network`] trait;
 //! - [`udp`]: the real transport (request ids, timeouts, retransmission, RTT estimates);
 //! - [`sim`]: a virtual network with virtual time that runs the same code at 10,000 nodes;
 //! - [`metrics`]: the Prometheus metrics.
@@ -25,6 +26,7 @@ pub mod locality;
 pub mod lookup;
 pub mod metrics;
 pub mod node;
+pub mod path;
 pub mod routing;
 pub mod sim;
 pub mod store;
@@ -54,6 +56,13 @@ pub struct DhtParams {
     pub store: StoreLimits,
     /// Most values a get asks for.
     pub values_per_get: u8,
+    /// `b`: bits a get or put path corrects per hop (Coral's was 1); 0 jumps straight to the
+    /// closest node known, as Kademlia does.
+    pub bits_per_hop: usize,
+    /// Nodes a put stores at per level: the closest acceptable ones on its path. Coral stored
+    /// at one; a second copy keeps values findable while the first holder's index node is
+    /// gone and the holder has not re-put yet.
+    pub replicas: usize,
     /// Longest TTL a node accepts for a value.
     pub max_ttl: Duration,
 }
@@ -69,6 +78,8 @@ impl Default for DhtParams {
                 max_keys: 65_536,
             },
             values_per_get: 4,
+            bits_per_hop: 1,
+            replicas: 2,
             max_ttl: Duration::from_secs(24 * 3600),
         }
     }

@@ -29,9 +29,10 @@ use super::id::{ID_BITS, Id};
 use super::locality::{ClusterId, Locality};
 use super::lookup::Candidates;
 use super::metrics::DhtMetrics;
+use super::path;
 use super::routing::{Contact, PeerView, Routing};
 use super::store::{SloppyStore, StoreStats};
-use super::wire::{Body, Packet, TimedValue, Value};
+use super::wire::{Body, ContactInfo, Packet, TimedValue, Value};
 use super::{DhtParams, Network, RpcError};
 
 /// One node of the hierarchical sloppy DHT.
@@ -99,29 +100,104 @@ impl PutOutcome {
     }
 }
 
+/// What a lookup or path asks of each node on it.
 #[derive(Clone, Copy, Debug)]
-enum Query {
+enum Errand {
     FindNode,
     Get,
     Probe { ttl_secs: u32 },
 }
 
-impl Query {
+impl Errand {
     fn kind(self) -> &'static str {
         match self {
-            Query::FindNode => "find_node",
-            Query::Get => "get",
-            Query::Probe { .. } => "put",
+            Errand::FindNode => "find_node",
+            Errand::Get => "get",
+            Errand::Probe { .. } => "put",
+        }
+    }
+
+    /// The request for `key`, asking for contacts closest to `toward`.
+    fn request(self, key: Id, toward: Id, max_values: u8) -> Body {
+        match self {
+            Errand::FindNode => Body::FindNode { target: key },
+            Errand::Get => Body::Get {
+                key,
+                max_values,
+                toward,
+            },
+            Errand::Probe { ttl_secs } => Body::Probe {
+                key,
+                ttl_secs,
+                toward,
+            },
         }
     }
 }
 
-struct LookupOutcome {
-    candidates: Candidates,
-    found: Option<(Vec<TimedValue>, u32)>,
+/// Where a lookup or path went and what it found.
+#[derive(Default)]
+struct Walk {
+    /// Nodes that answered, in the order they answered.
+    visited: Vec<Contact>,
+    /// Get: the values of the first node that held some.
+    found: Option<Vec<TimedValue>>,
+    /// Put: nodes that answered and were not both full and loaded.
     acceptable: Vec<Contact>,
+    /// Put: the forward phase stopped at a full and loaded node.
     stopped_early: bool,
+    /// The deepest hop that answered.
     hops: u32,
+}
+
+impl Walk {
+    /// Records `contact`'s answer to `errand`, learned at `hop`. Returns the contacts it
+    /// offers to go on with, or `None` when the answer ends the errand (values found, a full
+    /// and loaded node) or is not an answer to it.
+    fn record(
+        &mut self,
+        errand: Errand,
+        contact: Contact,
+        hop: u32,
+        body: Body,
+    ) -> Option<Vec<ContactInfo>> {
+        let contacts = match (errand, body) {
+            (Errand::FindNode, Body::Nodes { contacts }) => contacts,
+            (Errand::Get, Body::Values { values, .. }) if !values.is_empty() => {
+                self.found = Some(values);
+                self.visited.push(contact);
+                self.hops = self.hops.max(hop);
+                return None;
+            }
+            (Errand::Get, Body::Values { contacts, .. }) => contacts,
+            (
+                Errand::Probe { .. },
+                Body::ProbeReply {
+                    full: true,
+                    loaded: true,
+                    ..
+                },
+            ) => {
+                self.stopped_early = true;
+                self.visited.push(contact);
+                self.hops = self.hops.max(hop);
+                return None;
+            }
+            (Errand::Probe { .. }, Body::ProbeReply { contacts, .. }) => {
+                self.acceptable.push(contact);
+                contacts
+            }
+            _ => return None,
+        };
+        self.visited.push(contact);
+        self.hops = self.hops.max(hop);
+        Some(contacts)
+    }
+
+    /// Whether the errand is done: values found, or a full and loaded node reached.
+    fn is_over(&self) -> bool {
+        self.found.is_some() || self.stopped_early
+    }
 }
 
 /// The node's state as the admin page shows it.
@@ -236,28 +312,28 @@ impl<N: Network> Dht<N> {
 
     /// Looks up the nodes closest to `target` at `level`.
     pub async fn find_node(&self, level: usize, target: Id) -> FindOutcome {
-        let outcome = self.lookup(level, target, Query::FindNode, &[]).await;
+        let (candidates, hops) = self.lookup(level, target).await;
         FindOutcome {
-            closest: outcome.candidates.closest_answered(self.params.k),
-            hops: outcome.hops,
+            closest: candidates.closest_answered(self.params.k),
+            hops,
         }
     }
 
     /// Finds some values under `key`, most local level first.
     pub async fn get(&self, key: Id) -> GetOutcome {
-        let mut seeds = Vec::new();
+        let mut start = self.me;
         let mut hops = 0;
         for level in self.member_levels() {
-            let outcome = self.lookup(level, key, Query::Get, &seeds).await;
-            hops += outcome.hops;
-            if let Some((values, _)) = outcome.found {
+            let walk = self.walk(level, key, Errand::Get, start).await;
+            hops += walk.hops;
+            if let Some(values) = walk.found {
                 return GetOutcome {
                     values,
                     level: Some(level),
                     hops,
                 };
             }
-            seeds = outcome.candidates.closest_answered(self.params.k);
+            start = walk.visited.last().copied().unwrap_or(self.me);
         }
         GetOutcome {
             hops,
@@ -269,22 +345,22 @@ impl<N: Network> Dht<N> {
     pub async fn put(&self, key: Id, value: Value, ttl: Duration) -> PutOutcome {
         let ttl = ttl.min(self.params.max_ttl);
         let ttl_secs = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX).max(1);
-        let mut seeds = Vec::new();
+        let mut start = self.me;
         let mut levels = Vec::new();
         for level in self.member_levels() {
-            let outcome = self
-                .lookup(level, key, Query::Probe { ttl_secs }, &seeds)
+            let walk = self
+                .walk(level, key, Errand::Probe { ttl_secs }, start)
                 .await;
             let stored_at = self
-                .reverse_phase(level, key, &value, ttl_secs, &outcome)
+                .reverse_phase(level, key, &value, ttl_secs, &walk)
                 .await;
             levels.push(LevelPut {
                 level,
                 stored_at,
-                stopped_early: outcome.stopped_early,
-                hops: outcome.hops,
+                stopped_early: walk.stopped_early,
+                hops: walk.hops,
             });
-            seeds = outcome.candidates.closest_answered(self.params.k);
+            start = walk.visited.last().copied().unwrap_or(self.me);
         }
         PutOutcome { levels }
     }
@@ -341,7 +417,8 @@ impl<N: Network> Dht<N> {
 
     /// One round of upkeep: rejoin when alone, refresh the tables (this node's own
     /// neighbourhood and one random bucket per level), re-put announcements that are due,
-    /// and drop expired values.
+    /// and drop expired values. Announcements may fall due between rounds: callers that keep
+    /// short TTLs also call [`Dht::republish_due`] at [`Dht::next_republish`].
     pub async fn maintain(&self, bootstrap: &[SocketAddr]) {
         if self.lock().routing.is_empty() {
             self.ping_all(bootstrap.iter().map(|addr| (*addr, None)))
@@ -358,6 +435,16 @@ impl<N: Network> Dht<N> {
             };
             self.find_node(level, target).await;
         }
+        self.republish_due().await;
+        let now = Instant::now();
+        let mut tables = self.lock();
+        for store in &mut tables.stores {
+            store.expire(now);
+        }
+    }
+
+    /// Re-puts every announcement whose refresh time (half its TTL) has come.
+    pub async fn republish_due(&self) {
         let now = Instant::now();
         let due: Vec<_> = self
             .announcements_lock()
@@ -371,10 +458,14 @@ impl<N: Network> Dht<N> {
         for (key, value, ttl) in due {
             self.put(key, value, ttl).await;
         }
-        let mut tables = self.lock();
-        for store in &mut tables.stores {
-            store.expire(now);
-        }
+    }
+
+    /// When the next announcement is due for re-putting, if any.
+    pub fn next_republish(&self) -> Option<Instant> {
+        self.announcements_lock()
+            .values()
+            .map(|a| a.refresh_at)
+            .min()
     }
 
     /// The node's state for the admin page.
@@ -437,14 +528,19 @@ impl<N: Network> Dht<N> {
             .collect()
     }
 
-    /// One iterative lookup at `level`, starting from this node, its table and `seeds`.
-    async fn lookup(
-        &self,
-        level: usize,
-        target: Id,
-        query: Query,
-        seeds: &[Contact],
-    ) -> LookupOutcome {
+    /// One iterative Kademlia lookup for the nodes closest to `target` at `level`, from this
+    /// node and its own table.
+    async fn lookup(&self, level: usize, target: Id) -> (Candidates, u32) {
+        let mut candidates = self.seed(level, target);
+        let mut walk = Walk::default();
+        self.converge(level, Errand::FindNode, &mut candidates, &mut walk)
+            .await;
+        self.record_lookup("find_node", "ok", walk.hops);
+        (candidates, walk.hops)
+    }
+
+    /// Candidates for a lookup of `target` at `level`: this node and the closest it knows.
+    fn seed(&self, level: usize, target: Id) -> Candidates {
         let mut candidates = Candidates::new(target, self.params.k);
         candidates.offer(self.me, 0);
         let now = Instant::now();
@@ -461,24 +557,22 @@ impl<N: Network> Dht<N> {
                 1,
             );
         }
-        for seed in seeds {
-            candidates.offer(*seed, 1);
-        }
-        let body = match query {
-            Query::FindNode => Body::FindNode { target },
-            Query::Get => Body::Get {
-                key: target,
-                max_values: self.params.values_per_get,
-            },
-            Query::Probe { ttl_secs } => Body::Probe {
-                key: target,
-                ttl_secs,
-            },
-        };
+        candidates
+    }
+
+    /// Drives an iterative lookup until the `k` closest candidates have answered, with
+    /// `alpha` requests in flight, doing `errand` at each node: a get stops at the first node
+    /// holding values, a put's forward phase at the first node that is full and loaded.
+    async fn converge(
+        &self,
+        level: usize,
+        errand: Errand,
+        candidates: &mut Candidates,
+        walk: &mut Walk,
+    ) {
+        let target = candidates.target();
+        let body = errand.request(target, target, self.params.values_per_get);
         let mut in_flight = FuturesUnordered::new();
-        let mut found = None;
-        let mut acceptable = Vec::new();
-        let mut stopped_early = false;
         loop {
             while in_flight.len() < self.params.alpha {
                 let Some((contact, hop)) = candidates.next_to_ask() else {
@@ -490,92 +584,134 @@ impl<N: Network> Dht<N> {
             let Some((contact, hop, result)) = in_flight.next().await else {
                 break;
             };
-            let Ok(reply) = result else {
+            let Some(contacts) = result
+                .ok()
+                .and_then(|reply| walk.record(errand, contact, hop, reply.body))
+            else {
+                if walk.is_over() {
+                    candidates.answered(&contact);
+                    break;
+                }
                 candidates.failed(&contact);
                 continue;
             };
-            let contacts = match (query, reply.body) {
-                (Query::FindNode, Body::Nodes { contacts }) => contacts,
-                (Query::Get, Body::Values { values, contacts }) => {
-                    if !values.is_empty() {
-                        candidates.answered(&contact);
-                        found = Some((values, hop));
-                        break;
-                    }
-                    contacts
-                }
-                (
-                    Query::Probe { .. },
-                    Body::ProbeReply {
-                        full,
-                        loaded,
-                        contacts,
-                    },
-                ) => {
-                    if full && loaded {
-                        stopped_early = true;
-                        candidates.answered(&contact);
-                        break;
-                    }
-                    acceptable.push(contact);
-                    contacts
-                }
-                _ => {
-                    candidates.failed(&contact);
-                    continue;
-                }
-            };
             candidates.answered(&contact);
-            let now = Instant::now();
-            let mut tables = self.lock();
-            for info in contacts {
-                if info.id != self.me.id && tables.routing.heard_of(level, &info, now) {
-                    candidates.offer(
-                        Contact {
-                            id: info.id,
-                            addr: info.addr,
-                        },
-                        hop + 1,
-                    );
-                }
+            for next in self.learn(level, &contacts) {
+                candidates.offer(next, hop + 1);
             }
         }
-        let hops = found
-            .as_ref()
-            .map_or_else(|| candidates.deepest_answer(), |(_, hop)| *hop);
-        let result = match (query, &found) {
-            (Query::Get, None) => "not_found",
+        walk.hops = walk.hops.max(candidates.deepest_answer());
+    }
+
+    /// Walks from `start` toward `key` at `level`, a few bits per hop (see [`super::path`]),
+    /// doing `errand` at every node. A node that does not answer is replaced by the next best
+    /// candidate of the previous answer. Once no known node shares more leading bits with the
+    /// key, the walk finishes as an iterative lookup of the nodes closest to the key, which
+    /// copes with routing tables that do not know every neighbour.
+    async fn walk(&self, level: usize, key: Id, errand: Errand, start: Contact) -> Walk {
+        let bits = self.params.bits_per_hop;
+        let mut walk = Walk::default();
+        let mut current = start;
+        let mut backups: Vec<Contact> = Vec::new();
+        let mut hop = 0;
+        let mut candidates = Candidates::new(key, self.params.k);
+        while bits > 0 && !walk.is_over() {
+            let prefix = current.id.distance(&key).leading_zeros();
+            let toward = path::intermediate_target(&key, &self.me.id, prefix + bits);
+            let body = errand.request(key, toward, self.params.values_per_get);
+            let reply = self.rpc(current.addr, Some(current.id), level, body).await;
+            let Some(contacts) = reply
+                .ok()
+                .and_then(|reply| walk.record(errand, current, hop, reply.body))
+            else {
+                if walk.is_over() || backups.is_empty() {
+                    break;
+                }
+                current = backups.remove(0);
+                continue;
+            };
+            let learned = self.learn(level, &contacts);
+            let infos: Vec<ContactInfo> = learned
+                .iter()
+                .map(|c| ContactInfo {
+                    id: c.id,
+                    addr: c.addr,
+                    age_secs: 0,
+                })
+                .collect();
+            let hops = path::next_hops(&infos, &current, &key, &toward);
+            let Some((next, rest)) = hops.split_first() else {
+                // The answer lists the nodes closest to the key: converge on them from here.
+                candidates.offer(current, hop);
+                candidates.answered(&current);
+                for contact in learned {
+                    candidates.offer(contact, hop + 1);
+                }
+                break;
+            };
+            current = *next;
+            backups = rest.to_vec();
+            hop += 1;
+        }
+        if !walk.is_over() {
+            // This node's own closest contacts join the last stretch: one node's answer may
+            // miss a neighbour of the key that the table here knows.
+            for contact in self.seed(level, key).closest(self.params.k) {
+                candidates.offer(contact, hop + 1);
+            }
+            candidates.offer(start, 0);
+            self.converge(level, errand, &mut candidates, &mut walk)
+                .await;
+        }
+        let result = match (errand, &walk.found) {
+            (Errand::Get, None) => "not_found",
             _ => "ok",
         };
+        self.record_lookup(errand.kind(), result, walk.hops);
+        walk
+    }
+
+    /// Records second-hand news of `contacts` at `level`; returns those not vetoed.
+    fn learn(&self, level: usize, contacts: &[ContactInfo]) -> Vec<Contact> {
+        let now = Instant::now();
+        let mut tables = self.lock();
+        contacts
+            .iter()
+            .filter(|info| info.id != self.me.id && tables.routing.heard_of(level, info, now))
+            .map(|info| Contact {
+                id: info.id,
+                addr: info.addr,
+            })
+            .collect()
+    }
+
+    fn record_lookup(&self, kind: &str, result: &str, hops: u32) {
         self.metrics
             .lookups
-            .with_label_values(&[query.kind(), result])
+            .with_label_values(&[kind, result])
             .inc();
         self.metrics
             .lookup_hops
-            .with_label_values(&[query.kind()])
+            .with_label_values(&[kind])
             .observe(f64::from(hops));
-        LookupOutcome {
-            candidates,
-            found,
-            acceptable,
-            stopped_early,
-            hops,
-        }
     }
 
-    /// Stores at the closest acceptable node the forward phase passed, then the next one out.
+    /// Stores at the `replicas` closest acceptable nodes the forward phase passed, going
+    /// further back when a race made one refuse. Returns the closest
+    /// node that stored it.
     async fn reverse_phase(
         &self,
         level: usize,
         key: Id,
         value: &Value,
         ttl_secs: u32,
-        outcome: &LookupOutcome,
+        walk: &Walk,
     ) -> Option<Contact> {
-        let mut stack = outcome.acceptable.clone();
-        stack.sort_by_key(|contact| contact.id.distance(&key));
-        for contact in stack.into_iter().take(self.params.k) {
+        let mut acceptable = walk.acceptable.clone();
+        acceptable.sort_by_key(|contact| contact.id.distance(&key));
+        acceptable.dedup();
+        let mut stored = Vec::new();
+        for contact in acceptable.iter().take(self.params.k) {
             let store = Body::Store {
                 key,
                 value: TimedValue {
@@ -586,10 +722,13 @@ impl<N: Network> Dht<N> {
             if let Ok(reply) = self.rpc(contact.addr, Some(contact.id), level, store).await
                 && reply.body == (Body::Stored { accepted: true })
             {
-                return Some(contact);
+                stored.push(*contact);
+                if stored.len() >= self.params.replicas {
+                    break;
+                }
             }
         }
-        None
+        stored.first().copied()
     }
 
     /// Sends one request and records what it taught about the peer: an answer is hearing it

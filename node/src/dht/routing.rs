@@ -101,6 +101,11 @@ impl Routing {
         }
     }
 
+    /// This node's ID.
+    pub fn own(&self) -> &Id {
+        &self.own
+    }
+
     /// Number of levels, including the global one.
     pub fn levels(&self) -> usize {
         self.levels.len()

@@ -25,13 +25,15 @@
 //! | 2 | Pong | — |
 //! | 3 | FindNode | target (20) |
 //! | 4 | Nodes | contacts |
-//! | 5 | Get | key (20), most values wanted (1) |
+//! | 5 | Get | key (20), most values wanted (1), toward (20) |
 //! | 6 | Values | values, contacts |
-//! | 7 | Probe (put, forward phase) | key (20), TTL seconds (4) |
+//! | 7 | Probe (put, forward phase) | key (20), TTL seconds (4), toward (20) |
 //! | 8 | ProbeReply | flags (1: bit 0 full, bit 1 loaded), contacts |
 //! | 9 | Store (put, reverse phase) | key (20), value |
 //! | 10 | Stored | accepted (1) |
 //!
+//! *toward* is the ID the answer's contacts should be closest to: the intermediate target of
+//! Coral's bit-at-a-time routing (see `path`), or the key itself.
 //! *contacts* is a count (1) then per contact: node ID (20), address, and the seconds since
 //! the sender last heard from that node directly (4). *values* is a count (1) then per value:
 //! holder address, TTL seconds (4), metadata length (1) and metadata. An *address* is a family
@@ -120,12 +122,14 @@ pub enum Body {
         /// The contacts.
         contacts: Vec<ContactInfo>,
     },
-    /// Values under `key`, or closer nodes.
+    /// Values under `key`, or the nodes closest to `toward`.
     Get {
         /// The key.
         key: Id,
         /// Most values wanted.
         max_values: u8,
+        /// Where the contacts in the answer should be closest to.
+        toward: Id,
     },
     /// Some values under the key (preferring holders near the asker), or closer nodes.
     Values {
@@ -134,12 +138,14 @@ pub enum Body {
         /// Closer nodes, when there are no values.
         contacts: Vec<ContactInfo>,
     },
-    /// Forward phase of a put: are you full and loaded for `key`?
+    /// Forward phase of a put: are you full and loaded for `key`? And who is closest to `toward`?
     Probe {
         /// The key.
         key: Id,
         /// TTL of the value about to be put, which decides fullness.
         ttl_secs: u32,
+        /// Where the contacts in the answer should be closest to.
+        toward: Id,
     },
     /// The answer to a probe.
     ProbeReply {
@@ -349,9 +355,14 @@ fn encode_body(body: &Body, out: &mut Vec<u8>) {
         Body::Ping | Body::Pong => {}
         Body::FindNode { target } => out.extend_from_slice(&target.0),
         Body::Nodes { contacts } => encode_contacts(contacts, out),
-        Body::Get { key, max_values } => {
+        Body::Get {
+            key,
+            max_values,
+            toward,
+        } => {
             out.extend_from_slice(&key.0);
             out.push(*max_values);
+            out.extend_from_slice(&toward.0);
         }
         Body::Values { values, contacts } => {
             let values = &values[..values.len().min(MAX_VALUES)];
@@ -361,9 +372,14 @@ fn encode_body(body: &Body, out: &mut Vec<u8>) {
             }
             encode_contacts(contacts, out);
         }
-        Body::Probe { key, ttl_secs } => {
+        Body::Probe {
+            key,
+            ttl_secs,
+            toward,
+        } => {
             out.extend_from_slice(&key.0);
             out.extend_from_slice(&ttl_secs.to_be_bytes());
+            out.extend_from_slice(&toward.0);
         }
         Body::ProbeReply {
             full,
@@ -426,6 +442,7 @@ fn decode_body(type_byte: u8, reader: &mut Reader<'_>) -> Result<Body, DecodeErr
         5 => Body::Get {
             key: reader.id()?,
             max_values: reader.u8()?,
+            toward: reader.id()?,
         },
         6 => {
             let count = reader.count(MAX_VALUES)?;
@@ -440,6 +457,7 @@ fn decode_body(type_byte: u8, reader: &mut Reader<'_>) -> Result<Body, DecodeErr
         7 => Body::Probe {
             key: reader.id()?,
             ttl_secs: reader.u32()?,
+            toward: reader.id()?,
         },
         8 => {
             let flags = reader.u8()?;
@@ -605,6 +623,7 @@ mod tests {
             Body::Get {
                 key: Id([4; 20]),
                 max_values: 4,
+                toward: Id([8; 20]),
             },
             Body::Values {
                 values: (0..MAX_VALUES as u8).map(full_value).collect(),
@@ -617,6 +636,7 @@ mod tests {
             Body::Probe {
                 key: Id([5; 20]),
                 ttl_secs: 20,
+                toward: Id([2; 20]),
             },
             Body::ProbeReply {
                 full: true,

@@ -4,7 +4,8 @@
 //! (the operator writes every node's zone and region there, since pods cannot read Node
 //! labels), binds the UDP port, and runs the upkeep loop: resolve the bootstrap peers (the
 //! headless Service's DNS name and any `--dht-peer`), then [`Dht::maintain`], every
-//! `refreshInterval` (every 5 s while the node knows no peer). The loop needs neither the
+//! `refreshInterval` (every 5 s while the node knows no peer), waking in between to re-put
+//! announcements that fall due. The loop needs neither the
 //! operator nor the API server: once joined, the DHT heals itself from its own tables.
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{NodeConfig, Topology};
@@ -111,6 +113,8 @@ impl DhtRole {
             params: DhtParams {
                 k: tuning.bucket_size as usize,
                 alpha: tuning.parallelism as usize,
+                bits_per_hop: tuning.bits_per_hop as usize,
+                replicas: tuning.replicas as usize,
                 store: StoreLimits {
                     values_per_key: tuning.values_per_key as usize,
                     loaded_per_minute: tuning.loaded_requests_per_minute as usize,
@@ -201,7 +205,23 @@ async fn upkeep(
     joined: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
+    let mut next_round = Instant::now();
     loop {
+        // Sleep until the next upkeep round, or until an announcement is due before then.
+        let wake = dht
+            .next_republish()
+            .map_or(next_round, |due| due.min(next_round));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        if Instant::now() < next_round {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = dht.republish_due() => {}
+            }
+            continue;
+        }
         let peers = bootstrap.resolve().await;
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -215,9 +235,6 @@ async fn upkeep(
         } else {
             interval
         };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
+        next_round = Instant::now() + wait;
     }
 }
