@@ -123,10 +123,15 @@ async fn run(nodes: usize) {
         },
         ..DhtParams::default()
     };
+    let kademlia = DhtParams {
+        bits_per_hop: 0,
+        ..DhtParams::default()
+    };
     let mut reports = Vec::new();
     for (name, params) in [
-        ("without spill-over", strict),
-        ("with spill-over", DhtParams::default()),
+        ("no spill-over (beta infinite), b=1", strict),
+        ("spill-over, Kademlia routing (b=0)", kademlia),
+        ("spill-over, b=1 (default)", DhtParams::default()),
     ] {
         let mut cluster = SimCluster::build(GEOGRAPHY, nodes, params, SEED).await;
         let report = cluster.hot_key(1000, Duration::from_secs(60)).await;
@@ -137,18 +142,20 @@ async fn run(nodes: usize) {
             format!("{:?}", &report.requests_per_node[..5]),
         );
         row(
-            &format!("hot key {name}: nodes storing it (global level) / puts stopped early"),
+            &format!("hot key, {name}: nodes storing it (global level) / puts stopped early"),
             format!("{} / {}", report.global_storers, report.stopped_early),
         );
         reports.push(report);
     }
-    row(
-        "hottest node's load, with spill-over / without",
-        format!(
-            "{:.3}",
-            reports[1].requests_per_node[0] as f64 / reports[0].requests_per_node[0] as f64
-        ),
-    );
+    for (index, name) in [(1, "Kademlia routing"), (2, "b=1")] {
+        row(
+            &format!("hottest node's load, spill-over with {name} / no spill-over"),
+            format!(
+                "{:.3}",
+                reports[index].requests_per_node[0] as f64 / reports[0].requests_per_node[0] as f64
+            ),
+        );
+    }
     row(
         "total wall clock",
         format!("{:.0} s", started.elapsed().as_secs_f64()),
