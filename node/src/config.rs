@@ -331,6 +331,15 @@ impl NodeConfig {
         }
         positive("dht.tuning.valuesPerKey", tuning.values_per_key.into())?;
         positive("dht.tuning.maxKeys", tuning.max_keys.into())?;
+        if tuning.values_per_key > 64 {
+            return Err(("dht.tuning.valuesPerKey", "must be at most 64".to_owned()));
+        }
+        if tuning.loaded_requests_per_minute > 100_000 {
+            return Err((
+                "dht.tuning.loadedRequestsPerMinute",
+                "must be at most 100000".to_owned(),
+            ));
+        }
         if tuning.request_timeout.is_zero() {
             return Err((
                 "dht.tuning.requestTimeout",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use coral_node::dht::metrics::DhtMetrics;
 use coral_node::dht::udp::{UdpDht, UdpNodeConfig, UdpSettings};
-use coral_node::dht::wire::Codec;
+use coral_node::dht::wire::{Body, Codec, Packet};
 use coral_node::dht::{DhtParams, Id, Locality, Value};
 use futures::future::join_all;
 
@@ -124,7 +124,8 @@ async fn gets_survive_a_quarter_of_the_nodes_dying() {
                 .stored_everywhere()
         );
     }
-    // Kill six nodes (two per zone), none of them node 0, and re-put as holders would.
+    // Kill six nodes (two per zone), none of them node 0, then have live nodes put again, as
+    // holders do every half TTL: puts and gets must route around the dead entries.
     for index in [21, 17, 13, 9, 5, 1] {
         nodes.remove(index).stop().await;
     }
@@ -246,4 +247,65 @@ async fn values_expire_and_a_restarted_node_rejoins_and_announces_again() {
     for node in &nodes {
         assert_eq!(node.dht.get(key).await.values[0].value, value(5000));
     }
+}
+
+/// Sends `bytes` from a fresh socket and says whether any answer came back within 300 ms.
+async fn answered(to: SocketAddr, bytes: &[u8]) -> bool {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(bytes, to).await.unwrap();
+    let mut buffer = [0u8; 2048];
+    tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buffer))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_stale_packets_are_dropped_unanswered() {
+    let secret = secret("replayed_and_stale_packets_are_dropped_unanswered");
+    let node = start(0, &secret, VERSION).await;
+    let to = node.dht.contact().addr;
+    let codec = Codec::new(&secret, VERSION);
+    let ping = |sender: SocketAddr| Packet {
+        request_id: 7,
+        sender: Id::of(sender.to_string().as_bytes()),
+        locality: Locality::from_labels(&["z1", "r1"]),
+        level: 0,
+        body: Body::Ping,
+    };
+    let dropped = |reason| {
+        node.dht
+            .metrics()
+            .packets_dropped
+            .with_label_values(&[reason])
+            .get()
+    };
+
+    // A packet captured from another node, replayed from here: its ID is not this source's.
+    let elsewhere = SocketAddr::from(([127, 0, 0, 99], 4242));
+    assert!(!answered(to, &codec.encode(&ping(elsewhere))).await);
+    assert_eq!(dropped("sender_mismatch"), 1);
+
+    // A packet whose sender ID matches its source but that was sent two minutes ago.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stale = codec.encode_at(&ping(socket.local_addr().unwrap()), now - 120);
+    socket.send_to(&stale, to).await.unwrap();
+    let mut buffer = [0u8; 2048];
+    let reply =
+        tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buffer)).await;
+    assert!(reply.is_err(), "a stale packet was answered");
+    assert_eq!(dropped("stale"), 1);
+
+    // The same ping, fresh and from its own address, is answered.
+    let fresh = codec.encode(&ping(socket.local_addr().unwrap()));
+    socket.send_to(&fresh, to).await.unwrap();
+    let (len, _) = tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buffer))
+        .await
+        .expect("a fresh ping is answered")
+        .unwrap();
+    assert_eq!(codec.decode(&buffer[..len]).unwrap().body, Body::Pong);
+    assert!(node.dht.peers(0) == 1, "the pinger became a peer");
 }

@@ -161,6 +161,7 @@ fn a_pod_asked_for_a_role_this_build_lacks_stays_unready_and_says_why() {
     sample_config(dir.path(), b"a test key of at least thirty-two bytes....");
     let node = start(dir.path(), "node-a", [127, 0, 0, 23], "proxy,dht", &[]);
     let (status, body) = wait_for(node.admin, "/readyz", |_, body| body.contains("dht: ready"));
+    assert!(body.contains("dht: ready"), "{body}");
     assert_eq!(status, 503);
     assert!(body.contains("proxy: not in this build yet"), "{body}");
     assert_eq!(

@@ -141,12 +141,15 @@ async fn up(once: bool) -> anyhow::Result<()> {
     show(&client, &cluster).await?;
     println!();
     println!(
-        "The node pods run as local processes, but coral-node has no `run` command yet (the proxy,"
+        "The node pods run coral-node with the DHT role; the proxy and DNS roles are issues 5 and 6,"
     );
     println!(
-        "DNS and DHT roles are issues 4 to 6): each exits, the kubelet restarts it with backoff,"
+        "so each pod stays alive but unready (its /readyz names the missing role) and the CoralCluster"
     );
-    println!("and the CoralCluster honestly stays Ready=False.");
+    println!(
+        "honestly stays Ready=False. The local kubelet has no cluster DNS yet, so the DHT pods cannot"
+    );
+    println!("resolve the headless Service and each runs alone.");
     if !once {
         println!();
         println!(

@@ -174,6 +174,10 @@ mod tests {
     }
 
     fn store_body(key: Id, port: u16) -> Body {
+        store_body_for(key, port, 3600)
+    }
+
+    fn store_body_for(key: Id, port: u16, ttl_secs: u32) -> Body {
         Body::Store {
             key,
             value: TimedValue {
@@ -181,7 +185,7 @@ mod tests {
                     holder: SocketAddr::from(([127, 0, 0, 9], port)),
                     meta: vec![],
                 },
-                ttl_secs: 3600,
+                ttl_secs,
             },
         }
     }
@@ -286,7 +290,7 @@ mod tests {
                 ..
             }
         ));
-        let (from, put) = request(2, zone("a"), 0, store_body(key, 99));
+        let (from, put) = request(2, zone("a"), 0, store_body_for(key, 99, 5400));
         assert_eq!(
             tables.answer(&params, from, &put, now),
             Body::Stored { accepted: false }

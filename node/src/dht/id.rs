@@ -21,9 +21,6 @@ pub struct Id(pub [u8; 20]);
 pub struct Distance(pub [u8; 20]);
 
 impl Id {
-    /// Length of an ID in bytes.
-    pub const LEN: usize = 20;
-
     /// The ID of a byte string: its SHA-1 digest.
     pub fn of(bytes: &[u8]) -> Self {
         Self(Sha1::digest(bytes).into())

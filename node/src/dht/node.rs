@@ -53,6 +53,18 @@ struct Announcement {
     refresh_at: Instant,
 }
 
+/// Announcements are put again at half their TTL, or after [`ANNOUNCE_RETRY`] when a put
+/// did not store at every level.
+pub const ANNOUNCE_RETRY: Duration = Duration::from_secs(10);
+
+fn refresh_after(ttl: Duration, outcome: &PutOutcome) -> Duration {
+    if outcome.stored_everywhere() {
+        ttl / 2
+    } else {
+        ANNOUNCE_RETRY.min(ttl / 2)
+    }
+}
+
 /// What a find-node lookup found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FindOutcome {
@@ -194,6 +206,14 @@ impl Walk {
         Some(contacts)
     }
 
+    /// The answering node closest to `key`: where the next level's path starts.
+    fn closest_visited(&self, key: &Id) -> Option<Contact> {
+        self.visited
+            .iter()
+            .copied()
+            .min_by_key(|c| c.id.distance(key))
+    }
+
     /// Whether the errand is done: values found, or a full and loaded node reached.
     fn is_over(&self) -> bool {
         self.found.is_some() || self.stopped_early
@@ -333,7 +353,7 @@ impl<N: Network> Dht<N> {
                     hops,
                 };
             }
-            start = walk.visited.last().copied().unwrap_or(self.me);
+            start = walk.closest_visited(&key).unwrap_or(self.me);
         }
         GetOutcome {
             hops,
@@ -360,22 +380,26 @@ impl<N: Network> Dht<N> {
                 stopped_early: walk.stopped_early,
                 hops: walk.hops,
             });
-            start = walk.visited.last().copied().unwrap_or(self.me);
+            start = walk.closest_visited(&key).unwrap_or(self.me);
         }
         PutOutcome { levels }
     }
 
-    /// Puts `value` under `key` and keeps re-putting it every half `ttl` until withdrawn.
+    /// Puts `value` under `key` and keeps re-putting it every half `ttl` (sooner when a put
+    /// misses a level) until withdrawn. The TTL is kept between 2 s and `max_ttl`.
     pub async fn announce(&self, key: Id, value: Value, ttl: Duration) -> PutOutcome {
+        let ttl = ttl.clamp(Duration::from_secs(2), self.params.max_ttl);
+        let outcome = self.put(key, value.clone(), ttl).await;
+        let refresh_at = Instant::now() + refresh_after(ttl, &outcome);
         self.announcements_lock().insert(
             (key, value.holder),
             Announcement {
-                value: value.clone(),
+                value,
                 ttl,
-                refresh_at: Instant::now() + ttl / 2,
+                refresh_at,
             },
         );
-        self.put(key, value, ttl).await
+        outcome
     }
 
     /// Stops re-putting what `holder` announced under `key`; stored copies expire by TTL.
@@ -443,20 +467,21 @@ impl<N: Network> Dht<N> {
         }
     }
 
-    /// Re-puts every announcement whose refresh time (half its TTL) has come.
+    /// Re-puts every announcement whose refresh time has come.
     pub async fn republish_due(&self) {
         let now = Instant::now();
         let due: Vec<_> = self
             .announcements_lock()
-            .iter_mut()
+            .iter()
             .filter(|(_, a)| a.refresh_at <= now)
-            .map(|((key, _), a)| {
-                a.refresh_at = now + a.ttl / 2;
-                (*key, a.value.clone(), a.ttl)
-            })
+            .map(|((key, _), a)| (*key, a.value.clone(), a.ttl))
             .collect();
         for (key, value, ttl) in due {
-            self.put(key, value, ttl).await;
+            let outcome = self.put(key, value.clone(), ttl).await;
+            let refresh_at = Instant::now() + refresh_after(ttl, &outcome);
+            if let Some(announcement) = self.announcements_lock().get_mut(&(key, value.holder)) {
+                announcement.refresh_at = refresh_at;
+            }
         }
     }
 
@@ -549,13 +574,7 @@ impl<N: Network> Dht<N> {
             .routing
             .closest(level, &target, self.params.k, now)
         {
-            candidates.offer(
-                Contact {
-                    id: info.id,
-                    addr: info.addr,
-                },
-                1,
-            );
+            candidates.offer(Contact::from(&info), 1);
         }
         candidates
     }
@@ -631,15 +650,7 @@ impl<N: Network> Dht<N> {
                 continue;
             };
             let learned = self.learn(level, &contacts);
-            let infos: Vec<ContactInfo> = learned
-                .iter()
-                .map(|c| ContactInfo {
-                    id: c.id,
-                    addr: c.addr,
-                    age_secs: 0,
-                })
-                .collect();
-            let hops = path::next_hops(&infos, &current, &key, &toward);
+            let hops = path::next_hops(&learned, &current, &key, &toward);
             let Some((next, rest)) = hops.split_first() else {
                 // The answer lists the nodes closest to the key: converge on them from here.
                 candidates.offer(current, hop);
@@ -659,7 +670,9 @@ impl<N: Network> Dht<N> {
             for contact in self.seed(level, key).closest(self.params.k) {
                 candidates.offer(contact, hop + 1);
             }
-            candidates.offer(start, 0);
+            if bits == 0 {
+                candidates.offer(start, 0);
+            }
             self.converge(level, errand, &mut candidates, &mut walk)
                 .await;
         }
@@ -678,10 +691,7 @@ impl<N: Network> Dht<N> {
         contacts
             .iter()
             .filter(|info| info.id != self.me.id && tables.routing.heard_of(level, info, now))
-            .map(|info| Contact {
-                id: info.id,
-                addr: info.addr,
-            })
+            .map(Contact::from)
             .collect()
     }
 
@@ -770,12 +780,15 @@ impl<N: Network> Dht<N> {
                     .routing
                     .heard_directly(responder, &reply.locality, now);
             }
-            Err(_) => {
+            Err(RpcError::Timeout(_)) => {
                 self.metrics.rpc_timeouts.with_label_values(&[kind]).inc();
                 if let Some(expected) = expected {
                     tables.routing.failed(&expected, now);
                 }
             }
+            // This node could not send (too many requests in flight, a socket error): that
+            // says nothing about the peer, which stays in the tables.
+            Err(RpcError::Send { .. }) => {}
         }
         result
     }

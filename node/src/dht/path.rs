@@ -14,7 +14,6 @@
 
 use super::id::{ID_BITS, Id};
 use super::routing::Contact;
-use super::wire::ContactInfo;
 
 /// The ID whose first `bits` bits come from `key` and the rest from `own`.
 pub fn intermediate_target(key: &Id, own: &Id, bits: usize) -> Id {
@@ -29,20 +28,12 @@ pub fn intermediate_target(key: &Id, own: &Id, bits: usize) -> Id {
 /// The nodes a path may move to from `current`, best first: those sharing more leading bits
 /// with the key than `current`, closest to `toward` first. None means the path is as deep as
 /// the answer lets it go, and the last stretch is a search for the nodes closest to the key.
-pub fn next_hops(
-    contacts: &[ContactInfo],
-    current: &Contact,
-    key: &Id,
-    toward: &Id,
-) -> Vec<Contact> {
+pub fn next_hops(contacts: &[Contact], current: &Contact, key: &Id, toward: &Id) -> Vec<Contact> {
     let prefix = current.id.distance(key).leading_zeros();
     let mut hops: Vec<Contact> = contacts
         .iter()
-        .map(|c| Contact {
-            id: c.id,
-            addr: c.addr,
-        })
         .filter(|c| c.id.distance(key).leading_zeros() > prefix)
+        .copied()
         .collect();
     hops.sort_by_key(|c| c.id.distance(toward));
     hops.dedup_by_key(|c| c.id);
@@ -61,11 +52,10 @@ mod tests {
         Id(bytes)
     }
 
-    fn info(id: Id) -> ContactInfo {
-        ContactInfo {
+    fn info(id: Id) -> Contact {
+        Contact {
             id,
             addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-            age_secs: 0,
         }
     }
 
@@ -115,7 +105,7 @@ mod tests {
             id: id(0x40, 0),
             addr: SocketAddr::from(([127, 0, 0, 1], 1)),
         };
-        let candidates: Vec<ContactInfo> = (0..=255u8).map(|n| info(id(n, n))).collect();
+        let candidates: Vec<Contact> = (0..=255u8).map(|n| info(id(n, n))).collect();
         let prefix = current.id.distance(&key).leading_zeros();
         let toward = intermediate_target(&key, &current.id, prefix + 1);
         let hops = next_hops(&candidates, &current, &key, &toward);

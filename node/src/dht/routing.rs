@@ -36,6 +36,15 @@ pub struct Contact {
     pub addr: SocketAddr,
 }
 
+impl From<&ContactInfo> for Contact {
+    fn from(info: &ContactInfo) -> Self {
+        Contact {
+            id: info.id,
+            addr: info.addr,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     contact: Contact,
@@ -161,10 +170,7 @@ impl Routing {
         }
         self.levels[level].buckets[index].upsert(
             Entry {
-                contact: Contact {
-                    id: info.id,
-                    addr: info.addr,
-                },
+                contact: Contact::from(info),
                 heard_at,
                 direct: false,
             },
@@ -275,15 +281,19 @@ fn age_secs(now: Instant, then: Instant) -> u32 {
 }
 
 impl Bucket {
-    /// Inserts or refreshes an entry. Fresher news replaces older news; direct news is never
-    /// downgraded by second-hand news of the same age.
+    /// Inserts or refreshes an entry. Fresher news replaces older news; second-hand news never
+    /// downgrades direct news nor changes a known node's address.
     fn upsert(&mut self, entry: Entry, k: usize) {
         for list in [&mut self.live, &mut self.replacements] {
             if let Some(known) = list.iter_mut().find(|e| e.contact.id == entry.contact.id) {
-                if entry.heard_at > known.heard_at || (entry.direct && !known.direct) {
+                // Only the node itself may move its entry to another address: an ID is the
+                // hash of an address, so gossip naming another one is wrong or forged.
+                if entry.direct {
                     known.contact.addr = entry.contact.addr;
+                    known.direct = true;
+                }
+                if known.contact.addr == entry.contact.addr {
                     known.heard_at = known.heard_at.max(entry.heard_at);
-                    known.direct |= entry.direct;
                 }
                 return;
             }
@@ -421,6 +431,19 @@ mod tests {
             "heard 5 s ago, after the failure"
         );
         assert_eq!(routing.len(0), 1);
+    }
+
+    #[test]
+    fn gossip_cannot_move_a_known_peer_to_another_address() {
+        let (mut routing, now) = table(4);
+        let peer = contact(0x80, 1);
+        routing.heard_directly(peer, &zone("a"), now);
+        let forged = ContactInfo {
+            addr: SocketAddr::from(([127, 0, 0, 66], 6666)),
+            ..info(peer, 0)
+        };
+        routing.heard_of(0, &forged, now + Duration::from_secs(5));
+        assert_eq!(routing.closest(0, &peer.id, 1, now)[0].addr, peer.addr);
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub struct SloppyStore {
     limits: StoreLimits,
     keys: HashMap<Id, KeyState>,
     rng: SmallRng,
+    last_sweep: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -74,13 +75,16 @@ impl SloppyStore {
             limits,
             keys: HashMap::new(),
             rng: SmallRng::seed_from_u64(seed),
+            last_sweep: None,
         }
     }
 
-    /// Counts one request (get, probe or store) for `key`.
+    /// Counts one request (a get or a probe) for `key`. Only keys this node holds values for
+    /// are counted: a node without values is never full, so its load cannot matter, and
+    /// requests for keys nobody stored must not take room from real values.
     pub fn note_request(&mut self, key: &Id, now: Instant) {
         let kept = self.limits.loaded_per_minute + 1;
-        let Some(state) = self.entry(key, now) else {
+        let Some(state) = self.keys.get_mut(key) else {
             return;
         };
         state.recent.push_back(now);
@@ -186,15 +190,11 @@ impl SloppyStore {
             .collect()
     }
 
-    /// Drops expired values and keys with neither values nor recent requests.
+    /// Drops expired values and the keys left without any.
     pub fn expire(&mut self, now: Instant) {
         self.keys.retain(|_, state| {
             state.values.retain(|v| v.expires > now);
-            let recently_asked = state
-                .recent
-                .back()
-                .is_some_and(|last| now.duration_since(*last) < LOAD_WINDOW);
-            !state.values.is_empty() || recently_asked
+            !state.values.is_empty()
         });
     }
 
@@ -210,9 +210,17 @@ impl SloppyStore {
         stats
     }
 
-    /// The state of `key`, created if there is room.
+    /// The state of `key`, created if there is room. A full store sweeps out expired keys at
+    /// most once a second, so a stream of new keys cannot make every store scan the map.
     fn entry(&mut self, key: &Id, now: Instant) -> Option<&mut KeyState> {
         if !self.keys.contains_key(key) && self.keys.len() >= self.limits.max_keys {
+            if self
+                .last_sweep
+                .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+            {
+                return None;
+            }
+            self.last_sweep = Some(now);
             self.expire(now);
             if self.keys.len() >= self.limits.max_keys {
                 return None;
@@ -313,6 +321,7 @@ mod tests {
         let mut store = SloppyStore::new(LIMITS, 1);
         let now = Instant::now();
         let key = Id([1; 20]);
+        store.store(&key, value(1), HOUR, zone("a"), now);
         for _ in 0..12 {
             store.note_request(&key, now);
         }
@@ -341,7 +350,10 @@ mod tests {
         for _ in 0..13 {
             store.note_request(&key, now);
         }
-        assert!(!store.store(&key, value(6), HOUR, zone("a"), now));
+        assert!(
+            !store.store(&key, value(6), HOUR * 3 / 2, zone("a"), now),
+            "full (every value lives half of 90 min) and loaded: refused, though it outlives them"
+        );
         assert!(store.store(&key, value(5), HOUR, zone("a"), now));
         assert_eq!(store.values(&key, &zone("a"), 8, now).len(), 4);
     }
@@ -358,8 +370,22 @@ mod tests {
             assert!(store.store(&Id([n; 20]), value(1), HOUR, zone("a"), now));
         }
         assert!(!store.store(&Id([9; 20]), value(1), HOUR, zone("a"), now));
-        store.note_request(&Id([8; 20]), now);
         assert_eq!(store.stats(now).keys, 3);
         assert!(store.store(&Id([9; 20]), value(1), HOUR, zone("a"), now + 2 * HOUR));
+    }
+
+    #[test]
+    fn requests_for_keys_without_values_take_no_room() {
+        let limits = StoreLimits {
+            max_keys: 1,
+            ..LIMITS
+        };
+        let mut store = SloppyStore::new(limits, 1);
+        let now = Instant::now();
+        for n in 0..100 {
+            store.note_request(&Id([n; 20]), now);
+        }
+        assert!(!store.is_loaded(&Id([0; 20]), now));
+        assert!(store.store(&Id([200; 20]), value(1), HOUR, zone("a"), now));
     }
 }

@@ -5,8 +5,9 @@
 //! after the retransmission timeout (RTO), doubling each time, at most `retries` times. The RTO
 //! of a peer follows RFC 6298 (smoothed RTT plus four deviations), measured only on answers to
 //! first transmissions (Karn's rule). [`serve`] is the receive loop: it authenticates every
-//! datagram, answers requests through [`Dht::answer`], hands answers to the waiting request,
-//! and counts and drops everything else, unanswered.
+//! datagram, drops those whose sender ID is not the hash of their source address, answers
+//! requests through [`Dht::answer`], hands answers to the waiting request, and counts and drops
+//! everything else, unanswered.
 
 use std::collections::HashMap;
 use std::io;
@@ -291,6 +292,16 @@ pub async fn serve(dht: Arc<Dht<UdpNetwork>>, shutdown: CancellationToken) {
                 continue;
             }
         };
+        // A node's ID is the hash of its address: a packet whose sender ID does not match its
+        // source is a replay from elsewhere, which must neither be answered (reflection) nor
+        // move the sender's routing entry to the source (poisoning).
+        if packet.sender != Id::of(from.to_string().as_bytes()) {
+            dht.metrics()
+                .packets_dropped
+                .with_label_values(&["sender_mismatch"])
+                .inc();
+            continue;
+        }
         if packet.body.is_request() {
             let reply = net.codec.encode(&dht.answer(from, &packet));
             if let Err(err) = net.socket.send_to(&reply, from).await {

@@ -8,16 +8,19 @@
 //! | 2 | 4 | protocol version |
 //! | 6 | 1 | message type (table below) |
 //! | 7 | 8 | request id (a response echoes its request's) |
-//! | 15 | 20 | sender's node ID |
-//! | 35 | 1 | level the message is about (0 = global) |
-//! | 36 | 1 | `n`, number of the sender's cluster IDs |
-//! | 37 | 8·n | sender's cluster ID per level, broadest first (0 = none) |
+//! | 15 | 20 | sender's node ID (the SHA-1 of its address, checked against the source) |
+//! | 35 | 4 | time sent, Unix seconds |
+//! | 39 | 1 | level the message is about (0 = global) |
+//! | 40 | 1 | `n`, number of the sender's cluster IDs |
+//! | 41 | 8·n | sender's cluster ID per level, broadest first (0 = none) |
 //! | … | … | body (table below) |
 //! | end−16 | 16 | HMAC-SHA256 of everything before it, truncated to 128 bits |
 //!
 //! The MAC key is HMAC-SHA256(cluster secret, `coral-dht/` ‖ version), so nodes of another
 //! cluster *or* another protocol version can never verify each other's packets; the version is
-//! also checked in clear first so that such packets are counted as what they are.
+//! also checked in clear first so that such packets are counted as what they are. A packet sent
+//! more than [`MAX_CLOCK_SKEW`] from the receiver's clock is dropped, which bounds how long a
+//! captured packet can be replayed.
 //!
 //! | type | message | body |
 //! |---|---|---|
@@ -59,7 +62,9 @@ pub const MAX_META: usize = 64;
 
 const MAGIC: &[u8; 2] = b"CD";
 const MAC_LEN: usize = 16;
-const FIXED_HEADER: usize = 37;
+const FIXED_HEADER: usize = 41;
+/// Largest difference between a packet's send time and the receiver's clock.
+pub const MAX_CLOCK_SKEW: u64 = 60;
 
 /// One DHT message with its header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,6 +234,12 @@ pub enum DecodeError {
     /// The MAC does not verify: another cluster's key, or tampering.
     #[error("bad MAC")]
     BadMac,
+    /// The packet was sent too long ago (or in the future): a replay, or a badly set clock.
+    #[error("sent {skew_secs} s away from this node's clock")]
+    Stale {
+        /// Difference between the send time and this node's clock, in seconds.
+        skew_secs: u64,
+    },
     /// The packet cannot be parsed.
     #[error("malformed packet: {0}")]
     Malformed(&'static str),
@@ -240,6 +251,7 @@ impl DecodeError {
         match self {
             DecodeError::BadVersion { .. } => "bad_version",
             DecodeError::BadMac => "bad_mac",
+            DecodeError::Stale { .. } => "stale",
             DecodeError::Malformed(_) => "malformed",
         }
     }
@@ -273,19 +285,26 @@ impl Codec {
         }
     }
 
-    /// The protocol version this codec speaks.
-    pub fn version(&self) -> u32 {
-        self.version
+    /// Encodes `packet`, stamped with the current time, truncating contact and value lists
+    /// to what the format allows.
+    pub fn encode(&self, packet: &Packet) -> Vec<u8> {
+        self.encode_at(packet, unix_now())
     }
 
-    /// Encodes `packet`, truncating contact and value lists to what the format allows.
-    pub fn encode(&self, packet: &Packet) -> Vec<u8> {
+    /// Decodes and authenticates a datagram, checking its send time against the clock.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Packet, DecodeError> {
+        self.decode_at(bytes, unix_now())
+    }
+
+    /// [`Codec::encode`] as if the time were `unix_secs`.
+    pub fn encode_at(&self, packet: &Packet, unix_secs: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.version.to_be_bytes());
         out.push(packet.body.type_byte());
         out.extend_from_slice(&packet.request_id.to_be_bytes());
         out.extend_from_slice(&packet.sender.0);
+        out.extend_from_slice(&(unix_secs as u32).to_be_bytes());
         out.push(packet.level);
         let clusters =
             &packet.locality.clusters()[..packet.locality.clusters().len().min(MAX_LOCAL_LEVELS)];
@@ -301,8 +320,8 @@ impl Codec {
         out
     }
 
-    /// Decodes and authenticates a datagram.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Packet, DecodeError> {
+    /// [`Codec::decode`] as if the time were `unix_secs`.
+    pub fn decode_at(&self, bytes: &[u8], unix_secs: u64) -> Result<Packet, DecodeError> {
         if bytes.len() < FIXED_HEADER + MAC_LEN || bytes.len() > MAX_PACKET {
             return Err(DecodeError::Malformed("bad length"));
         }
@@ -328,6 +347,13 @@ impl Codec {
         let type_byte = reader.u8()?;
         let request_id = reader.u64()?;
         let sender = reader.id()?;
+        let sent = reader.u32()?;
+        // The distance on the 32-bit circle the stamp lives in, so the format outlives 2106.
+        let now = unix_secs as u32;
+        let skew_secs = u64::from(now.wrapping_sub(sent).min(sent.wrapping_sub(now)));
+        if skew_secs > MAX_CLOCK_SKEW {
+            return Err(DecodeError::Stale { skew_secs });
+        }
         let level = reader.u8()?;
         let cluster_count = reader.u8()? as usize;
         if cluster_count > MAX_LOCAL_LEVELS || level as usize > cluster_count {
@@ -348,6 +374,13 @@ impl Codec {
             body,
         })
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 fn encode_body(body: &Body, out: &mut Vec<u8>) {
@@ -682,6 +715,23 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_replayed_after_the_allowed_skew_is_stale() {
+        let sent_at = 1_800_000_000;
+        let bytes = codec().encode_at(&packet(Body::Ping), sent_at);
+        assert!(codec().decode_at(&bytes, sent_at + MAX_CLOCK_SKEW).is_ok());
+        assert_eq!(
+            codec().decode_at(&bytes, sent_at + MAX_CLOCK_SKEW + 1),
+            Err(DecodeError::Stale {
+                skew_secs: MAX_CLOCK_SKEW + 1
+            })
+        );
+        assert_eq!(
+            codec().decode_at(&bytes, sent_at - 3600),
+            Err(DecodeError::Stale { skew_secs: 3600 })
+        );
+    }
+
+    #[test]
     fn a_flipped_bit_anywhere_is_rejected() {
         let bytes = codec().encode(&packet(Body::FindNode {
             target: Id([1; 20]),
@@ -707,11 +757,15 @@ mod tests {
         );
     }
 
-    /// Signs arbitrary bytes as a header and body, so the fuzzer reaches the body parser.
+    /// Signs arbitrary bytes as a header and body, with a current send time, so the fuzzer
+    /// reaches the body parser.
     fn signed(payload: &[u8]) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&1u32.to_be_bytes());
         bytes.extend_from_slice(payload);
+        if bytes.len() >= 39 {
+            bytes[35..39].copy_from_slice(&(unix_now() as u32).to_be_bytes());
+        }
         let mut mac = codec().mac.clone();
         mac.update(&bytes);
         bytes.extend_from_slice(&mac.finalize().into_bytes()[..MAC_LEN]);

@@ -125,6 +125,7 @@ impl DhtRole {
             codec: Codec::new(&key, config.dht.protocol_version),
             settings: UdpSettings {
                 initial_rto: tuning.request_timeout,
+                max_rto: tuning.request_timeout.max(UdpSettings::default().max_rto),
                 retries: tuning.retries,
                 ..UdpSettings::default()
             },
@@ -160,7 +161,8 @@ impl DhtRole {
         self.node.dht.clone()
     }
 
-    /// Set once the first upkeep round (the join) is over.
+    /// Set once the first upkeep round (the join) is over, even when it found no peer: the
+    /// first node of a cluster is ready alone.
     pub fn readiness(&self) -> Arc<AtomicBool> {
         self.joined.clone()
     }
@@ -222,10 +224,9 @@ async fn upkeep(
             }
             continue;
         }
-        let peers = bootstrap.resolve().await;
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = dht.maintain(&peers) => {}
+            () = async { dht.maintain(&bootstrap.resolve().await).await } => {}
         }
         if !joined.swap(true, Ordering::Relaxed) {
             tracing::info!(peers = dht.peers(0), "DHT joined");
