@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::dht::node::DhtSnapshot;
+use crate::dht::snapshot::DhtSnapshot;
 
 /// Renders the page.
 pub fn render(dht: Option<DhtSnapshot>, roles: &[(String, Result<(), String>)]) -> String {

@@ -15,12 +15,14 @@
 //! - [`answer`]: how a node answers a request, a pure function of its tables;
 //! - [`lookup`], [`path`]: the books of an iterative Kademlia lookup (joins and refreshes) and
 //!   the bit-at-a-time path of Coral's gets and puts, both pure;
-//! - [`node`]: the node that drives them over the [`Network`] trait;
+//! - [`node`]: the node that drives them over the [`Network`] trait (with the books of each
+//!   request kept in `errand`), and [`snapshot`], its state for the admin port;
 //! - [`udp`]: the real transport (request ids, timeouts, retransmission, RTT estimates);
 //! - [`sim`]: a virtual network with virtual time that runs the same code at 10,000 nodes;
 //! - [`metrics`]: the Prometheus metrics.
 
 pub mod answer;
+mod errand;
 pub mod id;
 pub mod locality;
 pub mod lookup;
@@ -29,6 +31,7 @@ pub mod node;
 pub mod path;
 pub mod routing;
 pub mod sim;
+pub mod snapshot;
 pub mod store;
 pub mod udp;
 pub mod wire;

@@ -21,17 +21,18 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use super::answer::Tables;
+use super::errand::{Errand, Walk};
 use super::id::{ID_BITS, Id};
-use super::locality::{ClusterId, Locality};
+use super::locality::Locality;
 use super::lookup::Candidates;
 use super::metrics::DhtMetrics;
 use super::path;
-use super::routing::{Contact, PeerView, Routing};
-use super::store::{SloppyStore, StoreStats};
+use super::routing::{Contact, Routing};
+use super::snapshot::{DhtSnapshot, LevelSnapshot, PeerSnapshot};
+use super::store::SloppyStore;
 use super::wire::{Body, ContactInfo, Packet, TimedValue, Value};
 use super::{DhtParams, Network, RpcError};
 
@@ -110,150 +111,6 @@ impl PutOutcome {
     pub fn stored_everywhere(&self) -> bool {
         self.levels.iter().all(|level| level.stored_at.is_some())
     }
-}
-
-/// What a lookup or path asks of each node on it.
-#[derive(Clone, Copy, Debug)]
-enum Errand {
-    FindNode,
-    Get,
-    Probe { ttl_secs: u32 },
-}
-
-impl Errand {
-    fn kind(self) -> &'static str {
-        match self {
-            Errand::FindNode => "find_node",
-            Errand::Get => "get",
-            Errand::Probe { .. } => "put",
-        }
-    }
-
-    /// The request for `key`, asking for contacts closest to `toward`.
-    fn request(self, key: Id, toward: Id, max_values: u8) -> Body {
-        match self {
-            Errand::FindNode => Body::FindNode { target: key },
-            Errand::Get => Body::Get {
-                key,
-                max_values,
-                toward,
-            },
-            Errand::Probe { ttl_secs } => Body::Probe {
-                key,
-                ttl_secs,
-                toward,
-            },
-        }
-    }
-}
-
-/// Where a lookup or path went and what it found.
-#[derive(Default)]
-struct Walk {
-    /// Nodes that answered, in the order they answered.
-    visited: Vec<Contact>,
-    /// Get: the values of the first node that held some.
-    found: Option<Vec<TimedValue>>,
-    /// Put: nodes that answered and were not both full and loaded.
-    acceptable: Vec<Contact>,
-    /// Put: the forward phase stopped at a full and loaded node.
-    stopped_early: bool,
-    /// The deepest hop that answered.
-    hops: u32,
-}
-
-impl Walk {
-    /// Records `contact`'s answer to `errand`, learned at `hop`. Returns the contacts it
-    /// offers to go on with, or `None` when the answer ends the errand (values found, a full
-    /// and loaded node) or is not an answer to it.
-    fn record(
-        &mut self,
-        errand: Errand,
-        contact: Contact,
-        hop: u32,
-        body: Body,
-    ) -> Option<Vec<ContactInfo>> {
-        let contacts = match (errand, body) {
-            (Errand::FindNode, Body::Nodes { contacts }) => contacts,
-            (Errand::Get, Body::Values { values, .. }) if !values.is_empty() => {
-                self.found = Some(values);
-                self.visited.push(contact);
-                self.hops = self.hops.max(hop);
-                return None;
-            }
-            (Errand::Get, Body::Values { contacts, .. }) => contacts,
-            (
-                Errand::Probe { .. },
-                Body::ProbeReply {
-                    full: true,
-                    loaded: true,
-                    ..
-                },
-            ) => {
-                self.stopped_early = true;
-                self.visited.push(contact);
-                self.hops = self.hops.max(hop);
-                return None;
-            }
-            (Errand::Probe { .. }, Body::ProbeReply { contacts, .. }) => {
-                self.acceptable.push(contact);
-                contacts
-            }
-            _ => return None,
-        };
-        self.visited.push(contact);
-        self.hops = self.hops.max(hop);
-        Some(contacts)
-    }
-
-    /// The answering node closest to `key`: where the next level's path starts.
-    fn closest_visited(&self, key: &Id) -> Option<Contact> {
-        self.visited
-            .iter()
-            .copied()
-            .min_by_key(|c| c.id.distance(key))
-    }
-
-    /// Whether the errand is done: values found, or a full and loaded node reached.
-    fn is_over(&self) -> bool {
-        self.found.is_some() || self.stopped_early
-    }
-}
-
-/// The node's state as the admin page shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct DhtSnapshot {
-    /// This node's ID.
-    pub id: Id,
-    /// This node's DHT address.
-    pub addr: SocketAddr,
-    /// Values this node's proxy announces (and re-puts).
-    pub announcements: usize,
-    /// Per level, global first.
-    pub levels: Vec<LevelSnapshot>,
-}
-
-/// One level of [`DhtSnapshot`].
-#[derive(Clone, Debug, Serialize)]
-pub struct LevelSnapshot {
-    /// Level number (0 = global).
-    pub level: usize,
-    /// This node's cluster at this level (none at level 0 or without the label).
-    pub cluster: Option<ClusterId>,
-    /// Known peers.
-    pub peers: Vec<PeerSnapshot>,
-    /// Store size at this level.
-    pub store: StoreStats,
-}
-
-/// One peer of [`LevelSnapshot`].
-#[derive(Clone, Debug, Serialize)]
-pub struct PeerSnapshot {
-    /// Routing table entry.
-    #[serde(flatten)]
-    pub peer: PeerView,
-    /// Smoothed round-trip time, if measured.
-    pub rtt_ms: Option<f64>,
 }
 
 impl<N: Network> Dht<N> {
