@@ -136,10 +136,8 @@ mod tests {
     use std::net::SocketAddr;
 
     fn contact(n: u8) -> Contact {
-        let mut id = [0u8; 20];
-        id[0] = n;
         Contact {
-            id: Id(id),
+            id: Id::starting_with(&[n]),
             addr: SocketAddr::from(([127, 0, 0, n], 9410)),
         }
     }

@@ -74,6 +74,16 @@ impl Distance {
     }
 }
 
+#[cfg(test)]
+impl Id {
+    /// An ID starting with `prefix`, zero after it: readable IDs for tests.
+    pub(crate) fn starting_with(prefix: &[u8]) -> Self {
+        let mut bytes = [0u8; 20];
+        bytes[..prefix.len()].copy_from_slice(prefix);
+        Self(bytes)
+    }
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for byte in self.0 {

@@ -128,10 +128,8 @@ mod tests {
     use std::net::SocketAddr;
 
     fn contact(first: u8) -> Contact {
-        let mut id = [0u8; 20];
-        id[0] = first;
         Contact {
-            id: Id(id),
+            id: Id::starting_with(&[first]),
             addr: SocketAddr::from(([127, 0, 0, 1], u16::from(first))),
         }
     }

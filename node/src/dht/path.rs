@@ -46,10 +46,7 @@ mod tests {
     use std::net::SocketAddr;
 
     fn id(first: u8, second: u8) -> Id {
-        let mut bytes = [0u8; 20];
-        bytes[0] = first;
-        bytes[1] = second;
-        Id(bytes)
+        Id::starting_with(&[first, second])
     }
 
     fn info(id: Id) -> Contact {
