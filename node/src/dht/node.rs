@@ -13,7 +13,7 @@
 //!
 //! Locks are never held across an await: every table access is a short critical section.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,7 +41,7 @@ pub struct Dht<N> {
     me: Contact,
     params: DhtParams,
     tables: Mutex<Tables>,
-    announcements: Mutex<HashMap<(Id, SocketAddr), Announcement>>,
+    announcements: Mutex<BTreeMap<(Id, SocketAddr), Announcement>>,
     rng: Mutex<SmallRng>,
     net: N,
     metrics: DhtMetrics,
@@ -134,7 +134,7 @@ impl<N: Network> Dht<N> {
                 routing: Routing::new(me.id, locality, params.k, now),
                 stores,
             }),
-            announcements: Mutex::new(HashMap::new()),
+            announcements: Mutex::new(BTreeMap::new()),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             net,
             metrics,
@@ -656,7 +656,7 @@ impl<N: Network> Dht<N> {
 
     fn announcements_lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(Id, SocketAddr), Announcement>> {
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(Id, SocketAddr), Announcement>> {
         self.announcements
             .lock()
             .expect("announcements lock poisoned")
