@@ -109,8 +109,10 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in a pod's log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -174,6 +176,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry,
         dht: dht_role.as_ref().map(DhtRole::dht),
         roles,
+        level_names: config.locality.label_keys.iter().rev().cloned().collect(),
     };
     let server = tokio::spawn(http::serve(
         listener,

@@ -144,6 +144,10 @@ fn two_nodes_form_a_dht_and_the_admin_port_shows_it() {
         page.contains("<h1>Coral node</h1>") && page.contains(&a_addr),
         "{page}"
     );
+    assert!(
+        page.contains("level 2: same topology.kubernetes.io/zone"),
+        "{page}"
+    );
     let (_, metrics) = get(b.admin, "/metrics").unwrap();
     assert!(
         metrics.contains("coral_dht_rpcs_sent_total{type=\"ping\"}"),

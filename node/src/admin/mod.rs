@@ -37,6 +37,8 @@ pub struct AdminState {
     pub dht: Option<Arc<Dht<UdpNetwork>>>,
     /// Each requested role and its readiness.
     pub roles: Vec<(String, Readiness)>,
+    /// What each DHT level above the global one is, broadest first (the node label keys).
+    pub level_names: Vec<String>,
 }
 
 impl AdminState {
@@ -80,6 +82,7 @@ impl AdminState {
                 page::render(
                     self.dht.as_ref().map(|dht| dht.snapshot()),
                     &self.role_states(),
+                    &self.level_names,
                 ),
             ),
             _ => http::text(

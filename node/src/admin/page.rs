@@ -6,7 +6,11 @@ use std::fmt::Write;
 use crate::dht::snapshot::DhtSnapshot;
 
 /// Renders the page.
-pub fn render(dht: Option<DhtSnapshot>, roles: &[(String, Result<(), String>)]) -> String {
+pub fn render(
+    dht: Option<DhtSnapshot>,
+    roles: &[(String, Result<(), String>)],
+    level_names: &[String],
+) -> String {
     let mut html = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Coral node</title>\
          <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}\
@@ -33,8 +37,11 @@ pub fn render(dht: Option<DhtSnapshot>, roles: &[(String, Result<(), String>)]) 
     );
     for level in &dht.levels {
         let name = match level.level {
-            0 => "global".to_owned(),
-            n => format!("level {n}"),
+            0 => "level 0: everyone".to_owned(),
+            n => match level_names.get(n - 1) {
+                Some(label) => format!("level {n}: same {}", escape(label)),
+                None => format!("level {n}"),
+            },
         };
         let cluster = level.cluster.map_or_else(
             || "everyone".to_owned(),
