@@ -89,7 +89,20 @@ pub async fn materialise(
             target: volume_mount.mount_path.clone(),
         });
     }
-    Ok(mounts)
+    Ok(binding_order(mounts))
+}
+
+/// Orders mounts so that none hides the source of another: a mount at `/tmp` bound first
+/// would hide every later source under `/tmp` (as when the repository lives there). Mounts
+/// that cover a source are bound last; the order is otherwise kept.
+fn binding_order(mut mounts: Vec<Mount>) -> Vec<Mount> {
+    let sources: Vec<PathBuf> = mounts.iter().map(|m| m.source.clone()).collect();
+    mounts.sort_by_key(|mount| {
+        sources
+            .iter()
+            .any(|source| source.starts_with(&mount.target))
+    });
+    mounts
 }
 
 /// The files of a volume: relative path and content.
@@ -249,5 +262,40 @@ fn select(data: Vec<(String, Vec<u8>)>, items: Option<&[KeyToPath]>) -> Vec<(Str
                     .map(|(_, v)| (item.path.clone(), v.clone()))
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(source: &str, target: &str) -> Mount {
+        Mount {
+            source: source.into(),
+            target: target.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_mount_covering_the_sources_is_bound_last() {
+        let mounts = vec![
+            mount("/tmp/clone/.cache/pod/volumes/tmp", "/tmp"),
+            mount("/tmp/clone/.cache/pod/volumes/config", "/etc/coral/config"),
+            mount("/tmp/clone/.cache/pod/volumes/cache", "/var/cache/coral"),
+        ];
+        let targets: Vec<_> = binding_order(mounts)
+            .into_iter()
+            .map(|m| m.target)
+            .collect();
+        assert_eq!(targets, ["/etc/coral/config", "/var/cache/coral", "/tmp"]);
+    }
+
+    #[test]
+    fn mounts_that_cover_no_source_keep_their_order() {
+        let mounts = vec![
+            mount("/work/pod/volumes/tmp", "/tmp"),
+            mount("/work/pod/volumes/config", "/etc/coral/config"),
+        ];
+        assert_eq!(binding_order(mounts.clone()), mounts);
     }
 }
