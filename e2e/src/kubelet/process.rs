@@ -16,11 +16,17 @@ use tokio::process::{Child, Command};
 
 use super::volumes::Mount;
 
-/// Binds each mount given as `source target` argument pairs up to `--`, then runs the rest.
+/// Opens the program (the first argument, looked up in `PATH` if need be), binds each mount
+/// given as `source target` argument pairs up to `--`, then runs the opened program with the
+/// rest as its arguments. Opening first matters: a volume mounted over `/tmp` would otherwise
+/// hide a program that lives under `/tmp` (a repository cloned there).
 const MOUNT_AND_EXEC: &str = r#"set -e
+program=$(command -v "$1")
+exec 3<"$program"
+shift
 while [ "$1" != "--" ]; do mount --bind "$1" "$2"; shift 2; done
 shift
-exec "$@""#;
+exec /proc/self/fd/3 "$@""#;
 
 /// What to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,12 +56,17 @@ pub fn spawn(namespace: &str, spec: &ProcessSpec, log: &Path) -> std::io::Result
         MOUNT_AND_EXEC,
         "sh",
     ]);
+    let (program, arguments) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("a container with no command"))?;
+    command.arg(program);
     for mount in &spec.mounts {
         command.arg(&mount.source).arg(&mount.target);
     }
     command
         .arg("--")
-        .args(&spec.argv)
+        .args(arguments)
         .env_clear()
         .env(
             "PATH",
