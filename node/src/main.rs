@@ -7,10 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use coral_node::admin::{AdminState, Readiness, http};
+use coral_node::admin::{AdminState, Readiness};
 use coral_node::config::{CONFIG_FILE, NodeConfig, TOPOLOGY_FILE, Topology};
 use coral_node::dht::metrics::DhtMetrics;
 use coral_node::roles::dht::{DhtPlacement, DhtRole};
+use coral_status_http as http;
 use tokio_util::sync::CancellationToken;
 
 /// Coral node: cooperative caching proxy, locality-aware DNS and sloppy DHT.

@@ -6,8 +6,9 @@
 //! was asked to play is ready, so a pod asked for a role this build lacks stays unready rather
 //! than claiming to serve.
 
-pub mod http;
 mod page;
+
+use coral_status_http as http;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

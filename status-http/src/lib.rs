@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 server for small status endpoints, shared by the node's admin port and
-//! the operator's metrics port: every request goes to one synchronous responder, headers must
+//! the operator's metrics port (a crate of its own, so the operator needs the node crate only
+//! for the configuration type): every request goes to one synchronous responder, headers must
 //! arrive within five seconds, and connections end with the shutdown token.
 
 use std::convert::Infallible;
