@@ -156,11 +156,6 @@ impl<N: Network> Dht<N> {
         &self.metrics
     }
 
-    /// Number of levels, including the global one.
-    pub fn levels(&self) -> usize {
-        self.lock().routing.levels()
-    }
-
     /// Number of live peers known at `level`.
     pub fn peers(&self, level: usize) -> usize {
         self.lock().routing.len(level)
