@@ -15,7 +15,7 @@
 //! the manager sends something unexpected).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,6 +76,96 @@ pub struct ProxyConfig {
     pub per_client_rate: RateLimit,
     /// Request rate allowed towards one origin host (cache misses only).
     pub per_origin_rate: RateLimit,
+    /// How origins are resolved and reached, and which internal addresses are exempt from the
+    /// SSRF guard.
+    #[serde(default)]
+    pub origin_access: OriginAccess,
+    /// What the proxy does with methods other than GET and HEAD.
+    #[serde(default)]
+    pub other_methods: MethodPolicy,
+    /// Limits on what one client may send.
+    #[serde(default)]
+    pub client_limits: ClientLimits,
+}
+
+/// How origins are resolved and reached.
+///
+/// The proxy never fetches from a loopback, private, link-local, multicast or otherwise
+/// non-public address, checked on every connection after DNS resolution, unless the address
+/// is in `internalNetworks` or the origin host is in `internalHosts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OriginAccess {
+    /// Non-public networks whose origins may be fetched anyway (the local demo lists its
+    /// origin's network here).
+    pub internal_networks: Vec<IpNet>,
+    /// Origin host names that may resolve to non-public addresses.
+    pub internal_hosts: Vec<String>,
+    /// Public networks that must never be fetched either, such as a cluster's public pod or
+    /// service ranges.
+    pub blocked_networks: Vec<IpNet>,
+    /// Fixed addresses of origin host names, used instead of DNS (as `curl --resolve` does).
+    pub addresses: BTreeMap<String, Vec<IpAddr>>,
+    /// DNS servers that resolve origin names; empty means the pod's `/etc/resolv.conf`.
+    pub resolvers: Vec<SocketAddr>,
+    /// PEM file of CA certificates trusted for `https` origins besides the public web's roots.
+    pub extra_ca_file: Option<PathBuf>,
+    /// Most fetches in flight towards one origin host at once; later misses wait their turn.
+    pub max_concurrent_fetches: u32,
+}
+
+impl Default for OriginAccess {
+    fn default() -> Self {
+        Self {
+            internal_networks: Vec::new(),
+            internal_hosts: Vec::new(),
+            blocked_networks: Vec::new(),
+            addresses: BTreeMap::new(),
+            resolvers: Vec::new(),
+            extra_ca_file: None,
+            max_concurrent_fetches: 8,
+        }
+    }
+}
+
+/// What the proxy does with a request whose method is not GET or HEAD.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MethodPolicy {
+    /// Refuse it with 405: the CDN serves reads only.
+    #[default]
+    Refuse,
+    /// Pass it to the origin uncached; a successful answer invalidates the cached URL.
+    Pass,
+}
+
+/// Limits on what one client may send, against slow or oversized requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClientLimits {
+    /// Client connections open at once on one node; more wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// Longest request target (path and query), in bytes.
+    pub max_url_bytes: u32,
+    /// Most header fields in one request.
+    pub max_headers: u32,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: u32,
+    /// Time allowed to send a request head, against slowloris.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_url_bytes: 8_192,
+            max_headers: 100,
+            max_header_bytes: 32_768,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Timeouts of one origin fetch.
@@ -316,6 +406,39 @@ impl NodeConfig {
         positive("proxy.httpPort", self.proxy.http_port.into())?;
         positive("proxy.cacheMemoryBytes", self.proxy.cache_memory_bytes)?;
         positive("proxy.maxObjectBytes", self.proxy.max_object_bytes)?;
+        positive(
+            "proxy.originAccess.maxConcurrentFetches",
+            self.proxy.origin_access.max_concurrent_fetches.into(),
+        )?;
+        let limits = &self.proxy.client_limits;
+        positive(
+            "proxy.clientLimits.maxConnections",
+            limits.max_connections.into(),
+        )?;
+        if limits.max_url_bytes < 256 {
+            return Err((
+                "proxy.clientLimits.maxUrlBytes",
+                "must be at least 256".to_owned(),
+            ));
+        }
+        if limits.max_headers < 16 {
+            return Err((
+                "proxy.clientLimits.maxHeaders",
+                "must be at least 16".to_owned(),
+            ));
+        }
+        if limits.max_header_bytes < 8192 {
+            return Err((
+                "proxy.clientLimits.maxHeaderBytes",
+                "must be at least 8192".to_owned(),
+            ));
+        }
+        if limits.header_timeout.is_zero() {
+            return Err((
+                "proxy.clientLimits.headerTimeout",
+                "must be longer than 0s".to_owned(),
+            ));
+        }
         positive("dns.port", self.dns.port.into())?;
         positive("dns.answersPerQuery", self.dns.answers_per_query.into())?;
         positive("dht.port", self.dht.port.into())?;
@@ -453,6 +576,9 @@ mod tests {
                     requests_per_second: 20,
                     burst: 40,
                 },
+                origin_access: OriginAccess::default(),
+                other_methods: MethodPolicy::Refuse,
+                client_limits: ClientLimits::default(),
             },
             dns: DnsConfig {
                 port: 53,

@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use coral_node::admin::{AdminState, Readiness};
 use coral_node::config::{CONFIG_FILE, NodeConfig, TOPOLOGY_FILE, Topology};
 use coral_node::dht::metrics::DhtMetrics;
+use coral_node::proxy::metrics::ProxyMetrics;
 use coral_node::roles::dht::{DhtPlacement, DhtRole};
+use coral_node::roles::proxy::ProxyRole;
 use coral_status_http as http;
 use tokio_util::sync::CancellationToken;
 
@@ -59,6 +61,9 @@ struct RunArgs {
     /// Address of the admin port; defaults to every address at the configured port.
     #[arg(long)]
     admin_address: Option<SocketAddr>,
+    /// Address the proxy serves clients on; defaults to every address at the configured port.
+    #[arg(long)]
+    proxy_address: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -140,6 +145,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let mut roles = Vec::new();
     let mut dht_role = None;
+    let mut proxy_role = None;
     for role in dedup(&args.roles) {
         match role {
             Role::Dht => {
@@ -156,10 +162,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 roles.push(("dht".to_owned(), Readiness::Flag(started.readiness())));
                 dht_role = Some(started);
             }
-            Role::Proxy => roles.push((
-                "proxy".to_owned(),
-                Readiness::Unavailable("not in this build yet"),
-            )),
+            Role::Proxy => {
+                let metrics =
+                    ProxyMetrics::register(&registry).context("registering proxy metrics")?;
+                let address = args
+                    .proxy_address
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.proxy.http_port)));
+                let started = ProxyRole::start(&config, address, metrics, shutdown.clone()).await?;
+                roles.push(("proxy".to_owned(), Readiness::Flag(started.readiness())));
+                proxy_role = Some(started);
+            }
             Role::Dns => roles.push((
                 "dns".to_owned(),
                 Readiness::Unavailable("not in this build yet"),
@@ -176,6 +188,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin = AdminState {
         registry,
         dht: dht_role.as_ref().map(DhtRole::dht),
+        proxy: proxy_role.as_ref().map(ProxyRole::proxy),
         roles,
         level_names: config.locality.label_keys.iter().rev().cloned().collect(),
     };
@@ -190,6 +203,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = server.await;
     if let Some(role) = dht_role {
+        role.stop().await;
+    }
+    if let Some(role) = proxy_role {
         role.stop().await;
     }
     Ok(())

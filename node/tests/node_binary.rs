@@ -65,6 +65,7 @@ fn start(dir: &Path, node: &str, ip: [u8; 4], roles: &str, peers: &[&str]) -> No
             &std::net::Ipv4Addr::from(ip).to_string(),
         ])
         .args(["--admin-address", &admin.to_string()])
+        .args(["--proxy-address", &SocketAddr::from((ip, 18080)).to_string()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("{node}.log"))).unwrap());
     for peer in peers {
@@ -163,11 +164,12 @@ fn two_nodes_form_a_dht_and_the_admin_port_shows_it() {
 fn a_pod_asked_for_a_role_this_build_lacks_stays_unready_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     sample_config(dir.path(), b"a test key of at least thirty-two bytes....");
-    let node = start(dir.path(), "node-a", [127, 0, 0, 23], "proxy,dht", &[]);
+    let node = start(dir.path(), "node-a", [127, 0, 0, 23], "proxy,dns,dht", &[]);
     let (status, body) = wait_for(node.admin, "/readyz", |_, body| body.contains("dht: ready"));
     assert!(body.contains("dht: ready"), "{body}");
+    assert!(body.contains("proxy: ready"), "{body}");
     assert_eq!(status, 503);
-    assert!(body.contains("proxy: not in this build yet"), "{body}");
+    assert!(body.contains("dns: not in this build yet"), "{body}");
     assert_eq!(
         get(node.admin, "/healthz").unwrap().0,
         200,

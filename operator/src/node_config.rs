@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use coral_node::config::{
-    ClientNetwork, DhtConfig, DhtTuning, DnsConfig, HealthConfig, KEY_FILE, LocalityConfig,
-    NameServer, NodeConfig, OriginTimeouts, ProxyConfig, RateLimit,
+    ClientLimits, ClientNetwork, DhtConfig, DhtTuning, DnsConfig, HealthConfig, KEY_FILE,
+    LocalityConfig, MethodPolicy, NameServer, NodeConfig, OriginAccess, OriginTimeouts,
+    ProxyConfig, RateLimit,
 };
 use kube::ResourceExt;
 
@@ -59,6 +60,9 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
             origin_deny: spec.proxy.origin_deny.clone(),
             per_client_rate: rate_limit(&spec.proxy.per_client_rate_limit),
             per_origin_rate: rate_limit(&spec.proxy.per_origin_rate_limit),
+            origin_access: OriginAccess::default(),
+            other_methods: MethodPolicy::default(),
+            client_limits: ClientLimits::default(),
         },
         dns: DnsConfig {
             port: spec.dns.port,

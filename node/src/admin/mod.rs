@@ -20,6 +20,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::dht::Dht;
 use crate::dht::udp::UdpNetwork;
+use crate::proxy::service::Proxy;
 
 /// Whether one role is ready.
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ pub struct AdminState {
     pub registry: Registry,
     /// The DHT, when the node plays that role.
     pub dht: Option<Arc<Dht<UdpNetwork>>>,
+    /// The proxy, when the node plays that role.
+    pub proxy: Option<Arc<Proxy>>,
     /// Each requested role and its readiness.
     pub roles: Vec<(String, Readiness)>,
     /// What each DHT level above the global one is, broadest first (the node label keys).
@@ -59,6 +62,9 @@ impl AdminState {
             "/metrics" => {
                 if let Some(dht) = &self.dht {
                     dht.update_gauges();
+                }
+                if let Some(proxy) = &self.proxy {
+                    proxy.update_gauges();
                 }
                 let mut exposition = Vec::new();
                 TextEncoder::new()

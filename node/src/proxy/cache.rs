@@ -1,0 +1,306 @@
+//! The memory tier of the object cache, and the RFC 9111 rules applied to what it holds.
+//!
+//! Storage is moka's cache: a byte budget (each entry weighs its body and headers), TinyLFU
+//! admission so a one-off scan of many URLs cannot flush the objects people keep asking for,
+//! and LRU eviction among the admitted. Freshness, `Vary`, `no-store`, `private`,
+//! `Authorization` and request directives are decided by http-cache-semantics' shared-cache
+//! policy, kept next to each stored response.
+//!
+//! One URL may hold several responses that differ by their `Vary` headers (at most
+//! [`MAX_VARIANTS`], newest first).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::request;
+use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
+use moka::sync::Cache;
+
+use super::transfer::Head;
+
+/// Responses kept per URL that differ by `Vary`.
+pub const MAX_VARIANTS: usize = 8;
+
+/// A response in the cache.
+#[derive(Debug)]
+pub struct Stored {
+    /// The policy: freshness, age and what requests it may answer.
+    pub policy: CachePolicy,
+    /// Status and end-to-end headers, as served.
+    pub head: Head,
+    /// The whole body.
+    pub body: Bytes,
+    /// When it stops being fresh.
+    pub expires_at: SystemTime,
+}
+
+impl Stored {
+    /// A stored response made from the request that fetched it and the origin's response.
+    pub fn new(
+        request: &request::Parts,
+        head: Head,
+        body: Bytes,
+        response_time: SystemTime,
+    ) -> Self {
+        let response = head_parts(&head);
+        let policy =
+            CachePolicy::new_options(request, &response, response_time, CacheOptions::default());
+        Self::with_policy(policy, head, body, response_time)
+    }
+
+    /// A stored response with a policy already computed (after revalidation).
+    pub fn with_policy(policy: CachePolicy, head: Head, body: Bytes, now: SystemTime) -> Self {
+        let expires_at = now + policy.time_to_live(now);
+        Self {
+            policy,
+            head,
+            body,
+            expires_at,
+        }
+    }
+
+    /// How long ago it stopped being fresh (zero while fresh).
+    pub fn staleness(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.expires_at).unwrap_or_default()
+    }
+
+    /// Whether the origin forbade serving it stale (`must-revalidate`, `proxy-revalidate`,
+    /// `no-cache` or `s-maxage`, per RFC 9111 section 4.2.4 and 5.2.2).
+    pub fn forbids_stale(&self) -> bool {
+        self.head
+            .headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|directive| directive.trim().to_ascii_lowercase())
+            .any(|directive| {
+                directive == "must-revalidate"
+                    || directive == "proxy-revalidate"
+                    || directive == "no-cache"
+                    || directive.starts_with("s-maxage")
+            })
+    }
+
+    fn weight(&self) -> u32 {
+        let headers: usize = self
+            .head
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        u32::try_from(self.body.len() + headers + 256).unwrap_or(u32::MAX)
+    }
+}
+
+/// What the cache can do for a request.
+pub enum Lookup {
+    /// A response that may be served as it is.
+    Fresh(Arc<Stored>),
+    /// A response for this request that must be revalidated first (or served stale if the
+    /// origin fails).
+    Stale(Arc<Stored>),
+    /// Nothing usable.
+    Miss,
+}
+
+/// The responses stored for one URL.
+type Variants = Arc<Vec<Arc<Stored>>>;
+
+/// The memory tier.
+#[derive(Clone)]
+pub struct MemoryCache {
+    entries: Cache<String, Variants>,
+}
+
+impl MemoryCache {
+    /// A cache holding at most `budget` bytes.
+    pub fn new(budget: u64) -> Self {
+        Self {
+            entries: Cache::builder()
+                .max_capacity(budget)
+                .weigher(|_, variants: &Variants| {
+                    variants
+                        .iter()
+                        .fold(0u32, |total, stored| total.saturating_add(stored.weight()))
+                })
+                .build(),
+        }
+    }
+
+    /// Finds a response for a request (`key` is its URL, `request` the request as the cache
+    /// sees it).
+    pub fn lookup(&self, key: &str, request: &request::Parts, now: SystemTime) -> Lookup {
+        let Some(variants) = self.entries.get(key) else {
+            return Lookup::Miss;
+        };
+        for stored in variants.iter() {
+            match stored.policy.before_request(request, now) {
+                BeforeRequest::Fresh(_) => return Lookup::Fresh(stored.clone()),
+                BeforeRequest::Stale { matches: true, .. } => {
+                    return Lookup::Stale(stored.clone());
+                }
+                BeforeRequest::Stale { matches: false, .. } => {}
+            }
+        }
+        Lookup::Miss
+    }
+
+    /// Stores a response, replacing the variant it supersedes (the one answering the same
+    /// request).
+    pub fn insert(
+        &self,
+        key: &str,
+        request: &request::Parts,
+        stored: Arc<Stored>,
+        now: SystemTime,
+    ) {
+        let mut variants = vec![stored];
+        if let Some(old) = self.entries.get(key) {
+            variants.extend(
+                old.iter()
+                    .filter(|old| {
+                        matches!(
+                            old.policy.before_request(request, now),
+                            BeforeRequest::Stale { matches: false, .. }
+                        )
+                    })
+                    .take(MAX_VARIANTS - 1)
+                    .cloned(),
+            );
+        }
+        self.entries.insert(key.to_owned(), Arc::new(variants));
+    }
+
+    /// Forgets every response for a URL.
+    pub fn invalidate(&self, key: &str) {
+        self.entries.invalidate(key);
+    }
+
+    /// Objects and bytes held (moka's counts, updated as it runs its upkeep).
+    pub fn usage(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+}
+
+/// A head as http-cache-semantics reads responses.
+pub fn head_parts(head: &Head) -> http::response::Parts {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = head.status;
+    parts.headers = head.headers.clone();
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+    fn request(headers: &[(&'static str, &'static str)]) -> request::Parts {
+        let mut builder = http::Request::builder()
+            .method(Method::GET)
+            .uri("http://origin.test/a");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn head(headers: &[(&'static str, &'static str)]) -> Head {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        Head {
+            status: StatusCode::OK,
+            headers: map,
+        }
+    }
+
+    fn store(cache: &MemoryCache, req: &request::Parts, response: Head, now: SystemTime) {
+        let stored = Stored::new(req, response, Bytes::from_static(b"body"), now);
+        assert!(stored.policy.is_storable());
+        cache.insert("k", req, Arc::new(stored), now);
+    }
+
+    #[test]
+    fn fresh_then_stale_as_max_age_passes() {
+        let cache = MemoryCache::new(1 << 20);
+        let now = SystemTime::now();
+        let req = request(&[]);
+        store(&cache, &req, head(&[("cache-control", "max-age=60")]), now);
+        assert!(matches!(cache.lookup("k", &req, now), Lookup::Fresh(_)));
+        let later = now + Duration::from_secs(61);
+        let Lookup::Stale(stored) = cache.lookup("k", &req, later) else {
+            panic!("expected stale");
+        };
+        assert_eq!(stored.staleness(later), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn vary_keeps_one_response_per_variant() {
+        let cache = MemoryCache::new(1 << 20);
+        let now = SystemTime::now();
+        let vary = [("cache-control", "max-age=60"), ("vary", "accept-language")];
+        let english = request(&[("accept-language", "en")]);
+        let french = request(&[("accept-language", "fr")]);
+        store(&cache, &english, head(&vary), now);
+        assert!(matches!(cache.lookup("k", &french, now), Lookup::Miss));
+        store(&cache, &french, head(&vary), now);
+        assert!(matches!(cache.lookup("k", &english, now), Lookup::Fresh(_)));
+        assert!(matches!(cache.lookup("k", &french, now), Lookup::Fresh(_)));
+    }
+
+    #[test]
+    fn private_and_no_store_responses_are_not_storable() {
+        let now = SystemTime::now();
+        for directive in ["private, max-age=60", "no-store"] {
+            let stored = Stored::new(
+                &request(&[]),
+                head(&[("cache-control", directive)]),
+                Bytes::new(),
+                now,
+            );
+            assert!(!stored.policy.is_storable(), "{directive}");
+        }
+    }
+
+    #[test]
+    fn must_revalidate_forbids_stale_serving() {
+        let now = SystemTime::now();
+        let strict = Stored::new(
+            &request(&[]),
+            head(&[("cache-control", "max-age=1, must-revalidate")]),
+            Bytes::new(),
+            now,
+        );
+        let lax = Stored::new(
+            &request(&[]),
+            head(&[("cache-control", "max-age=1")]),
+            Bytes::new(),
+            now,
+        );
+        assert!(strict.forbids_stale());
+        assert!(!lax.forbids_stale());
+    }
+
+    #[test]
+    fn the_budget_evicts() {
+        let cache = MemoryCache::new(64 * 1024);
+        let now = SystemTime::now();
+        let req = request(&[]);
+        for index in 0..100 {
+            let stored = Stored::new(
+                &req,
+                head(&[("cache-control", "max-age=60")]),
+                Bytes::from(vec![0; 4096]),
+                now,
+            );
+            cache.insert(&format!("k{index}"), &req, Arc::new(stored), now);
+        }
+        let (_, bytes) = cache.usage();
+        assert!(bytes <= 64 * 1024, "{bytes} bytes held");
+    }
+}

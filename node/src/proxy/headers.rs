@@ -1,0 +1,238 @@
+//! Header rules between clients and origins.
+//!
+//! - Hop-by-hop headers (RFC 9110 section 7.6.1, and any named in `Connection`) never cross.
+//! - Cookies never cross, in either direction. Every origin lives under the zone, so a cookie
+//!   set by one site through the CDN would reach every other site behind it, and a cached
+//!   `Set-Cookie` would hand one visitor's session to the next. Coral is for public content;
+//!   sites that need sessions are served directly.
+//! - `Strict-Transport-Security` and `Alt-Svc` are dropped: they describe the origin's
+//!   transports, not the zone's.
+//! - `Location` and `Content-Location` are rewritten into the zone form, so redirects keep the
+//!   client inside the CDN. Links inside bodies are left alone: relative links work as they
+//!   are, and rewriting HTML would break signatures, hashes and byte ranges.
+//! - `Via` names the zone (`1.1 nyud.net (coral)`); a request already carrying it came from
+//!   this CDN and is a loop.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::target::zone_url;
+
+/// Headers that belong to one connection, never forwarded.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Request headers that ask for part of an object or a conditional answer; the proxy answers
+/// those itself from a whole object, so they are not sent on cache fills.
+const CONDITIONAL_REQUEST: [HeaderName; 6] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// Name of the request ID header, sent to origins and peers and returned to clients.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Name of the header telling clients how the proxy answered (`HIT`, `MISS`, ...).
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache");
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The `Via` value of this CDN.
+pub fn via_value(zone: &str) -> String {
+    format!("1.1 {} (coral)", zone.trim_end_matches('.'))
+}
+
+/// Whether a request already went through this CDN.
+pub fn is_loop(headers: &HeaderMap, zone: &str) -> bool {
+    let ours = zone.trim_end_matches('.');
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|hop| hop.split_whitespace().nth(1))
+        .any(|received_by| received_by.eq_ignore_ascii_case(ours))
+}
+
+/// The headers to send an origin for a client's request.
+///
+/// `cache_fill` drops conditional and range headers: the fetch is for a whole object that
+/// the cache keeps and serves to many clients.
+pub fn to_origin(
+    client: &HeaderMap,
+    client_ip: IpAddr,
+    zone: &str,
+    request_id: &str,
+    cache_fill: bool,
+) -> HeaderMap {
+    let mut headers = client.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::COOKIE);
+    if cache_fill {
+        for name in &CONDITIONAL_REQUEST {
+            headers.remove(name);
+        }
+    }
+    let forwarded_for = match client.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {client_ip}"),
+        None => client_ip.to_string(),
+    };
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&forwarded_for).expect("addresses are valid header text"),
+    );
+    append_via(&mut headers, zone);
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, id);
+    }
+    headers
+}
+
+/// An origin's response headers as the proxy keeps and serves them.
+pub fn from_origin(origin: &HeaderMap, zone: &str) -> HeaderMap {
+    let mut headers = origin.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::SET_COOKIE);
+    headers.remove(header::STRICT_TRANSPORT_SECURITY);
+    headers.remove(header::ALT_SVC);
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let rewritten = headers
+            .get(&name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|location| zone_url(location, zone))
+            .and_then(|url| HeaderValue::from_str(&url).ok());
+        if let Some(value) = rewritten {
+            headers.insert(name, value);
+        }
+    }
+    headers
+}
+
+/// Adds this CDN's `Via` entry.
+pub fn append_via(headers: &mut HeaderMap, zone: &str) {
+    let ours = via_value(zone);
+    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {ours}"),
+        None => ours,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(header::VIA, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut headers = map(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, map(&[("accept", "*/*")]));
+    }
+
+    #[test]
+    fn origin_requests_lose_cookies_and_gain_via_and_forwarded_for() {
+        let client = map(&[
+            ("host", "a.com.nyud.net"),
+            ("cookie", "session=1"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("if-none-match", "\"v1\""),
+            ("range", "bytes=0-1"),
+        ]);
+        let headers = to_origin(
+            &client,
+            "192.0.2.9".parse().unwrap(),
+            "nyud.net",
+            "r1",
+            true,
+        );
+        assert_eq!(
+            headers,
+            map(&[
+                ("x-forwarded-for", "198.51.100.1, 192.0.2.9"),
+                ("via", "1.1 nyud.net (coral)"),
+                ("x-request-id", "r1"),
+            ])
+        );
+        let pass = to_origin(
+            &client,
+            "192.0.2.9".parse().unwrap(),
+            "nyud.net",
+            "r1",
+            false,
+        );
+        assert!(pass.contains_key("if-none-match") && pass.contains_key("range"));
+    }
+
+    #[test]
+    fn our_via_is_a_loop_and_others_are_not() {
+        assert!(is_loop(
+            &map(&[("via", "1.0 fred, 1.1 NYUD.net (coral)")]),
+            "nyud.net"
+        ));
+        assert!(!is_loop(&map(&[("via", "1.1 other.cdn")]), "nyud.net"));
+        assert!(!is_loop(&map(&[]), "nyud.net"));
+    }
+
+    #[test]
+    fn origin_responses_lose_cookies_and_keep_clients_in_the_zone() {
+        let origin = map(&[
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("location", "https://www.example.com/next"),
+            ("strict-transport-security", "max-age=1"),
+            ("link", "</a>; rel=preload"),
+            ("link", "</b>; rel=preload"),
+        ]);
+        let headers = from_origin(&origin, "nyud.net");
+        assert_eq!(
+            headers,
+            map(&[
+                ("location", "http://www.example.com.nyud.net/next"),
+                ("link", "</a>; rel=preload"),
+                ("link", "</b>; rel=preload"),
+            ])
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! The cooperative caching HTTP proxy: what clients of `<origin>.<zone>` talk to.
+//!
+//! - [`target`]: the zone form of origin names (`www.example.com.8080.nyud.net`), both ways;
+//! - [`guard`]: which origins and addresses may be fetched (the SSRF guard);
+//! - [`resolve`], [`connect`], [`client`]: reaching origins (fixed table or DNS, checked
+//!   addresses, rustls, retries, the http-to-https upgrade, per-origin concurrency);
+//! - [`headers`]: what crosses between clients and origins (hop-by-hop, cookies, `Via`,
+//!   `Location`);
+//! - [`transfer`]: one response in flight shared by every client waiting for it;
+//! - [`cache`]: the memory tier and the RFC 9111 policy of what it holds;
+//! - [`respond`]: answers from stored objects (conditional, range, HEAD) or transfers;
+//! - [`refusal`]: refusals and their explanation pages;
+//! - [`service`]: the request flow; [`server`]: the HTTP server and its limits;
+//! - [`metrics`]: the `coral_proxy_*` metrics.
+
+pub mod cache;
+pub mod client;
+pub mod connect;
+pub mod guard;
+pub mod headers;
+pub mod metrics;
+pub mod refusal;
+pub mod resolve;
+pub mod respond;
+pub mod server;
+pub mod service;
+pub mod target;
+pub mod transfer;

@@ -1,0 +1,340 @@
+//! One response in flight, shared by every client waiting for it (cut-through).
+//!
+//! The task fetching an object pushes the response head and then each body chunk as it
+//! arrives; any number of readers follow, each at its own pace, from the first byte, so a
+//! client that joins late still gets the whole body, and nobody waits for the last byte
+//! before getting the first. The chunks stay until the transfer is dropped, which bounds
+//! memory by the object size, except for an object found to exceed the cache's limit while
+//! streaming: then the transfer switches to [`Transfer::trim`] mode, keeps only what some
+//! reader still needs, takes no new readers, and the producer waits while the slowest reader
+//! is more than a window behind.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+use tokio::sync::watch;
+
+use super::metrics::Outcome;
+use super::refusal::Refusal;
+
+/// A response head as the proxy keeps and forwards it.
+#[derive(Clone, Debug)]
+pub struct Head {
+    /// The status.
+    pub status: StatusCode,
+    /// End-to-end headers.
+    pub headers: HeaderMap,
+}
+
+/// Why a transfer ended without a complete body: the refusal a client gets if no byte was
+/// sent yet.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.message)]
+pub struct TransferFailed(pub Refusal);
+
+impl TransferFailed {
+    /// A failure with a 502 status.
+    pub fn bad_gateway(reason: &'static str, message: impl Into<String>) -> Self {
+        Self(Refusal::new(StatusCode::BAD_GATEWAY, reason, message))
+    }
+}
+
+/// A response being received, readable by many.
+pub struct Transfer {
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    head: Option<(Arc<Head>, Outcome)>,
+    chunks: VecDeque<Bytes>,
+    /// Absolute index of `chunks[0]`.
+    first: usize,
+    /// Bytes held in `chunks`.
+    held: usize,
+    end: Option<Result<(), TransferFailed>>,
+    /// Each live reader's next absolute chunk index.
+    readers: HashMap<u64, usize>,
+    next_reader: u64,
+    trimming: bool,
+}
+
+impl Transfer {
+    /// An empty transfer, waiting for its head.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            changed: watch::Sender::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("transfer lock")
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|version| *version += 1);
+    }
+
+    /// Publishes the response head, and how the proxy came by it.
+    pub fn set_head(&self, head: Head, outcome: Outcome) {
+        self.lock().head = Some((Arc::new(head), outcome));
+        self.notify();
+    }
+
+    /// Appends a body chunk.
+    pub fn push(&self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        {
+            let mut state = self.lock();
+            state.held += chunk.len();
+            state.chunks.push_back(chunk);
+            if state.trimming {
+                state.drop_passed_chunks();
+            }
+        }
+        self.notify();
+    }
+
+    /// Ends the transfer: `Ok` when the body is complete.
+    pub fn finish(&self, result: Result<(), TransferFailed>) {
+        self.lock().end = Some(result);
+        self.notify();
+    }
+
+    /// Stops keeping the whole body: from now on chunks every reader has passed are dropped
+    /// and no reader can join.
+    pub fn trim(&self) {
+        let mut state = self.lock();
+        state.trimming = true;
+        state.drop_passed_chunks();
+    }
+
+    /// Waits until the readers are less than `window` bytes behind the producer, or none is
+    /// left. Returns the number of live readers.
+    pub async fn wait_for_readers(&self, window: usize) -> usize {
+        let mut changes = self.changed.subscribe();
+        loop {
+            {
+                let state = self.lock();
+                if state.held < window || state.readers.is_empty() {
+                    return state.readers.len();
+                }
+            }
+            if changes.changed().await.is_err() {
+                return 0;
+            }
+        }
+    }
+
+    /// The whole body, when the transfer completed and kept every chunk.
+    pub fn complete_body(&self) -> Option<Bytes> {
+        let state = self.lock();
+        if state.trimming || state.first != 0 || !matches!(state.end, Some(Ok(()))) {
+            return None;
+        }
+        let mut body = BytesMut::with_capacity(state.held);
+        for chunk in &state.chunks {
+            body.extend_from_slice(chunk);
+        }
+        Some(body.freeze())
+    }
+
+    /// A new reader starting at the first byte, unless the transfer no longer keeps it.
+    pub fn reader(self: &Arc<Self>) -> Option<TransferReader> {
+        let id = {
+            let mut state = self.lock();
+            if state.trimming {
+                return None;
+            }
+            let id = state.next_reader;
+            state.next_reader += 1;
+            state.readers.insert(id, 0);
+            id
+        };
+        Some(TransferReader {
+            transfer: self.clone(),
+            changes: self.changed.subscribe(),
+            id,
+        })
+    }
+}
+
+impl State {
+    fn drop_passed_chunks(&mut self) {
+        let lowest = self
+            .readers
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.first + self.chunks.len());
+        while self.first < lowest {
+            let Some(chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            self.held -= chunk.len();
+            self.first += 1;
+        }
+    }
+}
+
+/// One client's view of a transfer.
+pub struct TransferReader {
+    transfer: Arc<Transfer>,
+    changes: watch::Receiver<u64>,
+    id: u64,
+}
+
+impl TransferReader {
+    /// Waits for the response head, and how the proxy came by it.
+    pub async fn head(&mut self) -> Result<(Arc<Head>, Outcome), TransferFailed> {
+        loop {
+            {
+                let state = self.transfer.lock();
+                if let Some(head) = &state.head {
+                    return Ok(head.clone());
+                }
+                if let Some(end) = &state.end {
+                    return Err(end.clone().err().unwrap_or_else(|| {
+                        TransferFailed::bad_gateway(
+                            "no_response",
+                            "the fetch ended without a response",
+                        )
+                    }));
+                }
+            }
+            self.wait().await?;
+        }
+    }
+
+    /// The next body chunk; `None` at the end of a complete body.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransferFailed>> {
+        loop {
+            {
+                let mut state = self.transfer.lock();
+                let position = state.readers[&self.id];
+                if position < state.first + state.chunks.len() {
+                    let chunk = state.chunks[position - state.first].clone();
+                    state.readers.insert(self.id, position + 1);
+                    if state.trimming {
+                        state.drop_passed_chunks();
+                        drop(state);
+                        self.transfer.notify();
+                    }
+                    return Some(Ok(chunk));
+                }
+                if let Some(end) = &state.end {
+                    return end.clone().err().map(Err);
+                }
+            }
+            if let Err(err) = self.wait().await {
+                return Some(Err(err));
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> Result<(), TransferFailed> {
+        self.changes
+            .changed()
+            .await
+            .map_err(|_| TransferFailed::bad_gateway("abandoned", "the fetch was abandoned"))
+    }
+}
+
+impl Drop for TransferReader {
+    fn drop(&mut self) {
+        let mut state = self.transfer.lock();
+        state.readers.remove(&self.id);
+        if state.trimming {
+            state.drop_passed_chunks();
+        }
+        drop(state);
+        self.transfer.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head() -> Head {
+        Head {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    async fn read_all(mut reader: TransferReader) -> Result<Vec<u8>, TransferFailed> {
+        reader.head().await?;
+        let mut body = Vec::new();
+        while let Some(chunk) = reader.next_chunk().await {
+            body.extend_from_slice(&chunk?);
+        }
+        Ok(body)
+    }
+
+    #[tokio::test]
+    async fn readers_get_every_byte_whenever_they_join() {
+        let transfer = Transfer::new();
+        let early = tokio::spawn(read_all(transfer.reader().unwrap()));
+        transfer.set_head(head(), Outcome::Miss);
+        transfer.push(Bytes::from_static(b"hello "));
+        let late = transfer.reader().unwrap();
+        transfer.push(Bytes::from_static(b"world"));
+        transfer.finish(Ok(()));
+        assert_eq!(early.await.unwrap().unwrap(), b"hello world");
+        assert_eq!(read_all(late).await.unwrap(), b"hello world");
+        assert_eq!(
+            transfer.complete_body().unwrap(),
+            Bytes::from_static(b"hello world")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_sees_bytes_before_the_end() {
+        let transfer = Transfer::new();
+        let mut reader = transfer.reader().unwrap();
+        transfer.set_head(head(), Outcome::Miss);
+        transfer.push(Bytes::from_static(b"first"));
+        assert_eq!(
+            reader.next_chunk().await.unwrap().unwrap(),
+            Bytes::from_static(b"first")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_reaches_every_reader() {
+        let transfer = Transfer::new();
+        let reader = transfer.reader().unwrap();
+        transfer.set_head(head(), Outcome::Miss);
+        transfer.push(Bytes::from_static(b"part"));
+        let reset = TransferFailed::bad_gateway("origin_broken", "origin reset");
+        transfer.finish(Err(reset.clone()));
+        assert_eq!(read_all(reader).await, Err(reset));
+        assert!(transfer.complete_body().is_none());
+    }
+
+    #[tokio::test]
+    async fn trimming_drops_what_every_reader_passed_and_refuses_newcomers() {
+        let transfer = Transfer::new();
+        let mut reader = transfer.reader().unwrap();
+        transfer.set_head(head(), Outcome::Miss);
+        transfer.trim();
+        for _ in 0..4 {
+            transfer.push(Bytes::from(vec![0; 1000]));
+        }
+        assert_eq!(transfer.lock().held, 4000);
+        reader.next_chunk().await.unwrap().unwrap();
+        reader.next_chunk().await.unwrap().unwrap();
+        assert_eq!(transfer.lock().held, 2000);
+        assert!(transfer.reader().is_none());
+        assert_eq!(transfer.wait_for_readers(2500).await, 1);
+        drop(reader);
+        assert_eq!(transfer.wait_for_readers(1).await, 0);
+    }
+}

@@ -1,0 +1,83 @@
+//! The proxy role: binds the HTTP port and serves clients through a [`Proxy`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeConfig;
+use crate::proxy::client::ClientSetupError;
+use crate::proxy::metrics::ProxyMetrics;
+use crate::proxy::server;
+use crate::proxy::service::Proxy;
+
+/// Why the proxy role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyRoleError {
+    /// The origin client could not be set up (resolver, CA file, TLS).
+    #[error(transparent)]
+    Client(#[from] ClientSetupError),
+    /// The HTTP port could not be bound.
+    #[error("cannot bind the proxy port {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The running proxy role.
+pub struct ProxyRole {
+    proxy: Arc<Proxy>,
+    ready: Arc<AtomicBool>,
+    server: JoinHandle<()>,
+}
+
+impl ProxyRole {
+    /// Binds `address` and starts serving.
+    pub async fn start(
+        config: &NodeConfig,
+        address: SocketAddr,
+        metrics: ProxyMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ProxyRoleError> {
+        let proxy = Arc::new(Proxy::new(config, metrics)?);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| ProxyRoleError::Bind {
+                addr: address,
+                source,
+            })?;
+        let bound = listener.local_addr().unwrap_or(address);
+        tracing::info!(address = %bound, zone = config.zone, "proxy serving");
+        let server = tokio::spawn(server::serve(
+            listener,
+            proxy.clone(),
+            config.proxy.client_limits,
+            shutdown,
+        ));
+        Ok(Self {
+            proxy,
+            ready: Arc::new(AtomicBool::new(true)),
+            server,
+        })
+    }
+
+    /// The proxy, for the admin port.
+    pub fn proxy(&self) -> Arc<Proxy> {
+        self.proxy.clone()
+    }
+
+    /// Set while the role serves.
+    pub fn readiness(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// Waits for the server to stop (after the shutdown token is cancelled).
+    pub async fn stop(self) {
+        let _ = self.server.await;
+    }
+}

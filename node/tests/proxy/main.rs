@@ -1,0 +1,463 @@
+//! The caching proxy against real origin servers on loopback, each test in a network
+//! namespace of its own.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::StatusCode;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use support::*;
+
+/// A body sent in `chunks` pieces of `size` bytes, `pause` apart, with no Content-Length.
+fn trickle(chunks: usize, size: usize, pause: Duration) -> OriginBody {
+    let pieces = futures::stream::iter(0..chunks).then(move |index| async move {
+        if index > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![
+            b'a' + (index % 26) as u8;
+            size
+        ])))
+    });
+    BodyExt::boxed(StreamBody::new(pieces))
+}
+
+#[test]
+fn a_miss_is_fetched_once_then_served_from_the_cache() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(
+                200,
+                &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+                "hello",
+            )
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let first = proxy.get(&origin.zone_host(), "/page", &[]).await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert_eq!(first.body, "hello");
+        assert_eq!(first.cache(), "miss");
+        assert_eq!(first.header("via"), "1.1 nyud.net (coral)");
+        assert_eq!(first.header("x-request-id").len(), 16);
+        let second = proxy.get(&origin.zone_host(), "/page", &[]).await;
+        assert_eq!(second.body, "hello");
+        assert_eq!(second.cache(), "hit");
+        assert!(second.headers.contains_key("age"));
+        assert_eq!(origin.hits("/page"), 1);
+    });
+}
+
+#[test]
+fn a_flash_crowd_on_one_node_causes_one_origin_fetch() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut response = respond(200, &[("cache-control", "max-age=60")], "");
+            *response.body_mut() = trickle(4, 16 * 1024, Duration::from_millis(50));
+            response
+        }))
+        .await;
+        let proxy = Arc::new(TestProxy::start(&test_config()).await);
+        let host = origin.zone_host();
+        let clients: Vec<_> = (0..300)
+            .map(|_| {
+                let (proxy, host) = (proxy.clone(), host.clone());
+                tokio::spawn(async move { proxy.get(&host, "/hot", &[]).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for client in clients {
+            answers.push(client.await.unwrap());
+        }
+        let expected: Vec<u8> = (0..4)
+            .flat_map(|i| vec![b'a' + i as u8; 16 * 1024])
+            .collect();
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.status == StatusCode::OK && a.body == expected)
+        );
+        assert_eq!(origin.hits("/hot"), 1);
+        let outcomes = tally(answers.iter().map(|a| a.cache()));
+        assert_eq!(outcomes.get("miss"), Some(&1), "{outcomes:?}");
+        assert!(
+            outcomes.get("coalesced").copied().unwrap_or(0) > 0,
+            "{outcomes:?}"
+        );
+    });
+}
+
+#[test]
+fn clients_get_the_first_bytes_before_the_origin_sends_the_last() {
+    in_private_network(|| async {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = release.clone();
+        let origin = TestOrigin::start(handler(move |_| {
+            let gate = gate.clone();
+            async move {
+                let pieces = futures::stream::iter(0..2).then(move |index| {
+                    let gate = gate.clone();
+                    async move {
+                        if index == 1 {
+                            gate.notified().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!(
+                            "part{index};"
+                        ))))
+                    }
+                });
+                let mut response = respond(200, &[("cache-control", "max-age=60")], "");
+                *response.body_mut() = BodyExt::boxed(StreamBody::new(pieces));
+                response
+            }
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get("/stream")
+            .header("host", origin.zone_host())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let mut body = sender.send_request(request).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "part0;");
+        release.notify_one();
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "part1;");
+    });
+}
+
+#[test]
+fn internal_addresses_are_refused_after_resolution() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async { respond(200, &[], "secret") })).await;
+        let mut config = test_config();
+        config.proxy.origin_access.internal_networks.clear();
+        config.proxy.origin_access.addresses.extend([
+            (
+                "metadata.test".to_owned(),
+                vec!["169.254.169.254".parse().unwrap()],
+            ),
+            ("sneaky.test".to_owned(), vec!["10.0.0.1".parse().unwrap()]),
+        ]);
+        let proxy = TestProxy::start(&config).await;
+        for host in [
+            "metadata.test.nyud.net".to_owned(),
+            "sneaky.test.nyud.net".to_owned(),
+            "10.1.2.3.nyud.net".to_owned(),
+            "169.254.169.254.nyud.net".to_owned(),
+            origin.zone_host(),
+            format!("127.0.0.1.{}.nyud.net", origin.address.port()),
+        ] {
+            let answer = proxy.get(&host, "/latest/meta-data/", &[]).await;
+            assert_eq!(answer.status, StatusCode::FORBIDDEN, "{host}");
+            assert!(
+                String::from_utf8_lossy(&answer.body).contains("not a public address"),
+                "{host}: {:?}",
+                answer.body
+            );
+        }
+        assert_eq!(origin.hits("/latest/meta-data/"), 0);
+        let unknown = proxy.get("nowhere.example.nyud.net", "/", &[]).await;
+        assert_eq!(unknown.status, StatusCode::BAD_GATEWAY);
+        assert!(String::from_utf8_lossy(&unknown.body).contains("cannot resolve nowhere.example"));
+    });
+}
+
+#[test]
+fn redirects_keep_clients_in_the_zone() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(301, &[("location", "https://elsewhere.example/x?y=1")], "")
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let answer = proxy.get(&origin.zone_host(), "/moved", &[]).await;
+        assert_eq!(answer.status, StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(
+            answer.header("location"),
+            "http://elsewhere.example.nyud.net/x?y=1"
+        );
+    });
+}
+
+#[test]
+fn same_host_https_redirects_are_followed_inside_the_proxy() {
+    in_private_network(|| async {
+        let tls = TestTls::new();
+        let secure = TestOrigin::start_tls(
+            handler(|_| async { respond(200, &[("cache-control", "no-store")], "secure") }),
+            &tls,
+        )
+        .await;
+        let https_port = secure.address.port();
+        let plain = TestOrigin::start(handler(move |parts| async move {
+            let location = format!("https://{ORIGIN_HOST}:{https_port}{}", parts.uri.path());
+            respond(301, &[("location", location.as_str())], "")
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.origin_access.extra_ca_file = Some(tls.ca_file.clone());
+        let proxy = TestProxy::start(&config).await;
+        for _ in 0..2 {
+            let answer = proxy.get(&plain.zone_host(), "/doc", &[]).await;
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(answer.body, "secure");
+        }
+        assert_eq!(plain.hits("/doc"), 1, "the upgrade is remembered");
+        assert_eq!(secure.hits("/doc"), 2);
+    });
+}
+
+#[test]
+fn an_untrusted_certificate_is_a_bad_gateway() {
+    in_private_network(|| async {
+        let tls = TestTls::new();
+        let secure =
+            TestOrigin::start_tls(handler(|_| async { respond(200, &[], "x") }), &tls).await;
+        let https_port = secure.address.port();
+        let plain = TestOrigin::start(handler(move |_| async move {
+            let location = format!("https://{ORIGIN_HOST}:{https_port}/doc");
+            respond(301, &[("location", location.as_str())], "")
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let answer = proxy.get(&plain.zone_host(), "/doc", &[]).await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(secure.hits("/doc"), 0);
+    });
+}
+
+#[test]
+fn stale_content_is_served_while_the_origin_fails() {
+    in_private_network(|| async {
+        let broken = Arc::new(AtomicBool::new(false));
+        let state = broken.clone();
+        let origin = TestOrigin::start(handler(move |_| {
+            let broken = state.load(Ordering::SeqCst);
+            async move {
+                if broken {
+                    respond(503, &[], "down")
+                } else {
+                    respond(200, &[("cache-control", "max-age=1")], "v1")
+                }
+            }
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        assert_eq!(proxy.get(&origin.zone_host(), "/s", &[]).await.body, "v1");
+        broken.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let answer = proxy.get(&origin.zone_host(), "/s", &[]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, "v1");
+        assert_eq!(answer.cache(), "stale");
+        assert!(answer.header("warning").starts_with("110"));
+        let zone_host = origin.zone_host();
+        drop(origin);
+        let answer = proxy.get(&zone_host, "/s", &[]).await;
+        assert_eq!((answer.status, answer.cache()), (StatusCode::OK, "stale"));
+    });
+}
+
+#[test]
+fn expired_objects_are_revalidated_with_their_validators() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|parts| async move {
+            if parts
+                .headers
+                .get("if-none-match")
+                .is_some_and(|tag| tag == "\"v1\"")
+            {
+                respond(
+                    304,
+                    &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+                    "",
+                )
+            } else {
+                respond(
+                    200,
+                    &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+                    "body",
+                )
+            }
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        assert_eq!(
+            proxy.get(&origin.zone_host(), "/r", &[]).await.cache(),
+            "miss"
+        );
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let answer = proxy.get(&origin.zone_host(), "/r", &[]).await;
+        assert_eq!(
+            (answer.status, answer.cache()),
+            (StatusCode::OK, "revalidated")
+        );
+        assert_eq!(answer.body, "body");
+        assert_eq!(
+            origin.last("/r").unwrap().headers["if-none-match"],
+            "\"v1\""
+        );
+        let again = proxy.get(&origin.zone_host(), "/r", &[]).await;
+        assert_eq!(
+            (again.cache(), again.body.as_ref()),
+            ("hit", b"body".as_ref())
+        );
+        assert_eq!(origin.hits("/r"), 2);
+    });
+}
+
+#[test]
+fn cookies_and_hop_by_hop_headers_never_cross() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(
+                200,
+                &[
+                    ("set-cookie", "session=secret"),
+                    ("cache-control", "max-age=60"),
+                ],
+                "page",
+            )
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let answer = proxy
+            .get(
+                &origin.zone_host(),
+                "/c",
+                &[
+                    ("cookie", "id=42"),
+                    ("connection", "x-private"),
+                    ("x-private", "1"),
+                ],
+            )
+            .await;
+        assert!(!answer.headers.contains_key("set-cookie"));
+        let seen = origin.last("/c").unwrap().headers;
+        assert!(!seen.contains_key("cookie") && !seen.contains_key("x-private"));
+        assert_eq!(seen["via"], "1.1 nyud.net (coral)");
+        assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(seen["x-request-id"], answer.header("x-request-id"));
+        assert_eq!(
+            seen["host"],
+            format!("{ORIGIN_HOST}:{}", origin.address.port())
+        );
+    });
+}
+
+#[test]
+fn refusals_have_a_status_and_an_explanation() {
+    in_private_network(|| async {
+        let proxy = TestProxy::start(&test_config()).await;
+        let cases = [
+            (
+                "GET",
+                "www.example.com",
+                vec![],
+                StatusCode::MISDIRECTED_REQUEST,
+                "is not under nyud.net",
+            ),
+            (
+                "GET",
+                "a.nyud.net.nyud.net",
+                vec![],
+                StatusCode::LOOP_DETECTED,
+                "leads back into this CDN",
+            ),
+            (
+                "GET",
+                "origin.test.nyud.net",
+                vec![("via", "1.1 nyud.net (coral)")],
+                StatusCode::LOOP_DETECTED,
+                "leads back",
+            ),
+            (
+                "POST",
+                "origin.test.nyud.net",
+                vec![],
+                StatusCode::METHOD_NOT_ALLOWED,
+                "serves GET and HEAD",
+            ),
+            (
+                "GET",
+                "bad_host.nyud.net",
+                vec![],
+                StatusCode::BAD_REQUEST,
+                "not a valid origin host name",
+            ),
+        ];
+        for (method, host, headers, status, text) in cases {
+            let answer = proxy.send(method, host, "/", &headers).await;
+            assert_eq!(answer.status, status, "{method} {host}");
+            assert_eq!(answer.cache(), "refused");
+            assert!(
+                String::from_utf8_lossy(&answer.body).contains(text),
+                "{:?}",
+                answer.body
+            );
+        }
+    });
+}
+
+#[test]
+fn objects_over_the_size_limit_stream_uncached() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            let mut response = respond(200, &[("cache-control", "max-age=60")], "");
+            *response.body_mut() = trickle(50, 4096, Duration::ZERO);
+            response
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.max_object_bytes = 64 * 1024;
+        let proxy = TestProxy::start(&config).await;
+        for _ in 0..2 {
+            let answer = proxy.get(&origin.zone_host(), "/big", &[]).await;
+            assert_eq!(answer.body.len(), 50 * 4096);
+        }
+        assert_eq!(origin.hits("/big"), 2);
+    });
+}
+
+#[test]
+fn ranges_conditionals_and_head_are_answered_from_the_cache() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(
+                200,
+                &[("cache-control", "max-age=60"), ("etag", "\"e\"")],
+                "0123456789",
+            )
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = origin.zone_host();
+        proxy.get(&host, "/obj", &[]).await;
+        let range = proxy.get(&host, "/obj", &[("range", "bytes=2-5")]).await;
+        assert_eq!(
+            (range.status, range.body.as_ref()),
+            (StatusCode::PARTIAL_CONTENT, b"2345".as_ref())
+        );
+        let conditional = proxy
+            .get(&host, "/obj", &[("if-none-match", "\"e\"")])
+            .await;
+        assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
+        let head = proxy.send("HEAD", &host, "/obj", &[]).await;
+        assert_eq!((head.header("content-length"), head.body.len()), ("10", 0));
+        assert_eq!(origin.hits("/obj"), 1);
+    });
+}

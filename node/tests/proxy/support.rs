@@ -1,0 +1,360 @@
+//! What the proxy tests run on: a private network namespace per test, real origin servers on
+//! its loopback (plain and TLS, with a CA made for the test), a proxy in the same process, and
+//! a small HTTP client.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use coral_node::config::{NodeConfig, OriginAccess};
+use coral_node::proxy::metrics::ProxyMetrics;
+use coral_node::proxy::server;
+use coral_node::proxy::service::Proxy;
+use http::{HeaderMap, Request, Response, StatusCode, request};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The zone the test proxies serve.
+pub const ZONE: &str = "nyud.net";
+/// The origin host name the proxies resolve to 127.0.0.1 through their fixed table.
+pub const ORIGIN_HOST: &str = "origin.test";
+/// Longest any test may run.
+const TEST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs a test in a network namespace of its own, where only loopback exists: nothing the
+/// proxy does can reach another machine, whatever a bug makes it dial.
+pub fn in_private_network<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let outcome = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET) needs root");
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("run ip");
+        assert!(up.success(), "ip link set lo up failed");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            tokio::time::timeout(TEST_DEADLINE, test())
+                .await
+                .expect("the test ran past its deadline");
+        });
+    })
+    .join();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// An origin's answer.
+pub type OriginBody = BoxBody<Bytes, Infallible>;
+/// How a test origin answers a request.
+pub type Handler = Arc<
+    dyn Fn(request::Parts) -> Pin<Box<dyn Future<Output = Response<OriginBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A whole body.
+pub fn body(bytes: impl Into<Bytes>) -> OriginBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A handler from an async closure.
+pub fn handler<F, Fut>(answer: F) -> Handler
+where
+    F: Fn(request::Parts) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<OriginBody>> + Send + 'static,
+{
+    Arc::new(move |parts| Box::pin(answer(parts)))
+}
+
+/// A real origin server on loopback that records what it was asked.
+pub struct TestOrigin {
+    /// Where it listens.
+    pub address: SocketAddr,
+    requests: Arc<Mutex<Vec<request::Parts>>>,
+    shutdown: CancellationToken,
+}
+
+impl TestOrigin {
+    /// A plain HTTP origin.
+    pub async fn start(handler: Handler) -> Self {
+        Self::start_with(handler, None).await
+    }
+
+    /// An HTTPS origin presenting `tls`.
+    pub async fn start_tls(handler: Handler, tls: &TestTls) -> Self {
+        Self::start_with(handler, Some(tls.acceptor())).await
+    }
+
+    async fn start_with(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let shutdown = CancellationToken::new();
+        let (log, stop) = (requests.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let (handler, log, tls) = (handler.clone(), log.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (handler, log) = (handler.clone(), log.clone());
+                        async move {
+                            let (parts, _) = request.into_parts();
+                            log.lock().unwrap().push(parts.clone());
+                            Ok::<_, Infallible>(handler(parts).await)
+                        }
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            requests,
+            shutdown,
+        }
+    }
+
+    /// Requests received for a path.
+    pub fn hits(&self, path: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|parts| parts.uri.path() == path)
+            .count()
+    }
+
+    /// The last request received for a path.
+    pub fn last(&self, path: &str) -> Option<request::Parts> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|parts| parts.uri.path() == path)
+            .cloned()
+    }
+
+    /// The zone host name clients use for this origin.
+    pub fn zone_host(&self) -> String {
+        format!("{ORIGIN_HOST}.{}.{ZONE}", self.address.port())
+    }
+}
+
+impl Drop for TestOrigin {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A CA made for one test and a certificate it signed for [`ORIGIN_HOST`].
+pub struct TestTls {
+    /// The CA certificate, as the proxy's `extraCaFile`.
+    pub ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestTls {
+    /// A fresh CA and server certificate.
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Coral test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![ORIGIN_HOST.to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
+        Self {
+            ca_file,
+            _dir: dir,
+            server: Arc::new(server),
+        }
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.server.clone())
+    }
+}
+
+/// The node configuration of test proxies: the fixture, with loopback allowed as an internal
+/// origin network, [`ORIGIN_HOST`] fixed at 127.0.0.1, and a DNS server that does not exist
+/// (so any other name fails to resolve, and the machine's resolver is never asked).
+pub fn test_config() -> NodeConfig {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/node.yaml");
+    let mut config = NodeConfig::load(std::path::Path::new(path)).unwrap().value;
+    config.proxy.origin_access = OriginAccess {
+        internal_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        addresses: [(ORIGIN_HOST.to_owned(), vec!["127.0.0.1".parse().unwrap()])].into(),
+        resolvers: vec!["127.0.0.1:9".parse().unwrap()],
+        ..OriginAccess::default()
+    };
+    config
+}
+
+/// A proxy running in this process.
+pub struct TestProxy {
+    /// Where it serves clients.
+    pub address: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl TestProxy {
+    /// Starts a proxy with a configuration.
+    pub async fn start(config: &NodeConfig) -> Self {
+        let proxy = Arc::new(Proxy::new(config, ProxyMetrics::unregistered()).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(server::serve(
+            listener,
+            proxy,
+            config.proxy.client_limits,
+            shutdown.clone(),
+        ));
+        Self { address, shutdown }
+    }
+
+    /// Sends a GET for `path` on `host`, with extra headers, and reads the whole answer.
+    pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        self.send("GET", host, path, headers).await
+    }
+
+    /// Sends a request and reads the whole answer.
+    pub async fn send(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = sender
+            .send_request(request.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes());
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A whole response as a client received it.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// A header's value as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// How the proxy answered (`X-Cache`).
+    pub fn cache(&self) -> &str {
+        self.header("x-cache")
+    }
+}
+
+/// A response with a status, headers and a body.
+pub fn respond(
+    status: u16,
+    headers: &[(&str, &str)],
+    content: impl Into<Bytes>,
+) -> Response<OriginBody> {
+    let mut response = Response::builder().status(status);
+    for (name, value) in headers {
+        response = response.header(*name, *value);
+    }
+    response.body(body(content)).unwrap()
+}
+
+/// Counts per key, for tests that tally answers.
+pub fn tally<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for item in items {
+        *counts.entry(item.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
