@@ -172,7 +172,8 @@ impl Default for ClientLimits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OriginTimeouts {
-    /// Time allowed to establish the TCP (and TLS) connection.
+    /// Time allowed to resolve the origin's name, and then to establish each TCP (and TLS)
+    /// connection attempt.
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
     /// Time allowed between sending the request and the first response byte.

@@ -65,7 +65,10 @@ fn start(dir: &Path, node: &str, ip: [u8; 4], roles: &str, peers: &[&str]) -> No
             &std::net::Ipv4Addr::from(ip).to_string(),
         ])
         .args(["--admin-address", &admin.to_string()])
-        .args(["--proxy-address", &SocketAddr::from((ip, 18080)).to_string()])
+        .args([
+            "--proxy-address",
+            &SocketAddr::from((ip, 18080)).to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("{node}.log"))).unwrap());
     for peer in peers {

@@ -141,10 +141,10 @@ async fn up(once: bool) -> anyhow::Result<()> {
     show(&client, &cluster).await?;
     println!();
     println!(
-        "The node pods run coral-node with the DHT role; the proxy and DNS roles are issues 5 and 6,"
+        "The node pods run coral-node with the proxy and DHT roles; the DNS role is issue 6, so each"
     );
     println!(
-        "so each pod stays alive but unready (its /readyz names the missing role) and the CoralCluster"
+        "pod stays alive but unready (its /readyz names the missing role) and the CoralCluster"
     );
     println!(
         "honestly stays Ready=False. The local kubelet has no cluster DNS yet, so the DHT pods cannot"

@@ -21,6 +21,8 @@ use super::transfer::Head;
 
 /// Responses kept per URL that differ by `Vary`.
 pub const MAX_VARIANTS: usize = 8;
+/// Longest freshness honoured, whatever `max-age` says (ten years).
+const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A response in the cache.
 #[derive(Debug)]
@@ -51,7 +53,9 @@ impl Stored {
 
     /// A stored response with a policy already computed (after revalidation).
     pub fn with_policy(policy: CachePolicy, head: Head, body: Bytes, now: SystemTime) -> Self {
-        let expires_at = now + policy.time_to_live(now);
+        let expires_at = now
+            .checked_add(policy.time_to_live(now).min(MAX_LIFETIME))
+            .unwrap_or(now);
         Self {
             policy,
             head,
@@ -284,6 +288,21 @@ mod tests {
         );
         assert!(strict.forbids_stale());
         assert!(!lax.forbids_stale());
+    }
+
+    #[test]
+    fn absurd_lifetimes_do_not_overflow() {
+        let now = SystemTime::now();
+        let stored = Stored::new(
+            &request(&[]),
+            head(&[
+                ("cache-control", "max-age=18446744073709551615"),
+                ("age", "1"),
+            ]),
+            Bytes::new(),
+            now,
+        );
+        assert!(stored.expires_at > now);
     }
 
     #[test]

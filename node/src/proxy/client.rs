@@ -7,8 +7,9 @@
 //! the client (who would leave the CDN), and remembers for a day that the origin speaks
 //! `https`, so later fetches go there directly.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,8 +44,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const HTTPS_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Origins whose `https` port is remembered.
 const HTTPS_MEMORY_ENTRIES: u64 = 100_000;
-/// How long an idle origin's concurrency limiter is kept.
-const LIMITER_IDLE: Duration = Duration::from_secs(600);
+/// Origins tracked by the concurrency limiter before dead entries are swept.
+const LIMITER_SWEEP: usize = 4096;
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,9 @@ pub enum FetchError {
     /// The origin did not answer in time.
     #[error("the origin sent no response within {0:?}")]
     Timeout(Duration),
+    /// The origin already has its maximum of fetches in flight, and none ended in time.
+    #[error("{0} already has as many fetches in flight as this node allows")]
+    Busy(String),
     /// The origin broke HTTP or closed the connection.
     #[error("the origin's response was unusable: {0}")]
     Protocol(String),
@@ -115,8 +119,9 @@ pub struct OriginClient {
     http: Client<HttpsConnector<GuardedConnector>, RequestBody>,
     guard: OriginGuard,
     https_ports: Cache<Origin, u16>,
-    limiters: Cache<String, Arc<Semaphore>>,
-    max_per_origin: usize,
+    limiters: Arc<OriginLimiters>,
+    /// How long a fetch waits for one of its origin's slots.
+    slot_timeout: Duration,
     response_timeout: Duration,
 }
 
@@ -147,8 +152,10 @@ impl OriginClient {
                 .max_capacity(HTTPS_MEMORY_ENTRIES)
                 .time_to_live(HTTPS_MEMORY)
                 .build(),
-            limiters: Cache::builder().time_to_idle(LIMITER_IDLE).build(),
-            max_per_origin: config.origin_access.max_concurrent_fetches as usize,
+            limiters: Arc::new(OriginLimiters::new(
+                config.origin_access.max_concurrent_fetches as usize,
+            )),
+            slot_timeout: timeouts.first_byte,
             response_timeout: timeouts.connect + timeouts.first_byte,
         })
     }
@@ -163,14 +170,13 @@ impl OriginClient {
         self.guard
             .check_host(&request.origin.host)
             .map_err(FetchError::Refused)?;
-        let slot = self
-            .limiters
-            .get_with(request.origin.host.clone(), || {
-                Arc::new(Semaphore::new(self.max_per_origin))
-            })
-            .acquire_owned()
-            .await
-            .expect("origin limiters are never closed");
+        let slot = tokio::time::timeout(
+            self.slot_timeout,
+            self.limiters.for_host(&request.origin.host).acquire_owned(),
+        )
+        .await
+        .map_err(|_| FetchError::Busy(request.origin.host.clone()))?
+        .expect("origin limiters are never closed");
         let OriginRequest {
             method,
             origin,
@@ -206,12 +212,17 @@ impl OriginClient {
         loop {
             let response = self.send_with_retries(&method, &url, &headers).await?;
             if !upgraded && let Some(https) = https_upgrade(&url, &response) {
-                let port = https.port_u16().unwrap_or(443);
-                tracing::debug!(%origin, %https, "origin upgrades to https; following");
-                self.https_ports.insert(origin.clone(), port);
-                url = https;
-                upgraded = true;
-                continue;
+                self.https_ports
+                    .insert(origin.clone(), https.port_u16().unwrap_or(443));
+                // Only a pure scheme upgrade is followed here; a redirect to another path
+                // goes to the client (rewritten into the zone), whose next request will use
+                // https directly.
+                if https.path_and_query() == url.path_and_query() {
+                    tracing::debug!(%origin, %https, "origin upgrades to https; following");
+                    url = https;
+                    upgraded = true;
+                    continue;
+                }
             }
             return Ok(OriginResponse {
                 response,
@@ -273,6 +284,36 @@ impl OriginClient {
         };
         text.parse()
             .map_err(|err| FetchError::Protocol(format!("cannot form a URL from {text}: {err}")))
+    }
+}
+
+/// Concurrency limiters of origin hosts. A limiter lives as long as a fetch holds or awaits
+/// one of its slots, so an origin busy for hours keeps its limit, and an idle one costs
+/// nothing.
+struct OriginLimiters {
+    per_origin: usize,
+    limiters: Mutex<HashMap<String, Weak<Semaphore>>>,
+}
+
+impl OriginLimiters {
+    fn new(per_origin: usize) -> Self {
+        Self {
+            per_origin,
+            limiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn for_host(&self, host: &str) -> Arc<Semaphore> {
+        let mut limiters = self.limiters.lock().expect("limiter lock");
+        if let Some(limiter) = limiters.get(host).and_then(Weak::upgrade) {
+            return limiter;
+        }
+        if limiters.len() >= LIMITER_SWEEP {
+            limiters.retain(|_, limiter| limiter.strong_count() > 0);
+        }
+        let limiter = Arc::new(Semaphore::new(self.per_origin));
+        limiters.insert(host.to_owned(), Arc::downgrade(&limiter));
+        limiter
     }
 }
 
@@ -377,6 +418,15 @@ mod tests {
             https_upgrade(&url, &redirect("https://example.com/a")),
             Some("https://example.com/a".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_limiter_outlives_idle_time_while_its_slots_are_held() {
+        let limiters = OriginLimiters::new(1);
+        let held = limiters.for_host("a.com").try_acquire_owned().unwrap();
+        assert!(limiters.for_host("a.com").try_acquire_owned().is_err());
+        drop(held);
+        assert!(limiters.for_host("a.com").try_acquire_owned().is_ok());
     }
 
     #[test]

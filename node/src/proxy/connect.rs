@@ -53,8 +53,8 @@ struct Inner {
 }
 
 impl GuardedConnector {
-    /// A connector that resolves with `resolver`, checks with `guard` and gives each
-    /// connection attempt `timeout`.
+    /// A connector that resolves with `resolver`, checks with `guard`, and gives the
+    /// resolution and each connection attempt `timeout`.
     pub fn new(resolver: OriginResolver, guard: OriginGuard, timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -81,7 +81,12 @@ impl Inner {
             } else {
                 80
             });
-        let addresses = self.resolver.resolve(&host).await?;
+        let addresses = tokio::time::timeout(self.timeout, self.resolver.resolve(&host))
+            .await
+            .map_err(|_| ResolveError::Lookup {
+                host: host.clone(),
+                reason: format!("no answer within {:?}", self.timeout),
+            })??;
         let allowed = allowed_addresses(&self.guard, &host, &addresses)?;
         let mut last_error = "no address".to_owned();
         for address in allowed {

@@ -120,14 +120,20 @@ impl OriginGuard {
         Ok(())
     }
 
-    /// Checks an address `host` resolved to, before connecting to it.
+    /// Checks an address `host` resolved to, before connecting to it. An IPv6 address that
+    /// leads to an IPv4 one (mapped, NAT64, 6to4) is blocked when either form is.
     pub fn check_address(&self, host: &str, address: IpAddr) -> Result<(), GuardError> {
         let address = canonical(address);
-        if self
-            .blocked_networks
-            .iter()
-            .any(|net| net.contains(&address))
-        {
+        let leads_to = match address {
+            IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        let blocked = |candidate: &IpAddr| {
+            self.blocked_networks
+                .iter()
+                .any(|net| net.contains(candidate))
+        };
+        if blocked(&address) || leads_to.as_ref().is_some_and(blocked) {
             return Err(GuardError::Blocked {
                 host: host.to_owned(),
                 address,
@@ -265,6 +271,20 @@ mod tests {
             guard.check_address("x.com", "203.0.112.9".parse().unwrap()),
             Err(GuardError::Blocked { .. })
         ));
+    }
+
+    #[test]
+    fn blocked_networks_catch_their_nat64_and_6to4_forms() {
+        let guard = guard(&[], &[], &[]);
+        for address in ["64:ff9b::cb00:7009", "2002:cb00:7009::1"] {
+            assert!(
+                matches!(
+                    guard.check_address("x.com", address.parse().unwrap()),
+                    Err(GuardError::Blocked { .. })
+                ),
+                "{address}"
+            );
+        }
     }
 
     #[test]

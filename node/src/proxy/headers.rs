@@ -79,22 +79,38 @@ pub fn is_loop(headers: &HeaderMap, zone: &str) -> bool {
         .any(|received_by| received_by.eq_ignore_ascii_case(ours))
 }
 
+/// What a request to an origin carries, which decides the headers it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// A fetch of a whole object for the cache: no body, and no conditional or range headers
+    /// (the proxy answers those itself from the whole object).
+    CacheFill,
+    /// A client's bodiless request, passed uncached with its conditions and ranges.
+    Bodiless,
+    /// A client's request with its body.
+    WithBody,
+}
+
 /// The headers to send an origin for a client's request.
 ///
-/// `cache_fill` drops conditional and range headers: the fetch is for a whole object that
-/// the cache keeps and serves to many clients.
+/// A bodiless request never carries the client's `Content-Length` or `Expect`: the origin
+/// would wait for (or, worse, read from the next pooled request) a body that never comes.
 pub fn to_origin(
     client: &HeaderMap,
     client_ip: IpAddr,
     zone: &str,
     request_id: &str,
-    cache_fill: bool,
+    forwarding: Forwarding,
 ) -> HeaderMap {
     let mut headers = client.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     headers.remove(header::COOKIE);
-    if cache_fill {
+    if forwarding != Forwarding::WithBody {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::EXPECT);
+    }
+    if forwarding == Forwarding::CacheFill {
         for name in &CONDITIONAL_REQUEST {
             headers.remove(name);
         }
@@ -114,10 +130,28 @@ pub fn to_origin(
     headers
 }
 
+/// The largest `Age` carried on (RFC 9111 section 1.2.2: 2^31 means "older than that").
+const MAX_AGE_VALUE: u64 = 1 << 31;
+
 /// An origin's response headers as the proxy keeps and serves them.
 pub fn from_origin(origin: &HeaderMap, zone: &str) -> HeaderMap {
     let mut headers = origin.clone();
     strip_hop_by_hop(&mut headers);
+    let age = headers.get(header::AGE).map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+    });
+    match age {
+        Some(Some(seconds)) if seconds > MAX_AGE_VALUE => {
+            headers.insert(header::AGE, HeaderValue::from(MAX_AGE_VALUE));
+        }
+        Some(None) => {
+            headers.remove(header::AGE);
+        }
+        _ => {}
+    }
     headers.remove(header::SET_COOKIE);
     headers.remove(header::STRICT_TRANSPORT_SECURITY);
     headers.remove(header::ALT_SVC);
@@ -179,14 +213,11 @@ mod tests {
             ("x-forwarded-for", "198.51.100.1"),
             ("if-none-match", "\"v1\""),
             ("range", "bytes=0-1"),
+            ("content-length", "40"),
+            ("expect", "100-continue"),
         ]);
-        let headers = to_origin(
-            &client,
-            "192.0.2.9".parse().unwrap(),
-            "nyud.net",
-            "r1",
-            true,
-        );
+        let ip = "192.0.2.9".parse().unwrap();
+        let headers = to_origin(&client, ip, "nyud.net", "r1", Forwarding::CacheFill);
         assert_eq!(
             headers,
             map(&[
@@ -195,14 +226,19 @@ mod tests {
                 ("x-request-id", "r1"),
             ])
         );
-        let pass = to_origin(
-            &client,
-            "192.0.2.9".parse().unwrap(),
-            "nyud.net",
-            "r1",
-            false,
-        );
+        let pass = to_origin(&client, ip, "nyud.net", "r1", Forwarding::Bodiless);
         assert!(pass.contains_key("if-none-match") && pass.contains_key("range"));
+        assert!(!pass.contains_key("content-length") && !pass.contains_key("expect"));
+        let with_body = to_origin(&client, ip, "nyud.net", "r1", Forwarding::WithBody);
+        assert_eq!(with_body["content-length"], "40");
+    }
+
+    #[test]
+    fn absurd_and_malformed_ages_are_tamed() {
+        let huge = from_origin(&map(&[("age", "18446744073709551615")]), "nyud.net");
+        assert_eq!(huge["age"], "2147483648");
+        let malformed = from_origin(&map(&[("age", "soon")]), "nyud.net");
+        assert!(!malformed.contains_key("age"));
     }
 
     #[test]

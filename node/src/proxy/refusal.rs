@@ -84,6 +84,7 @@ impl From<FetchError> for Refusal {
             FetchError::Unresolvable(_) => (StatusCode::BAD_GATEWAY, "origin_unresolvable"),
             FetchError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "origin_unreachable"),
             FetchError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "origin_timeout"),
+            FetchError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "origin_busy"),
             FetchError::Protocol(_) => (StatusCode::BAD_GATEWAY, "origin_broken"),
         };
         Self::new(status, reason, err.to_string())

@@ -58,6 +58,9 @@ pub fn from_stored(
     let mut headers = stored.head.headers.clone();
     let age = stored.policy.age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
+    if stored.head.status == StatusCode::OK && precondition_failed(request, &headers) {
+        return precondition_failed_response();
+    }
     if stored.head.status == StatusCode::OK && not_modified(request, &headers) {
         return not_modified_response(&headers);
     }
@@ -106,6 +109,9 @@ pub fn from_transfer(
     head: &Head,
     reader: TransferReader,
 ) -> Response<ProxyBody> {
+    if head.status == StatusCode::OK && precondition_failed(request, &head.headers) {
+        return precondition_failed_response();
+    }
     if head.status == StatusCode::OK && not_modified(request, &head.headers) {
         return not_modified_response(&head.headers);
     }
@@ -118,6 +124,29 @@ pub fn from_transfer(
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers.clone();
     response
+}
+
+fn precondition_failed_response() -> Response<ProxyBody> {
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::PRECONDITION_FAILED;
+    response
+}
+
+/// Whether `If-Match` or `If-Unmodified-Since` fails for a response with these headers
+/// (RFC 9110 section 13.2.2: `If-Match` wins; it compares strongly).
+pub fn precondition_failed(request: &HeaderMap, response: &HeaderMap) -> bool {
+    if let Some(tags) = header_text(request, &header::IF_MATCH) {
+        let etag = header_text(response, &header::ETAG).filter(|etag| !etag.starts_with("W/"));
+        return !tags
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || Some(tag) == etag);
+    }
+    let since = header_text(request, &header::IF_UNMODIFIED_SINCE)
+        .and_then(|text| httpdate::parse_http_date(text).ok());
+    let modified = header_text(response, &header::LAST_MODIFIED)
+        .and_then(|text| httpdate::parse_http_date(text).ok());
+    matches!((since, modified), (Some(since), Some(modified)) if modified > since)
 }
 
 fn not_modified_response(headers: &HeaderMap) -> Response<ProxyBody> {
@@ -249,6 +278,31 @@ mod tests {
             &map(&[("if-modified-since", "Mon, 23 Nov 2026 10:00:00 GMT")]),
             &response
         ));
+    }
+
+    #[test]
+    fn failed_preconditions_are_detected() {
+        let response = map(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Tue, 24 Nov 2026 10:00:00 GMT"),
+        ]);
+        assert!(!precondition_failed(
+            &map(&[("if-match", "\"v1\"")]),
+            &response
+        ));
+        assert!(precondition_failed(
+            &map(&[("if-match", "\"v2\"")]),
+            &response
+        ));
+        assert!(precondition_failed(
+            &map(&[("if-match", "W/\"v1\"")]),
+            &map(&[("etag", "W/\"v1\"")])
+        ));
+        assert!(precondition_failed(
+            &map(&[("if-unmodified-since", "Mon, 23 Nov 2026 10:00:00 GMT")]),
+            &response
+        ));
+        assert!(!precondition_failed(&HeaderMap::new(), &response));
     }
 
     #[tokio::test]

@@ -19,12 +19,14 @@ use std::time::{Duration, Instant, SystemTime};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, request};
 use http_body_util::BodyExt;
-use http_cache_semantics::AfterResponse;
+use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 use hyper::body::Incoming;
 
 use super::cache::{Lookup, MemoryCache, Stored, head_parts};
-use super::client::{BoxError, ClientSetupError, OriginClient, OriginRequest, OriginResponse};
-use super::headers::{self, CACHE_STATUS, REQUEST_ID};
+use super::client::{
+    BoxError, ClientSetupError, OriginClient, OriginRequest, OriginResponse, RequestBody,
+};
+use super::headers::{self, CACHE_STATUS, Forwarding, REQUEST_ID};
 use super::metrics::{Outcome, ProxyMetrics};
 use super::refusal::Refusal;
 use super::respond::{self, ProxyBody};
@@ -52,13 +54,39 @@ pub struct Proxy {
     metrics: ProxyMetrics,
 }
 
+/// A reader of a fetch in flight, and the request of the client it was started for, unless
+/// that is this client.
+struct Joined {
+    reader: TransferReader,
+    leader: Option<request::Parts>,
+}
+
+/// Ends a fill however its task ends, a panic included: a transfer still open fails, and
+/// the in-flight entry goes, so no client waits on a dead fill.
+struct FillGuard<'a> {
+    proxy: &'a Proxy,
+    key: &'a str,
+    transfer: &'a Arc<Transfer>,
+}
+
+impl Drop for FillGuard<'_> {
+    fn drop(&mut self) {
+        self.transfer.finish(Err(TransferFailed::bad_gateway(
+            "fill_failed",
+            "the fetch ended unexpectedly",
+        )));
+        self.proxy.unregister(self.key, self.transfer);
+    }
+}
+
 /// A fetch in flight, and the request it was made for (to check `Vary` before sharing).
 struct InFlight {
     transfer: Arc<Transfer>,
     request: request::Parts,
 }
 
-/// A cacheable request as the cache sees it.
+/// A request as the cache sees it.
+#[derive(Clone)]
 struct CacheRequest {
     /// The cache key: `host:port/path?query`.
     key: String,
@@ -205,22 +233,24 @@ impl Proxy {
                 .push_str("; send other requests to the origin directly");
             return Err(refusal);
         }
-        let key = format!("{origin}{path}");
-        if !cacheable_method || request.headers().contains_key(header::AUTHORIZATION) {
-            let response = self
-                .pass(request, origin, path, &key, client_ip, request_id)
-                .await?;
-            return Ok((Outcome::Pass, response));
-        }
+        let request_headers = request.headers();
         let cache_request = CacheRequest {
-            parts: cache_parts(&origin, &path, request.headers())?,
-            key,
+            key: format!("{origin}{path}"),
+            parts: cache_parts(&origin, &path, request_headers)?,
             origin,
             path,
             client_ip,
             request_id: request_id.to_owned(),
         };
-        self.cached(&method, request.headers(), cache_request).await
+        if !cacheable_method || request_headers.contains_key(header::AUTHORIZATION) {
+            let (parts, body) = request.into_parts();
+            let body = (!cacheable_method).then(|| body.map_err(BoxError::from).boxed());
+            let response = self
+                .pass(parts.method, parts.headers, body, &cache_request)
+                .await?;
+            return Ok((Outcome::Pass, response));
+        }
+        self.cached(&method, request_headers, cache_request).await
     }
 
     /// Serves a GET or HEAD from the cache or through a shared fetch.
@@ -240,13 +270,27 @@ impl Proxy {
             Lookup::Stale(stored) => Some(stored),
             Lookup::Miss => None,
         };
-        let (mut reader, leader) = match self.join(&request) {
-            Some(joined) => joined,
-            None => self.start_fill(request, stale, true),
-        };
-        let (head, outcome) = reader.head().await.map_err(|failed| failed.0)?;
+        let mut joined = self.join_or_start(&request, stale.clone());
+        let (mut head, mut outcome) = joined.reader.head().await.map_err(|failed| failed.0)?;
+        if let Some(leader) = &joined.leader
+            && !shareable(leader, &request.parts, &head)
+        {
+            // The origin's answer to the leader is not for this client (private, or varying
+            // on a header they differ in): fetch alone.
+            joined = self.start_fill(&request, stale, false);
+            (head, outcome) = joined.reader.head().await.map_err(|failed| failed.0)?;
+        }
+        if joined.reader.is_unshared() && asks_for_part(client_headers) {
+            // Too large to cache, so the proxy cannot answer a range or condition from a
+            // whole copy: let the origin answer it.
+            drop(joined);
+            let response = self
+                .pass(method.clone(), client_headers.clone(), None, &request)
+                .await?;
+            return Ok((Outcome::Pass, response));
+        }
         let outcome = match outcome {
-            Outcome::Miss if !leader => Outcome::Coalesced,
+            Outcome::Miss if joined.leader.is_some() => Outcome::Coalesced,
             other => other,
         };
         if let Some(length) = content_length(&head.headers) {
@@ -254,38 +298,43 @@ impl Proxy {
         }
         Ok((
             outcome,
-            respond::from_transfer(method, client_headers, &head, reader),
+            respond::from_transfer(method, client_headers, &head, joined.reader),
         ))
     }
 
-    /// Joins the fetch in flight for the request's URL, when there is one it can share.
-    fn join(&self, request: &CacheRequest) -> Option<(TransferReader, bool)> {
-        let inflight = self.inflight.lock().expect("in-flight lock");
-        let entry = inflight.get(&request.key)?;
-        if !same_variant(&entry.request, &request.parts) {
-            return None;
+    /// Joins the fetch in flight for the request's URL, or starts one that later requests
+    /// can join.
+    fn join_or_start(
+        self: &Arc<Self>,
+        request: &CacheRequest,
+        stale: Option<Arc<Stored>>,
+    ) -> Joined {
+        {
+            let inflight = self.inflight.lock().expect("in-flight lock");
+            if let Some(entry) = inflight.get(&request.key)
+                && same_variant(&entry.request, &request.parts)
+                && let Some(reader) = entry.transfer.reader()
+            {
+                return Joined {
+                    reader,
+                    leader: Some(entry.request.clone()),
+                };
+            }
         }
-        Some((entry.transfer.reader()?, false))
+        self.start_fill(request, stale, true)
     }
 
     /// Starts a fetch; `shared` registers it so that later requests for the URL join it.
     fn start_fill(
         self: &Arc<Self>,
-        request: CacheRequest,
+        request: &CacheRequest,
         stale: Option<Arc<Stored>>,
         shared: bool,
-    ) -> (TransferReader, bool) {
+    ) -> Joined {
         let transfer = Transfer::new();
         let reader = transfer.reader().expect("a new transfer takes readers");
         if shared {
-            let mut inflight = self.inflight.lock().expect("in-flight lock");
-            if let Some(entry) = inflight.get(&request.key)
-                && same_variant(&entry.request, &request.parts)
-                && let Some(reader) = entry.transfer.reader()
-            {
-                return (reader, false);
-            }
-            inflight.insert(
+            self.inflight.lock().expect("in-flight lock").insert(
                 request.key.clone(),
                 InFlight {
                     transfer: transfer.clone(),
@@ -293,116 +342,133 @@ impl Proxy {
                 },
             );
         }
-        let proxy = self.clone();
-        tokio::spawn(async move { proxy.fill(request, transfer, stale).await });
-        (reader, true)
+        let (proxy, request) = (self.clone(), request.clone());
+        tokio::spawn(async move {
+            let guard = FillGuard {
+                proxy: &proxy,
+                key: &request.key,
+                transfer: &transfer,
+            };
+            proxy.fill(&request, &transfer, stale).await;
+            drop(guard);
+        });
+        Joined {
+            reader,
+            leader: None,
+        }
     }
 
     /// Fetches an object for a transfer and stores it; runs apart from any client.
     async fn fill(
         &self,
-        request: CacheRequest,
-        transfer: Arc<Transfer>,
+        request: &CacheRequest,
+        transfer: &Arc<Transfer>,
         stale: Option<Arc<Stored>>,
     ) {
-        let mut headers = headers::to_origin(
-            &request.parts.headers,
-            request.client_ip,
-            &self.zone,
-            &request.request_id,
-            true,
-        );
-        if let Some(stale) = &stale {
-            add_validators(&mut headers, &stale.head.headers);
-        }
-        let fetched = self
-            .client
-            .fetch(OriginRequest {
-                method: Method::GET,
-                origin: request.origin.clone(),
-                path: request.path.clone(),
-                headers,
-                body: None,
-            })
-            .await;
-        let now = SystemTime::now();
-        let usable_stale = stale
-            .filter(|stored| !stored.forbids_stale() && stored.staleness(now) <= self.serve_stale);
-        match fetched {
-            Err(err) => {
-                self.count_fetch("error");
-                tracing::info!(request_id = request.request_id, key = request.key, error = %err, "origin fetch failed");
-                match usable_stale {
-                    Some(stale) => publish_stored(&transfer, &stale, Outcome::Stale, now),
-                    None => transfer.finish(Err(TransferFailed(err.into()))),
-                }
+        let mut validated = stale;
+        loop {
+            let mut headers = headers::to_origin(
+                &request.parts.headers,
+                request.client_ip,
+                &self.zone,
+                &request.request_id,
+                Forwarding::CacheFill,
+            );
+            if let Some(stale) = &validated {
+                add_validators(&mut headers, &stale.head.headers);
             }
-            Ok(response) if response.response.status() == StatusCode::NOT_MODIFIED => {
-                self.count_fetch("not_modified");
-                match usable_stale.or_else(|| self.cache_copy(&request, now)) {
-                    Some(stale) => {
-                        let refreshed = self.revalidated(&request, &stale, &response, now);
-                        publish_stored(&transfer, &refreshed, Outcome::Revalidated, now);
+            let fetched = self
+                .client
+                .fetch(OriginRequest {
+                    method: Method::GET,
+                    origin: request.origin.clone(),
+                    path: request.path.clone(),
+                    headers,
+                    body: None,
+                })
+                .await;
+            let now = SystemTime::now();
+            let usable_stale = validated.clone().filter(|stored| {
+                !stored.forbids_stale() && stored.staleness(now) <= self.serve_stale
+            });
+            let response = match fetched {
+                Err(err) => {
+                    self.count_fetch("error");
+                    tracing::info!(request_id = request.request_id, key = request.key, error = %err, "origin fetch failed");
+                    match usable_stale {
+                        Some(stale) => publish_stored(transfer, &stale, Outcome::Stale, now),
+                        None => transfer.finish(Err(TransferFailed(err.into()))),
                     }
-                    None => transfer.finish(Err(TransferFailed::bad_gateway(
-                        "origin_broken",
-                        "the origin answered 304 to an unconditional request",
-                    ))),
+                    return;
+                }
+                Ok(response) => response,
+            };
+            let status = response.response.status();
+            if status == StatusCode::NOT_MODIFIED
+                && let Some(stale) = &validated
+            {
+                self.count_fetch("not_modified");
+                match self.revalidated(request, stale, &response, now) {
+                    Some(refreshed) => {
+                        publish_stored(transfer, &refreshed, Outcome::Revalidated, now);
+                        return;
+                    }
+                    None => {
+                        // The 304's validators do not match the stored copy: fetch it whole.
+                        validated = None;
+                        continue;
+                    }
                 }
             }
-            Ok(response)
-                if response.response.status().is_server_error() && usable_stale.is_some() =>
+            if status.is_server_error()
+                && let Some(stale) = usable_stale
             {
                 self.count_fetch("error");
-                let stale = usable_stale.expect("checked above");
-                publish_stored(&transfer, &stale, Outcome::Stale, now);
+                publish_stored(transfer, &stale, Outcome::Stale, now);
+                return;
             }
-            Ok(response) => {
-                self.count_fetch("ok");
-                self.relay(&request, &transfer, response, now).await;
-            }
-        }
-        self.unregister(&request.key, &transfer);
-    }
-
-    /// The stored copy a 304 refers to when the fetch was sent without one (the copy was
-    /// found stale and then evicted, or another variant).
-    fn cache_copy(&self, request: &CacheRequest, now: SystemTime) -> Option<Arc<Stored>> {
-        match self.cache.lookup(&request.key, &request.parts, now) {
-            Lookup::Fresh(stored) | Lookup::Stale(stored) => Some(stored),
-            Lookup::Miss => None,
+            self.count_fetch("ok");
+            self.relay(request, transfer, response, now).await;
+            return;
         }
     }
 
-    /// Updates a stored response from the origin's 304 and stores the result.
+    /// Updates a stored response from the origin's 304 and stores the result; `None` when
+    /// the 304 does not match the stored copy's validators.
     fn revalidated(
         &self,
         request: &CacheRequest,
         stale: &Stored,
         response: &OriginResponse,
         now: SystemTime,
-    ) -> Arc<Stored> {
-        let update = headers::from_origin(response.response.headers(), &self.zone);
+    ) -> Option<Arc<Stored>> {
+        let update = Head {
+            status: StatusCode::NOT_MODIFIED,
+            headers: headers::from_origin(response.response.headers(), &self.zone),
+        };
+        let AfterResponse::NotModified(policy, _) =
+            stale
+                .policy
+                .after_response(&request.parts, &head_parts(&update), now)
+        else {
+            self.cache.invalidate(&request.key);
+            return None;
+        };
         let kept = |name: &header::HeaderName| {
             name != header::CONTENT_LENGTH && name != header::CONTENT_ENCODING
         };
         let mut head = stale.head.clone();
-        for name in update.keys().filter(|name| kept(name)) {
+        head.headers.remove(header::AGE);
+        for name in update.headers.keys().filter(|name| kept(name)) {
             head.headers.remove(name);
         }
-        for (name, value) in update.iter().filter(|(name, _)| kept(name)) {
+        for (name, value) in update.headers.iter().filter(|(name, _)| kept(name)) {
             head.headers.append(name, value.clone());
         }
-        let policy = match stale
-            .policy
-            .after_response(&request.parts, &head_parts(&head), now)
-        {
-            AfterResponse::NotModified(policy, _) | AfterResponse::Modified(policy, _) => policy,
-        };
         let refreshed = Arc::new(Stored::with_policy(policy, head, stale.body.clone(), now));
         self.cache
             .insert(&request.key, &request.parts, refreshed.clone(), now);
-        refreshed
+        Some(refreshed)
     }
 
     /// Streams an origin response into the transfer and stores it when it is cacheable.
@@ -452,18 +518,33 @@ impl Proxy {
                 self.stop_sharing(&request.key, transfer);
             }
             transfer.push(data);
-            if !cacheable && transfer.wait_for_readers(STREAM_WINDOW).await == 0 {
-                break Err(TransferFailed::bad_gateway(
-                    "abandoned",
-                    "every client left an uncacheable stream",
-                ));
+            if !cacheable {
+                let waited = tokio::time::timeout(
+                    self.idle_timeout,
+                    transfer.wait_for_readers(STREAM_WINDOW),
+                )
+                .await;
+                match waited {
+                    Ok(0) => {
+                        break Err(TransferFailed::bad_gateway(
+                            "abandoned",
+                            "every client left an uncacheable stream",
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        break Err(TransferFailed::bad_gateway(
+                            "client_stalled",
+                            "a client stopped reading an uncacheable stream",
+                        ));
+                    }
+                }
             }
         };
         let complete = ended.is_ok();
-        transfer.finish(ended);
         if complete
             && cacheable
-            && let Some(body) = transfer.complete_body()
+            && let Some(body) = transfer.body_so_far()
         {
             let stored = Stored::new(&request.parts, head, body, response_time);
             if stored.policy.is_storable() {
@@ -475,7 +556,8 @@ impl Proxy {
                 );
             }
         }
-        // `response.slot` (the origin concurrency slot) is released here, after the body.
+        transfer.finish(ended);
+        // The origin's concurrency slot is released only now, after the body.
         drop(response.slot);
     }
 
@@ -496,26 +578,32 @@ impl Proxy {
         }
     }
 
-    /// Sends a request to its origin uncached and streams the answer back.
+    /// Sends a client's request to its origin uncached and streams the answer back.
     async fn pass(
         &self,
-        request: Request<Incoming>,
-        origin: Origin,
-        path: String,
-        key: &str,
-        client_ip: IpAddr,
-        request_id: &str,
+        method: Method,
+        client_headers: HeaderMap,
+        body: Option<RequestBody>,
+        request: &CacheRequest,
     ) -> Result<Response<ProxyBody>, Refusal> {
-        let (parts, body) = request.into_parts();
-        let headers = headers::to_origin(&parts.headers, client_ip, &self.zone, request_id, false);
-        let bodiless = parts.method == Method::GET || parts.method == Method::HEAD;
-        let body = (!bodiless).then(|| body.map_err(BoxError::from).boxed());
+        let forwarding = if body.is_some() {
+            Forwarding::WithBody
+        } else {
+            Forwarding::Bodiless
+        };
+        let headers = headers::to_origin(
+            &client_headers,
+            request.client_ip,
+            &self.zone,
+            &request.request_id,
+            forwarding,
+        );
         let fetched = self
             .client
             .fetch(OriginRequest {
-                method: parts.method.clone(),
-                origin,
-                path,
+                method: method.clone(),
+                origin: request.origin.clone(),
+                path: request.path.clone(),
                 headers,
                 body,
             })
@@ -530,22 +618,16 @@ impl Proxy {
                 return Err(err.into());
             }
         };
+        // A client-paced stream does not hold one of the origin's few concurrency slots.
+        drop(fetched.slot);
         let status = fetched.response.status();
-        if !parts.method.is_safe() && (status.is_success() || status.is_redirection()) {
-            self.cache.invalidate(key);
+        if !method.is_safe() && (status.is_success() || status.is_redirection()) {
+            self.cache.invalidate(&request.key);
         }
-        let (response_parts, body) = fetched.response.into_parts();
-        let slot = fetched.slot;
-        // The body owns the origin's concurrency slot until it is dropped.
-        let body = body
-            .map_err(move |err| {
-                let _slot = &slot;
-                BoxError::from(err)
-            })
-            .boxed();
-        let mut response = Response::new(body);
-        *response.status_mut() = response_parts.status;
-        *response.headers_mut() = headers::from_origin(&response_parts.headers, &self.zone);
+        let (parts, body) = fetched.response.into_parts();
+        let mut response = Response::new(body.map_err(BoxError::from).boxed());
+        *response.status_mut() = parts.status;
+        *response.headers_mut() = headers::from_origin(&parts.headers, &self.zone);
         Ok(response)
     }
 
@@ -622,6 +704,30 @@ fn same_variant(leader: &request::Parts, follower: &request::Parts) -> bool {
     ]
     .iter()
     .all(|name| leader.headers.get(name) == follower.headers.get(name))
+}
+
+/// Whether a response fetched for `leader` may go to `follower` too: a shared cache could
+/// store it, and it answers the follower's request (`Vary`).
+fn shareable(leader: &request::Parts, follower: &request::Parts, head: &Head) -> bool {
+    let policy = CachePolicy::new(leader, &head_parts(head));
+    policy.is_storable()
+        && !matches!(
+            policy.before_request(follower, SystemTime::now()),
+            BeforeRequest::Stale { matches: false, .. }
+        )
+}
+
+/// Whether a client asks for part of an object or for a conditional answer.
+fn asks_for_part(headers: &HeaderMap) -> bool {
+    [
+        header::RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -101,9 +101,15 @@ impl Transfer {
         self.notify();
     }
 
-    /// Ends the transfer: `Ok` when the body is complete.
+    /// Ends the transfer: `Ok` when the body is complete. Only the first call counts.
     pub fn finish(&self, result: Result<(), TransferFailed>) {
-        self.lock().end = Some(result);
+        {
+            let mut state = self.lock();
+            if state.end.is_some() {
+                return;
+            }
+            state.end = Some(result);
+        }
         self.notify();
     }
 
@@ -132,10 +138,10 @@ impl Transfer {
         }
     }
 
-    /// The whole body, when the transfer completed and kept every chunk.
-    pub fn complete_body(&self) -> Option<Bytes> {
+    /// Every byte received so far, when the transfer kept them all.
+    pub fn body_so_far(&self) -> Option<Bytes> {
         let state = self.lock();
-        if state.trimming || state.first != 0 || !matches!(state.end, Some(Ok(()))) {
+        if state.trimming || state.first != 0 {
             return None;
         }
         let mut body = BytesMut::with_capacity(state.held);
@@ -238,6 +244,12 @@ impl TransferReader {
         }
     }
 
+    /// Whether the transfer stopped keeping its whole body (the object is too large to
+    /// cache), so later clients get their own stream.
+    pub fn is_unshared(&self) -> bool {
+        self.transfer.lock().trimming
+    }
+
     async fn wait(&mut self) -> Result<(), TransferFailed> {
         self.changes
             .changed()
@@ -290,7 +302,7 @@ mod tests {
         assert_eq!(early.await.unwrap().unwrap(), b"hello world");
         assert_eq!(read_all(late).await.unwrap(), b"hello world");
         assert_eq!(
-            transfer.complete_body().unwrap(),
+            transfer.body_so_far().unwrap(),
             Bytes::from_static(b"hello world")
         );
     }
@@ -315,8 +327,12 @@ mod tests {
         transfer.push(Bytes::from_static(b"part"));
         let reset = TransferFailed::bad_gateway("origin_broken", "origin reset");
         transfer.finish(Err(reset.clone()));
-        assert_eq!(read_all(reader).await, Err(reset));
-        assert!(transfer.complete_body().is_none());
+        transfer.finish(Ok(()));
+        assert_eq!(
+            read_all(reader).await,
+            Err(reset),
+            "only the first end counts"
+        );
     }
 
     #[tokio::test]
@@ -333,6 +349,8 @@ mod tests {
         reader.next_chunk().await.unwrap().unwrap();
         assert_eq!(transfer.lock().held, 2000);
         assert!(transfer.reader().is_none());
+        assert!(reader.is_unshared());
+        assert!(transfer.body_so_far().is_none());
         assert_eq!(transfer.wait_for_readers(2500).await, 1);
         drop(reader);
         assert_eq!(transfer.wait_for_readers(1).await, 0);

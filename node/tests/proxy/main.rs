@@ -144,6 +144,7 @@ fn internal_addresses_are_refused_after_resolution() {
     in_private_network(|| async {
         let origin = TestOrigin::start(handler(|_| async { respond(200, &[], "secret") })).await;
         let mut config = test_config();
+        config.proxy.origin_timeouts.connect = Duration::from_secs(1);
         config.proxy.origin_access.internal_networks.clear();
         config.proxy.origin_access.addresses.extend([
             (
@@ -459,5 +460,182 @@ fn ranges_conditionals_and_head_are_answered_from_the_cache() {
         let head = proxy.send("HEAD", &host, "/obj", &[]).await;
         assert_eq!((head.header("content-length"), head.body.len()), ("10", 0));
         assert_eq!(origin.hits("/obj"), 1);
+    });
+}
+
+#[test]
+fn a_bodiless_request_never_forwards_the_clients_content_length() {
+    in_private_network(|| async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let origin = TestOrigin::start(handler(|_| async { respond(200, &[], "ok") })).await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let mut stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+        let request = format!(
+            "GET /smuggle HTTP/1.1\r\nHost: {}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            origin.zone_host()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let seen = origin.last("/smuggle").unwrap().headers;
+        assert!(!seen.contains_key("content-length"), "{seen:?}");
+    });
+}
+
+#[test]
+fn private_answers_are_not_shared_between_waiting_clients() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|parts| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let user = parts.headers["x-user"].to_str().unwrap().to_owned();
+            respond(200, &[("cache-control", "private, max-age=60")], user)
+        }))
+        .await;
+        let proxy = Arc::new(TestProxy::start(&test_config()).await);
+        let host = origin.zone_host();
+        let asks: Vec<_> = ["alice", "bob"]
+            .into_iter()
+            .map(|user| {
+                let (proxy, host) = (proxy.clone(), host.clone());
+                tokio::spawn(async move { proxy.get(&host, "/me", &[("x-user", user)]).await })
+            })
+            .collect();
+        let alice = asks.into_iter().next().unwrap().await.unwrap();
+        assert_eq!(alice.body, "alice");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(origin.hits("/me"), 2);
+        let bob = proxy.get(&host, "/me", &[("x-user", "bob")]).await;
+        assert_eq!(bob.body, "bob", "a private answer is never cached either");
+    });
+}
+
+#[test]
+fn absurd_ages_and_lifetimes_do_not_break_the_proxy() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(
+                200,
+                &[
+                    ("cache-control", "max-age=18446744073709551615"),
+                    ("age", "18446744073709551615"),
+                ],
+                "odd",
+            )
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        for _ in 0..2 {
+            let answer = proxy.get(&origin.zone_host(), "/odd", &[]).await;
+            assert_eq!(
+                (answer.status, answer.body.as_ref()),
+                (StatusCode::OK, b"odd".as_ref())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let later = proxy.get(&origin.zone_host(), "/odd", &[]).await;
+        assert_eq!(later.status, StatusCode::OK);
+    });
+}
+
+#[test]
+fn a_busy_origin_gets_no_more_than_its_share_of_fetches() {
+    in_private_network(|| async {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = release.clone();
+        let origin = TestOrigin::start(handler(move |parts| {
+            let gate = gate.clone();
+            async move {
+                if parts.uri.path() == "/hang" {
+                    gate.notified().await;
+                }
+                respond(200, &[], "done")
+            }
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.origin_access.max_concurrent_fetches = 1;
+        // The hanging fetch holds the only slot for connect + first byte (2 s); the second
+        // request waits for a slot for the first-byte time (1 s), then gives up.
+        config.proxy.origin_timeouts.connect = Duration::from_secs(1);
+        config.proxy.origin_timeouts.first_byte = Duration::from_secs(1);
+        let proxy = Arc::new(TestProxy::start(&config).await);
+        let host = origin.zone_host();
+        let hanging = {
+            let (proxy, host) = (proxy.clone(), host.clone());
+            tokio::spawn(async move { proxy.get(&host, "/hang", &[]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refused = proxy.get(&host, "/other", &[]).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(String::from_utf8_lossy(&refused.body).contains("fetches in flight"));
+        assert_eq!(origin.hits("/other"), 0);
+        release.notify_one();
+        assert_eq!(hanging.await.unwrap().body, "done");
+    });
+}
+
+#[test]
+fn a_304_that_does_not_match_the_stored_copy_is_fetched_again_whole() {
+    in_private_network(|| async {
+        let changed = Arc::new(AtomicBool::new(false));
+        let state = changed.clone();
+        let origin = TestOrigin::start(handler(move |parts| {
+            let changed = state.load(Ordering::SeqCst);
+            async move {
+                if !changed {
+                    respond(
+                        200,
+                        &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+                        "one",
+                    )
+                } else if parts.headers.contains_key("if-none-match") {
+                    respond(304, &[("etag", "\"v2\"")], "")
+                } else {
+                    respond(
+                        200,
+                        &[("cache-control", "max-age=60"), ("etag", "\"v2\"")],
+                        "two",
+                    )
+                }
+            }
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        assert_eq!(proxy.get(&origin.zone_host(), "/v", &[]).await.body, "one");
+        changed.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let answer = proxy.get(&origin.zone_host(), "/v", &[]).await;
+        assert_eq!(
+            (answer.body.as_ref(), answer.header("etag")),
+            (b"two".as_ref(), "\"v2\"")
+        );
+    });
+}
+
+#[test]
+fn ranges_of_objects_too_large_to_cache_go_to_the_origin() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|parts| async move {
+            let whole = vec![b'x'; 200 * 1024];
+            match parts.headers.get("range") {
+                Some(_) => respond(
+                    206,
+                    &[("content-range", "bytes 0-9/204800")],
+                    Bytes::from(whole[..10].to_vec()),
+                ),
+                None => respond(200, &[("cache-control", "max-age=60")], whole),
+            }
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.max_object_bytes = 64 * 1024;
+        let proxy = TestProxy::start(&config).await;
+        let answer = proxy
+            .get(&origin.zone_host(), "/video", &[("range", "bytes=0-9")])
+            .await;
+        assert_eq!(answer.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(answer.body.len(), 10);
+        assert_eq!(answer.cache(), "pass");
     });
 }

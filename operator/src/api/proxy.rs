@@ -70,7 +70,7 @@ pub type HostPattern = String;
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct OriginTimeoutsSpec {
-    /// Time allowed to connect to the origin (TCP and TLS).
+    /// Time allowed to resolve the origin's name, then for each attempt to connect to it (TCP and TLS).
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) > duration('0s')", "message": "connect must be longer than 0s"}]))]
     pub connect: Duration,
     /// Time allowed from sending the request to the first byte of the response.

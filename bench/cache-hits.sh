@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Cache-hit throughput and p99 latency of Coral's proxy against nginx proxy_cache and Varnish,
+# configured as equivalent reverse caches of one origin, in the same run, on loopback.
+#
+#   bench/cache-hits.sh [seconds per run, default 10] [connections, default 64]
+#
+# The origin is nginx serving a 1 KiB and a 1 MiB file with `Cache-Control: max-age=3600`.
+# Each cache is warmed, then wrk (2 threads) asks it for the same object for the given time.
+# Installs nginx-light, varnish and wrk from Debian when missing. Prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+connections=${2:-64}
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v varnishd >/dev/null || missing+=(varnish)
+command -v wrk >/dev/null || missing+=(wrk)
+if ((${#missing[@]})); then
+  echo "==> installing ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+echo "==> building coral-node (release)" >&2
+cargo build --release -q -p coral-node
+
+work=$(mktemp -d)
+chmod 755 "$work"  # nginx and varnishd read their files as unprivileged users
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -f $work/nginx.pid ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+origin_port=18081 nginx_port=18082 varnish_port=18083 coral_port=18084 admin_port=18090
+mkdir -p "$work/www" "$work/nginx-cache" "$work/varnish"
+head -c 1024 /dev/urandom >"$work/www/1k"
+head -c $((1024 * 1024)) /dev/urandom >"$work/www/1m"
+
+cat >"$work/nginx.conf" <<EOF
+user root;
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  proxy_cache_path $work/nginx-cache keys_zone=bench:16m max_size=1g;
+  server {
+    listen 127.0.0.1:$origin_port;
+    root $work/www;
+    add_header Cache-Control "max-age=3600";
+  }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://127.0.0.1:$origin_port;
+      proxy_cache bench;
+      proxy_cache_lock on;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+nginx -c "$work/nginx.conf"
+
+cat >"$work/default.vcl" <<EOF
+vcl 4.1;
+backend origin { .host = "127.0.0.1"; .port = "$origin_port"; }
+EOF
+varnishd -a "127.0.0.1:$varnish_port" -f "$work/default.vcl" -n "$work/varnish" -s malloc,256m -F \
+  >"$work/varnish.log" 2>&1 &
+pids+=($!)
+
+cat >"$work/node.yaml" <<EOF
+zone: nyud.net
+adminPort: $admin_port
+proxy:
+  httpPort: $coral_port
+  cacheMemoryBytes: 268435456
+  cacheDiskBytes: 0
+  cacheDir: $work/coral-cache
+  maxObjectBytes: 52428800
+  originTimeouts: { connect: 5s, firstByte: 15s, idle: 30s }
+  serveStale: 1h
+  originAllow: []
+  originDeny: []
+  perClientRate: { requestsPerSecond: 1000000, burst: 1000000 }
+  perOriginRate: { requestsPerSecond: 1000000, burst: 1000000 }
+  originAccess:
+    internalNetworks: [127.0.0.0/8]
+    addresses: { origin.test: [127.0.0.1] }
+    resolvers: [127.0.0.1:9]
+dns: { port: 5353, answerTtl: 20s, answersPerQuery: 2, nameservers: [] }
+locality: { labelKeys: [topology.kubernetes.io/zone], clientNetworks: [] }
+dht: { port: 9410, keyFile: /nonexistent, protocolVersion: 1, bootstrapName: localhost }
+health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
+EOF
+echo "nodes: {}" >"$work/topology.yaml"
+RUST_LOG=warn target/release/coral-node run --roles proxy --config "$work/node.yaml" \
+  --topology "$work/topology.yaml" --node-name bench --pod-ip 127.0.0.1 \
+  --admin-address "127.0.0.1:$admin_port" --proxy-address "127.0.0.1:$coral_port" \
+  >"$work/coral.log" 2>&1 &
+pids+=($!)
+
+coral_host="origin.test.$origin_port.nyud.net"
+ready=
+for _ in $(seq 50); do
+  if curl -sf -o /dev/null "http://127.0.0.1:$coral_port/1k" -H "Host: $coral_host" &&
+    curl -sf -o /dev/null "http://127.0.0.1:$varnish_port/1k" &&
+    curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/1k"; then
+    ready=1
+    break
+  fi
+  sleep 0.2
+done
+if [[ -z $ready ]]; then
+  echo "the caches did not come up; their logs:" >&2
+  tail -n 20 "$work"/*.log >&2
+  exit 1
+fi
+
+# run NAME PORT HOST OBJECT: warms the cache, then prints "requests/s p99".
+run() {
+  local port=$2 host=$3 object=$4
+  for _ in 1 2 3; do curl -sf -o /dev/null "http://127.0.0.1:$port/$object" -H "Host: $host"; done
+  local out
+  out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Host: $host" "http://127.0.0.1:$port/$object")
+  local rps p99
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  echo "$rps $p99"
+}
+
+echo "| object | cache | requests/s | p99 latency | vs nginx | vs Varnish |"
+echo "|---|---|---|---|---|---|"
+for object in 1k 1m; do
+  read -r nginx_rps nginx_p99 < <(run nginx "$nginx_port" "127.0.0.1" "$object")
+  read -r varnish_rps varnish_p99 < <(run varnish "$varnish_port" "127.0.0.1" "$object")
+  read -r coral_rps coral_p99 < <(run coral "$coral_port" "$coral_host" "$object")
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+  echo "| $object | nginx proxy_cache | $nginx_rps | $nginx_p99 | 1.00x | $(ratio "$nginx_rps" "$varnish_rps") |"
+  echo "| $object | Varnish | $varnish_rps | $varnish_p99 | $(ratio "$varnish_rps" "$nginx_rps") | 1.00x |"
+  echo "| $object | Coral | $coral_rps | $coral_p99 | $(ratio "$coral_rps" "$nginx_rps") | $(ratio "$coral_rps" "$varnish_rps") |"
+done
+origin_hits=$(curl -s "http://127.0.0.1:$admin_port/metrics" | awk '/^coral_proxy_origin_fetches_total/ {sum += $2} END {print sum + 0}')
+echo
+echo "Coral origin fetches during the run: $origin_hits (2 objects)."
