@@ -35,6 +35,8 @@ pub struct Stored {
     pub body: Bytes,
     /// When it stops being fresh.
     pub expires_at: SystemTime,
+    /// Whether the response has a `Vary` header.
+    varies: bool,
 }
 
 impl Stored {
@@ -56,11 +58,13 @@ impl Stored {
         let expires_at = now
             .checked_add(policy.time_to_live(now).min(MAX_LIFETIME))
             .unwrap_or(now);
+        let varies = head.headers.contains_key(http::header::VARY);
         Self {
             policy,
             head,
             body,
             expires_at,
+            varies,
         }
     }
 
@@ -130,6 +134,27 @@ impl MemoryCache {
                         .fold(0u32, |total, stored| total.saturating_add(stored.weight()))
                 })
                 .build(),
+        }
+    }
+
+    /// The fast path of cache hits: the URL's only response, when it is fresh, varies on
+    /// nothing, and the request sets no cache directives. Then the full policy check
+    /// ([`MemoryCache::lookup`]) could only agree, so it is skipped.
+    pub fn fresh(
+        &self,
+        key: &str,
+        request: &http::HeaderMap,
+        now: SystemTime,
+    ) -> Option<Arc<Stored>> {
+        if request.contains_key(http::header::CACHE_CONTROL)
+            || request.contains_key(http::header::PRAGMA)
+        {
+            return None;
+        }
+        let variants = self.entries.get(key)?;
+        match variants.as_slice() {
+            [only] if !only.varies && now < only.expires_at => Some(only.clone()),
+            _ => None,
         }
     }
 
@@ -236,7 +261,9 @@ mod tests {
         let req = request(&[]);
         store(&cache, &req, head(&[("cache-control", "max-age=60")]), now);
         assert!(matches!(cache.lookup("k", &req, now), Lookup::Fresh(_)));
+        assert!(cache.fresh("k", &req.headers, now).is_some());
         let later = now + Duration::from_secs(61);
+        assert!(cache.fresh("k", &req.headers, later).is_none());
         let Lookup::Stale(stored) = cache.lookup("k", &req, later) else {
             panic!("expected stale");
         };
@@ -252,9 +279,31 @@ mod tests {
         let french = request(&[("accept-language", "fr")]);
         store(&cache, &english, head(&vary), now);
         assert!(matches!(cache.lookup("k", &french, now), Lookup::Miss));
+        assert!(
+            cache.fresh("k", &french.headers, now).is_none(),
+            "Vary takes the full check"
+        );
         store(&cache, &french, head(&vary), now);
         assert!(matches!(cache.lookup("k", &english, now), Lookup::Fresh(_)));
         assert!(matches!(cache.lookup("k", &french, now), Lookup::Fresh(_)));
+    }
+
+    #[test]
+    fn request_directives_take_the_full_check() {
+        let cache = MemoryCache::new(1 << 20);
+        let now = SystemTime::now();
+        store(
+            &cache,
+            &request(&[]),
+            head(&[("cache-control", "max-age=60")]),
+            now,
+        );
+        let no_cache = request(&[("cache-control", "no-cache")]);
+        assert!(cache.fresh("k", &no_cache.headers, now).is_none());
+        assert!(matches!(
+            cache.lookup("k", &no_cache, now),
+            Lookup::Stale(_)
+        ));
     }
 
     #[test]

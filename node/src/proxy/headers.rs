@@ -62,9 +62,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Via` value of this CDN.
-pub fn via_value(zone: &str) -> String {
-    format!("1.1 {} (coral)", zone.trim_end_matches('.'))
+/// The `Via` entry of this CDN.
+pub fn via_value(zone: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("1.1 {} (coral)", zone.trim_end_matches('.')))
+        .expect("a zone name is valid header text")
 }
 
 /// Whether a request already went through this CDN.
@@ -123,7 +124,7 @@ pub fn to_origin(
         "x-forwarded-for",
         HeaderValue::from_str(&forwarded_for).expect("addresses are valid header text"),
     );
-    append_via(&mut headers, zone);
+    append_via(&mut headers, &via_value(zone));
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, id);
     }
@@ -168,14 +169,16 @@ pub fn from_origin(origin: &HeaderMap, zone: &str) -> HeaderMap {
     headers
 }
 
-/// Adds this CDN's `Via` entry.
-pub fn append_via(headers: &mut HeaderMap, zone: &str) {
-    let ours = via_value(zone);
-    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {ours}"),
-        None => ours,
+/// Adds this CDN's `Via` entry (from [`via_value`]).
+pub fn append_via(headers: &mut HeaderMap, ours: &HeaderValue) {
+    let Some(earlier) = headers.get(header::VIA) else {
+        headers.insert(header::VIA, ours.clone());
+        return;
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    let mut joined = earlier.as_bytes().to_vec();
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(ours.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::VIA, value);
     }
 }

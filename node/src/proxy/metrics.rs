@@ -1,7 +1,7 @@
 //! The proxy's Prometheus metrics, declared in one place, under `coral_proxy_`.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 /// How a request was answered: the `result` label.
@@ -24,6 +24,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order of their per-outcome metric handles.
+    pub const ALL: [Outcome; 7] = [
+        Self::Hit,
+        Self::Revalidated,
+        Self::Stale,
+        Self::Miss,
+        Self::Coalesced,
+        Self::Pass,
+        Self::Refused,
+    ];
+
     /// The label value, also sent to clients in `X-Cache`.
     pub fn label(self) -> &'static str {
         match self {
@@ -34,6 +45,27 @@ impl Outcome {
             Self::Coalesced => "coalesced",
             Self::Pass => "pass",
             Self::Refused => "refused",
+        }
+    }
+}
+
+/// Where the bytes sent to a client came from: the `source` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// This node's cache.
+    Cache,
+    /// A fetch in flight from the origin.
+    Origin,
+}
+
+impl Source {
+    /// Every source, in the order of their counters.
+    const ALL: [Source; 2] = [Self::Cache, Self::Origin];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Cache => "cache",
+            Self::Origin => "origin",
         }
     }
 }
@@ -57,6 +89,11 @@ pub struct ProxyMetrics {
     pub latency: HistogramVec,
     /// Client connections accepted.
     pub connections: IntCounter,
+    /// The request counter and latency histogram of each outcome, resolved once so that a
+    /// cache hit does not look labels up.
+    by_outcome: Vec<(IntCounter, Histogram)>,
+    /// The bytes counter of each source, resolved once.
+    by_source: Vec<IntCounter>,
 }
 
 impl ProxyMetrics {
@@ -82,12 +119,44 @@ impl ProxyMetrics {
         let gauge = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["tier"]).expect("valid metric")
         };
+        let requests = counter(
+            "coral_proxy_requests_total",
+            "Proxy requests by result.",
+            "result",
+        );
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "coral_proxy_response_seconds",
+                "Time from request to response head, by result.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["result"],
+        )
+        .expect("valid metric");
+        let bytes_served = counter(
+            "coral_proxy_bytes_served_total",
+            "Body bytes sent to clients, by source.",
+            "source",
+        );
+        let by_source = Source::ALL
+            .iter()
+            .map(|source| bytes_served.with_label_values(&[source.label()]))
+            .collect();
+        let by_outcome = Outcome::ALL
+            .iter()
+            .map(|outcome| {
+                let label = [outcome.label()];
+                (
+                    requests.with_label_values(&label),
+                    latency.with_label_values(&label),
+                )
+            })
+            .collect();
         Self {
-            requests: counter(
-                "coral_proxy_requests_total",
-                "Proxy requests by result.",
-                "result",
-            ),
+            requests,
             refusals: counter(
                 "coral_proxy_refusals_total",
                 "Requests refused or failed, by reason.",
@@ -98,11 +167,7 @@ impl ProxyMetrics {
                 "Fetches sent to origins, by outcome.",
                 "outcome",
             ),
-            bytes_served: counter(
-                "coral_proxy_bytes_served_total",
-                "Body bytes sent to clients, by source.",
-                "source",
-            ),
+            bytes_served,
             cache_objects: gauge(
                 "coral_proxy_cache_objects",
                 "Objects held in the cache, by tier.",
@@ -111,23 +176,34 @@ impl ProxyMetrics {
                 "coral_proxy_cache_bytes",
                 "Bytes held in the cache, by tier.",
             ),
-            latency: HistogramVec::new(
-                HistogramOpts::new(
-                    "coral_proxy_response_seconds",
-                    "Time from request to response head, by result.",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ]),
-                &["result"],
-            )
-            .expect("valid metric"),
+            latency,
             connections: IntCounter::new(
                 "coral_proxy_connections_total",
                 "Client connections accepted.",
             )
             .expect("valid metric"),
+            by_outcome,
+            by_source,
         }
+    }
+
+    /// Counts body bytes sent to a client.
+    pub fn served(&self, source: Source, bytes: u64) {
+        let index = Source::ALL
+            .iter()
+            .position(|candidate| *candidate == source)
+            .expect("every source is in ALL");
+        self.by_source[index].inc_by(bytes);
+    }
+
+    /// Counts a request and its time to the response head.
+    pub fn observe(&self, outcome: Outcome, seconds: f64) {
+        let index = Outcome::ALL
+            .iter()
+            .position(|candidate| *candidate == outcome)
+            .expect("every outcome is in ALL");
+        let (requests, latency) = &self.by_outcome[index];
+        requests.inc();
+        latency.observe(seconds);
     }
 }

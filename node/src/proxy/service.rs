@@ -27,7 +27,7 @@ use super::client::{
     BoxError, ClientSetupError, OriginClient, OriginRequest, OriginResponse, RequestBody,
 };
 use super::headers::{self, CACHE_STATUS, Forwarding, REQUEST_ID};
-use super::metrics::{Outcome, ProxyMetrics};
+use super::metrics::{Outcome, ProxyMetrics, Source};
 use super::refusal::Refusal;
 use super::respond::{self, ProxyBody};
 use super::target::Origin;
@@ -43,6 +43,7 @@ const MAX_REQUEST_ID: usize = 64;
 /// A caching proxy: cache, fetches in flight, origin client.
 pub struct Proxy {
     zone: String,
+    via: HeaderValue,
     max_object_bytes: u64,
     max_url_bytes: usize,
     serve_stale: Duration,
@@ -104,6 +105,7 @@ impl Proxy {
         let proxy = &config.proxy;
         Ok(Self {
             zone: config.zone.trim_end_matches('.').to_ascii_lowercase(),
+            via: headers::via_value(&config.zone),
             max_object_bytes: proxy.max_object_bytes,
             max_url_bytes: proxy.client_limits.max_url_bytes as usize,
             serve_stale: proxy.serve_stale,
@@ -166,17 +168,13 @@ impl Proxy {
             }
         };
         let headers = response.headers_mut();
-        headers::append_via(headers, &self.zone);
+        headers::append_via(headers, &self.via);
         headers.insert(CACHE_STATUS, HeaderValue::from_static(outcome.label()));
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             headers.insert(REQUEST_ID, id);
         }
-        let label = [outcome.label()];
-        self.metrics.requests.with_label_values(&label).inc();
         self.metrics
-            .latency
-            .with_label_values(&label)
-            .observe(started.elapsed().as_secs_f64());
+            .observe(outcome, started.elapsed().as_secs_f64());
         tracing::debug!(request_id, %client, %method, %uri, status = response.status().as_u16(), result = outcome.label(), "served");
         response
     }
@@ -234,15 +232,24 @@ impl Proxy {
             return Err(refusal);
         }
         let request_headers = request.headers();
+        let key = format!("{origin}{path}");
+        let cacheable = cacheable_method && !request_headers.contains_key(header::AUTHORIZATION);
+        let now = SystemTime::now();
+        if cacheable && let Some(stored) = self.cache.fresh(&key, request_headers, now) {
+            return Ok((
+                Outcome::Hit,
+                self.hit(&method, request_headers, &stored, now),
+            ));
+        }
         let cache_request = CacheRequest {
-            key: format!("{origin}{path}"),
+            key,
             parts: cache_parts(&origin, &path, request_headers)?,
             origin,
             path,
             client_ip,
             request_id: request_id.to_owned(),
         };
-        if !cacheable_method || request_headers.contains_key(header::AUTHORIZATION) {
+        if !cacheable {
             let (parts, body) = request.into_parts();
             let body = (!cacheable_method).then(|| body.map_err(BoxError::from).boxed());
             let response = self
@@ -263,9 +270,7 @@ impl Proxy {
         let now = SystemTime::now();
         let stale = match self.cache.lookup(&request.key, &request.parts, now) {
             Lookup::Fresh(stored) => {
-                self.count_bytes("cache", method, stored.body.len());
-                let response = respond::from_stored(method, client_headers, &stored, now);
-                return Ok((Outcome::Hit, response));
+                return Ok((Outcome::Hit, self.hit(method, client_headers, &stored, now)));
             }
             Lookup::Stale(stored) => Some(stored),
             Lookup::Miss => None,
@@ -294,12 +299,23 @@ impl Proxy {
             other => other,
         };
         if let Some(length) = content_length(&head.headers) {
-            self.count_bytes("origin", method, length);
+            self.count_bytes(Source::Origin, method, length);
         }
         Ok((
             outcome,
             respond::from_transfer(method, client_headers, &head, joined.reader),
         ))
+    }
+
+    fn hit(
+        &self,
+        method: &Method,
+        client_headers: &HeaderMap,
+        stored: &Stored,
+        now: SystemTime,
+    ) -> Response<ProxyBody> {
+        self.count_bytes(Source::Cache, method, stored.body.len() as u64);
+        respond::from_stored(method, client_headers, stored, now)
     }
 
     /// Joins the fetch in flight for the request's URL, or starts one that later requests
@@ -638,12 +654,9 @@ impl Proxy {
             .inc();
     }
 
-    fn count_bytes(&self, source: &str, method: &Method, length: impl TryInto<u64>) {
+    fn count_bytes(&self, source: Source, method: &Method, length: u64) {
         if *method != Method::HEAD {
-            self.metrics
-                .bytes_served
-                .with_label_values(&[source])
-                .inc_by(length.try_into().unwrap_or(0));
+            self.metrics.served(source, length);
         }
     }
 }
