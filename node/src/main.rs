@@ -11,6 +11,7 @@ use coral_node::admin::{AdminState, Readiness};
 use coral_node::config::{CONFIG_FILE, NodeConfig, TOPOLOGY_FILE, Topology};
 use coral_node::dht::metrics::DhtMetrics;
 use coral_node::proxy::metrics::ProxyMetrics;
+use coral_node::proxy::peers::Peering;
 use coral_node::roles::dht::{DhtPlacement, DhtRole};
 use coral_node::roles::proxy::ProxyRole;
 use coral_status_http as http;
@@ -146,7 +147,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut roles = Vec::new();
     let mut dht_role = None;
     let mut proxy_role = None;
-    for role in dedup(&args.roles) {
+    // The DHT starts first: the proxy cooperates through it.
+    let mut requested = dedup(&args.roles);
+    requested.sort_by_key(|role| *role != Role::Dht);
+    for role in requested {
         match role {
             Role::Dht => {
                 let metrics = DhtMetrics::register(&registry).context("registering DHT metrics")?;
@@ -168,7 +172,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let address = args
                     .proxy_address
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.proxy.http_port)));
-                let started = ProxyRole::start(&config, address, metrics, shutdown.clone()).await?;
+                let peering = dht_role.as_ref().map(|dht| Peering {
+                    dht: dht.dht(),
+                    cluster_key: dht.cluster_key(),
+                    advertise: SocketAddr::new(args.pod_ip, address.port()),
+                });
+                let started =
+                    ProxyRole::start(&config, address, metrics, peering, shutdown.clone()).await?;
                 roles.push(("proxy".to_owned(), Readiness::Flag(started.readiness())));
                 proxy_role = Some(started);
             }

@@ -169,6 +169,30 @@ pub fn from_origin(origin: &HeaderMap, zone: &str) -> HeaderMap {
     headers
 }
 
+/// Removes what a peer proxy added to an object's headers (its `Via` entry, `X-Cache`,
+/// `X-Request-Id`), so that the copy is served as if fetched here.
+pub fn strip_peer_marks(headers: &mut HeaderMap, ours: &HeaderValue) {
+    headers.remove(CACHE_STATUS);
+    headers.remove(REQUEST_ID);
+    let Some(via) = headers.get(header::VIA).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let ours = ours.to_str().unwrap_or_default();
+    let earlier: Vec<&str> = via
+        .split(',')
+        .map(str::trim)
+        .filter(|hop| *hop != ours)
+        .collect();
+    match HeaderValue::from_str(&earlier.join(", ")) {
+        Ok(value) if !earlier.is_empty() => {
+            headers.insert(header::VIA, value);
+        }
+        _ => {
+            headers.remove(header::VIA);
+        }
+    }
+}
+
 /// Adds this CDN's `Via` entry (from [`via_value`]).
 pub fn append_via(headers: &mut HeaderMap, ours: &HeaderValue) {
     let Some(earlier) = headers.get(header::VIA) else {
@@ -234,6 +258,24 @@ mod tests {
         assert!(!pass.contains_key("content-length") && !pass.contains_key("expect"));
         let with_body = to_origin(&client, ip, "nyud.net", "r1", Forwarding::WithBody);
         assert_eq!(with_body["content-length"], "40");
+    }
+
+    #[test]
+    fn a_peers_marks_are_removed_and_the_origins_via_kept() {
+        let mut headers = map(&[
+            ("via", "1.0 origin-proxy, 1.1 nyud.net (coral)"),
+            ("x-cache", "hit"),
+            ("x-request-id", "abc"),
+            ("etag", "\"e\""),
+        ]);
+        strip_peer_marks(&mut headers, &via_value("nyud.net"));
+        assert_eq!(
+            headers,
+            map(&[("via", "1.0 origin-proxy"), ("etag", "\"e\"")])
+        );
+        let mut only_ours = map(&[("via", "1.1 nyud.net (coral)")]);
+        strip_peer_marks(&mut only_ours, &via_value("nyud.net"));
+        assert!(only_ours.is_empty());
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub enum Outcome {
     Stale,
     /// Fetched from the origin (alone or as the first of a coalesced group).
     Miss,
+    /// Fetched from another proxy holding the object.
+    Peer,
+    /// Served to another proxy.
+    ForPeer,
     /// Joined a fetch already in flight for the same object.
     Coalesced,
     /// Passed to the origin uncached (other methods, credentials, oversized objects).
@@ -25,11 +29,13 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order of their per-outcome metric handles.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 9] = [
         Self::Hit,
         Self::Revalidated,
         Self::Stale,
         Self::Miss,
+        Self::Peer,
+        Self::ForPeer,
         Self::Coalesced,
         Self::Pass,
         Self::Refused,
@@ -42,6 +48,8 @@ impl Outcome {
             Self::Revalidated => "revalidated",
             Self::Stale => "stale",
             Self::Miss => "miss",
+            Self::Peer => "peer",
+            Self::ForPeer => "for_peer",
             Self::Coalesced => "coalesced",
             Self::Pass => "pass",
             Self::Refused => "refused",
@@ -56,16 +64,19 @@ pub enum Source {
     Cache,
     /// A fetch in flight from the origin.
     Origin,
+    /// Another proxy's copy.
+    Peer,
 }
 
 impl Source {
     /// Every source, in the order of their counters.
-    const ALL: [Source; 2] = [Self::Cache, Self::Origin];
+    const ALL: [Source; 3] = [Self::Cache, Self::Origin, Self::Peer];
 
     fn label(self) -> &'static str {
         match self {
             Self::Cache => "cache",
             Self::Origin => "origin",
+            Self::Peer => "peer",
         }
     }
 }
@@ -79,7 +90,9 @@ pub struct ProxyMetrics {
     pub refusals: IntCounterVec,
     /// Fetches sent to origins, by outcome (`ok`, `not_modified`, `error`).
     pub origin_fetches: IntCounterVec,
-    /// Body bytes sent to clients, by source (`cache`, `origin`).
+    /// Objects asked of other proxies, by outcome (`hit`, `miss`).
+    pub peer_fetches: IntCounterVec,
+    /// Body bytes sent to clients, by source (`cache`, `origin`, `peer`).
     pub bytes_served: IntCounterVec,
     /// Objects held, by tier.
     pub cache_objects: IntGaugeVec,
@@ -104,6 +117,7 @@ impl ProxyMetrics {
         registry.register(Box::new(metrics.refusals.clone()))?;
         registry.register(Box::new(metrics.origin_fetches.clone()))?;
         registry.register(Box::new(metrics.bytes_served.clone()))?;
+        registry.register(Box::new(metrics.peer_fetches.clone()))?;
         registry.register(Box::new(metrics.cache_objects.clone()))?;
         registry.register(Box::new(metrics.cache_bytes.clone()))?;
         registry.register(Box::new(metrics.latency.clone()))?;
@@ -168,6 +182,11 @@ impl ProxyMetrics {
                 "outcome",
             ),
             bytes_served,
+            peer_fetches: counter(
+                "coral_proxy_peer_fetches_total",
+                "Objects asked of other proxies, by outcome.",
+                "outcome",
+            ),
             cache_objects: gauge(
                 "coral_proxy_cache_objects",
                 "Objects held in the cache, by tier.",

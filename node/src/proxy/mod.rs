@@ -6,6 +6,7 @@
 //!   addresses, rustls, retries, the http-to-https upgrade, per-origin concurrency);
 //! - [`headers`]: what crosses between clients and origins (hop-by-hop, cookies, `Via`,
 //!   `Location`);
+//! - [`peers`]: cooperation through the DHT (holders, authenticated peer fetches);
 //! - [`transfer`]: one response in flight shared by every client waiting for it;
 //! - [`cache`]: the memory tier and the RFC 9111 policy of what it holds;
 //! - [`respond`]: answers from stored objects (conditional, range, HEAD) or transfers;
@@ -19,6 +20,7 @@ pub mod connect;
 pub mod guard;
 pub mod headers;
 pub mod metrics;
+pub mod peers;
 pub mod refusal;
 pub mod resolve;
 pub mod respond;

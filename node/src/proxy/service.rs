@@ -28,6 +28,7 @@ use super::client::{
 };
 use super::headers::{self, CACHE_STATUS, Forwarding, REQUEST_ID};
 use super::metrics::{Outcome, ProxyMetrics, Source};
+use super::peers::{MAX_HOLDERS_TRIED, PEER_HEADER, PeerRequest, Peering, Peers};
 use super::refusal::Refusal;
 use super::respond::{self, ProxyBody};
 use super::target::Origin;
@@ -48,10 +49,13 @@ pub struct Proxy {
     max_url_bytes: usize,
     serve_stale: Duration,
     idle_timeout: Duration,
+    /// How long a node announces an object it is fetching from the origin.
+    announce_while_fetching: Duration,
     other_methods: MethodPolicy,
     client: OriginClient,
     cache: MemoryCache,
     inflight: Mutex<HashMap<String, InFlight>>,
+    peers: Option<Peers>,
     metrics: ProxyMetrics,
 }
 
@@ -100,9 +104,15 @@ struct CacheRequest {
 }
 
 impl Proxy {
-    /// A proxy for the node configuration.
-    pub fn new(config: &NodeConfig, metrics: ProxyMetrics) -> Result<Self, ClientSetupError> {
+    /// A proxy for the node configuration; with `peering`, it cooperates with the other
+    /// proxies of the cluster through the DHT.
+    pub fn new(
+        config: &NodeConfig,
+        metrics: ProxyMetrics,
+        peering: Option<Peering>,
+    ) -> Result<Self, ClientSetupError> {
         let proxy = &config.proxy;
+        let timeouts = proxy.origin_timeouts;
         Ok(Self {
             zone: config.zone.trim_end_matches('.').to_ascii_lowercase(),
             via: headers::via_value(&config.zone),
@@ -110,10 +120,13 @@ impl Proxy {
             max_url_bytes: proxy.client_limits.max_url_bytes as usize,
             serve_stale: proxy.serve_stale,
             idle_timeout: proxy.origin_timeouts.idle,
+            announce_while_fetching: timeouts.connect + timeouts.first_byte + timeouts.idle,
             other_methods: proxy.other_methods,
             client: OriginClient::new(proxy)?,
             cache: MemoryCache::new(proxy.cache_memory_bytes),
             inflight: Mutex::new(HashMap::new()),
+            peers: peering
+                .map(|peering| Peers::new(peering, timeouts.connect + timeouts.first_byte)),
             metrics,
         })
     }
@@ -210,6 +223,11 @@ impl Proxy {
             })
             .ok_or(super::target::TargetError::NoHost)?;
         let origin = Origin::from_zone_host(&host, &self.zone)?;
+        if let Some(token) = request.headers().get(PEER_HEADER) {
+            let key = format!("{origin}{path}");
+            let parts = cache_parts(&origin, &path, request.headers())?;
+            return self.for_peer(request.method(), &key, parts, token).await;
+        }
         if headers::is_loop(request.headers(), &self.zone) || origin.is_in_zone(&self.zone) {
             return Err(Refusal::new(
                 StatusCode::LOOP_DETECTED,
@@ -295,15 +313,66 @@ impl Proxy {
             return Ok((Outcome::Pass, response));
         }
         let outcome = match outcome {
-            Outcome::Miss if joined.leader.is_some() => Outcome::Coalesced,
+            Outcome::Miss | Outcome::Peer if joined.leader.is_some() => Outcome::Coalesced,
             other => other,
         };
         if let Some(length) = content_length(&head.headers) {
-            self.count_bytes(Source::Origin, method, length);
+            let source = match outcome {
+                Outcome::Peer => Source::Peer,
+                _ => Source::Origin,
+            };
+            self.count_bytes(source, method, length);
         }
         Ok((
             outcome,
             respond::from_transfer(method, client_headers, &head, joined.reader),
+        ))
+    }
+
+    /// Answers another proxy from the cache or a fetch in flight, never from the origin.
+    async fn for_peer(
+        &self,
+        method: &Method,
+        key: &str,
+        parts: request::Parts,
+        token: &HeaderValue,
+    ) -> Result<(Outcome, Response<ProxyBody>), Refusal> {
+        let miss = || Refusal::new(StatusCode::NOT_FOUND, "peer_miss", "this node has no copy");
+        let Some(peers) = &self.peers else {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "peer_auth",
+                "this node does not cooperate",
+            ));
+        };
+        if !peers.verify(key, token) {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "peer_auth",
+                "the peer token is invalid or expired",
+            ));
+        }
+        let now = SystemTime::now();
+        if let Lookup::Fresh(stored) = self.cache.lookup(key, &parts, now) {
+            self.count_bytes(Source::Cache, method, stored.body.len() as u64);
+            let response = respond::from_stored(method, &parts.headers, &stored, now);
+            return Ok((Outcome::ForPeer, response));
+        }
+        let joined = {
+            let inflight = self.inflight.lock().expect("in-flight lock");
+            inflight
+                .get(key)
+                .filter(|entry| same_variant(&entry.request, &parts))
+                .and_then(|entry| Some((entry.transfer.reader()?, entry.request.clone())))
+        };
+        let (mut reader, leader) = joined.ok_or_else(miss)?;
+        let (head, _) = reader.head().await.map_err(|failed| failed.0)?;
+        if !shareable(&leader, &parts, &head) {
+            return Err(miss());
+        }
+        Ok((
+            Outcome::ForPeer,
+            respond::from_transfer(method, &parts.headers, &head, reader),
         ))
     }
 
@@ -381,6 +450,13 @@ impl Proxy {
         transfer: &Arc<Transfer>,
         stale: Option<Arc<Stored>>,
     ) {
+        if stale.is_none() && self.fill_from_peers(request, transfer).await {
+            return;
+        }
+        if let Some(peers) = &self.peers {
+            // Others missing the object now find this node and wait on its fetch.
+            peers.announce(&request.key, self.announce_while_fetching);
+        }
         let mut validated = stale;
         loop {
             let mut headers = headers::to_origin(
@@ -444,9 +520,59 @@ impl Proxy {
                 return;
             }
             self.count_fetch("ok");
-            self.relay(request, transfer, response, now).await;
+            let OriginResponse { response, slot, .. } = response;
+            self.relay(request, transfer, response, Outcome::Miss, now)
+                .await;
+            // The origin's concurrency slot is released only now, after the body.
+            drop(slot);
             return;
         }
+    }
+
+    /// Fills the transfer from the nearest peer holding the object; `false` when none did.
+    async fn fill_from_peers(&self, request: &CacheRequest, transfer: &Arc<Transfer>) -> bool {
+        let Some(peers) = &self.peers else {
+            return false;
+        };
+        let holders = peers.holders(&request.key).await;
+        let mut headers = headers::to_origin(
+            &request.parts.headers,
+            request.client_ip,
+            &self.zone,
+            &request.request_id,
+            Forwarding::CacheFill,
+        );
+        headers.remove(header::VIA);
+        headers.remove("x-forwarded-for");
+        let zone_host = request.origin.zone_host(&self.zone);
+        let peer_request = PeerRequest {
+            key: &request.key,
+            zone_host: &zone_host,
+            path: &request.path,
+            headers,
+            request_id: &request.request_id,
+        };
+        for holder in holders.into_iter().take(MAX_HOLDERS_TRIED) {
+            let Some(response) = peers.fetch(holder, &peer_request).await else {
+                self.count_peer_fetch("miss");
+                continue;
+            };
+            self.count_peer_fetch("hit");
+            tracing::debug!(request_id = request.request_id, key = request.key, %holder, "fetching from a peer");
+            let (mut parts, body) = response.into_parts();
+            headers::strip_peer_marks(&mut parts.headers, &self.via);
+            let response = Response::from_parts(parts, body);
+            self.relay(
+                request,
+                transfer,
+                response,
+                Outcome::Peer,
+                SystemTime::now(),
+            )
+            .await;
+            return true;
+        }
+        false
     }
 
     /// Updates a stored response from the origin's 304 and stores the result; `None` when
@@ -492,10 +618,11 @@ impl Proxy {
         &self,
         request: &CacheRequest,
         transfer: &Arc<Transfer>,
-        response: OriginResponse,
+        response: Response<Incoming>,
+        outcome: Outcome,
         response_time: SystemTime,
     ) {
-        let (parts, mut body) = response.response.into_parts();
+        let (parts, mut body) = response.into_parts();
         let head = Head {
             status: parts.status,
             headers: headers::from_origin(&parts.headers, &self.zone),
@@ -505,7 +632,7 @@ impl Proxy {
         if !cacheable {
             self.stop_sharing(&request.key, transfer);
         }
-        transfer.set_head(head.clone(), Outcome::Miss);
+        transfer.set_head(head.clone(), outcome);
         let mut received: u64 = 0;
         let ended = loop {
             let frame = match tokio::time::timeout(self.idle_timeout, body.frame()).await {
@@ -564,6 +691,9 @@ impl Proxy {
         {
             let stored = Stored::new(&request.parts, head, body, response_time);
             if stored.policy.is_storable() {
+                if let Some(peers) = &self.peers {
+                    peers.announce(&request.key, stored.policy.time_to_live(response_time));
+                }
                 self.cache.insert(
                     &request.key,
                     &request.parts,
@@ -573,8 +703,6 @@ impl Proxy {
             }
         }
         transfer.finish(ended);
-        // The origin's concurrency slot is released only now, after the body.
-        drop(response.slot);
     }
 
     /// Takes an object that turned out too large for the cache out of sharing: its chunks
@@ -645,6 +773,13 @@ impl Proxy {
         *response.status_mut() = parts.status;
         *response.headers_mut() = headers::from_origin(&parts.headers, &self.zone);
         Ok(response)
+    }
+
+    fn count_peer_fetch(&self, outcome: &str) {
+        self.metrics
+            .peer_fetches
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     fn count_fetch(&self, outcome: &str) {

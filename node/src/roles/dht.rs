@@ -75,6 +75,7 @@ pub struct DhtPlacement {
 /// The running DHT role.
 pub struct DhtRole {
     node: UdpDht,
+    key: Arc<[u8]>,
     joined: Arc<AtomicBool>,
     upkeep: JoinHandle<()>,
 }
@@ -151,6 +152,7 @@ impl DhtRole {
         ));
         Ok(Self {
             node,
+            key: key.into(),
             joined,
             upkeep,
         })
@@ -159,6 +161,11 @@ impl DhtRole {
     /// The DHT node, for other roles and the admin page.
     pub fn dht(&self) -> Arc<Dht<UdpNetwork>> {
         self.node.dht.clone()
+    }
+
+    /// The cluster's shared key, which also authenticates peer fetches between proxies.
+    pub fn cluster_key(&self) -> Arc<[u8]> {
+        self.key.clone()
     }
 
     /// Set once the first upkeep round (the join) is over, even when it found no peer: the

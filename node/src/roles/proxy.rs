@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NodeConfig;
 use crate::proxy::client::ClientSetupError;
 use crate::proxy::metrics::ProxyMetrics;
+use crate::proxy::peers::Peering;
 use crate::proxy::server;
 use crate::proxy::service::Proxy;
 
@@ -37,14 +38,16 @@ pub struct ProxyRole {
 }
 
 impl ProxyRole {
-    /// Binds `address` and starts serving.
+    /// Binds `address` and starts serving; with `peering` (the node also plays the DHT
+    /// role), the proxy cooperates with the cluster's other proxies.
     pub async fn start(
         config: &NodeConfig,
         address: SocketAddr,
         metrics: ProxyMetrics,
+        peering: Option<Peering>,
         shutdown: CancellationToken,
     ) -> Result<Self, ProxyRoleError> {
-        let proxy = Arc::new(Proxy::new(config, metrics)?);
+        let proxy = Arc::new(Proxy::new(config, metrics, peering)?);
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|source| ProxyRoleError::Bind {

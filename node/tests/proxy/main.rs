@@ -639,3 +639,102 @@ fn ranges_of_objects_too_large_to_cache_go_to_the_origin() {
         assert_eq!(answer.cache(), "pass");
     });
 }
+
+#[test]
+fn a_node_fetches_from_the_peer_that_holds_the_object() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], "shared")
+        }))
+        .await;
+        let cluster = TestCluster::start(&test_config()).await;
+        let host = origin.zone_host();
+        assert_eq!(
+            cluster.proxies[0].get(&host, "/obj", &[]).await.cache(),
+            "miss"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let from_peer = cluster.proxies[1].get(&host, "/obj", &[]).await;
+        assert_eq!(
+            (from_peer.cache(), from_peer.body.as_ref()),
+            ("peer", b"shared".as_ref())
+        );
+        assert_eq!(from_peer.header("via"), "1.1 nyud.net (coral)");
+        let again = cluster.proxies[1].get(&host, "/obj", &[]).await;
+        assert_eq!(again.cache(), "hit");
+        assert_eq!(origin.hits("/obj"), 1);
+    });
+}
+
+#[test]
+fn a_flash_crowd_across_three_nodes_fetches_the_origin_once() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut response = respond(200, &[("cache-control", "max-age=60")], "");
+            *response.body_mut() = trickle(8, 8 * 1024, Duration::from_millis(50));
+            response
+        }))
+        .await;
+        let cluster = Arc::new(TestCluster::start(&test_config()).await);
+        let host = origin.zone_host();
+        let first = {
+            let (cluster, host) = (cluster.clone(), host.clone());
+            tokio::spawn(async move { cluster.proxies[0].get(&host, "/slashdotted", &[]).await })
+        };
+        // The link goes up: the first visitor is a moment ahead of the crowd.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let crowd: Vec<_> = (0..500)
+            .map(|index| {
+                let (cluster, host) = (cluster.clone(), host.clone());
+                tokio::spawn(async move {
+                    cluster.proxies[index % 3]
+                        .get(&host, "/slashdotted", &[])
+                        .await
+                })
+            })
+            .collect();
+        let mut answers = vec![first.await.unwrap()];
+        for client in crowd {
+            answers.push(client.await.unwrap());
+        }
+        let expected: Vec<u8> = (0..8)
+            .flat_map(|i| vec![b'a' + i as u8; 8 * 1024])
+            .collect();
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.status == StatusCode::OK && a.body == expected)
+        );
+        let outcomes = tally(answers.iter().map(|a| a.cache()));
+        assert_eq!(origin.hits("/slashdotted"), 1, "{outcomes:?}");
+        assert_eq!(outcomes.get("miss"), Some(&1), "{outcomes:?}");
+        assert_eq!(
+            outcomes.get("peer"),
+            Some(&2),
+            "one peer fetch per other node: {outcomes:?}"
+        );
+    });
+}
+
+#[test]
+fn peers_must_prove_membership_and_never_cause_a_fetch() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async { respond(200, &[], "x") })).await;
+        let cluster = TestCluster::start(&test_config()).await;
+        let host = origin.zone_host();
+        let forged = cluster.proxies[0]
+            .get(&host, "/p", &[("x-coral-peer", "1.00")])
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        let key = format!("{ORIGIN_HOST}:{}/p", origin.address.port());
+        let token = coral_node::proxy::peers::PeerAuth::new(CLUSTER_KEY)
+            .sign(&key, std::time::SystemTime::now());
+        let genuine = cluster.proxies[0]
+            .get(&host, "/p", &[("x-coral-peer", token.as_str())])
+            .await;
+        assert_eq!(genuine.status, StatusCode::NOT_FOUND);
+        assert!(String::from_utf8_lossy(&genuine.body).contains("no copy"));
+        assert_eq!(origin.hits("/p"), 0);
+    });
+}

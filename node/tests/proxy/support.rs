@@ -13,7 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coral_node::config::{NodeConfig, OriginAccess};
+use coral_node::dht::metrics::DhtMetrics;
+use coral_node::dht::udp::{UdpDht, UdpNetwork, UdpNodeConfig, UdpSettings};
+use coral_node::dht::wire::Codec;
+use coral_node::dht::{Dht, DhtParams, Locality};
 use coral_node::proxy::metrics::ProxyMetrics;
+use coral_node::proxy::peers::Peering;
 use coral_node::proxy::server;
 use coral_node::proxy::service::Proxy;
 use http::{HeaderMap, Request, Response, StatusCode, request};
@@ -253,9 +258,19 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy with a configuration.
     pub async fn start(config: &NodeConfig) -> Self {
-        let proxy = Arc::new(Proxy::new(config, ProxyMetrics::unregistered()).unwrap());
+        Self::start_with(config, None).await
+    }
+
+    /// Starts a proxy that cooperates through `dht`.
+    pub async fn start_with(config: &NodeConfig, dht: Option<Arc<Dht<UdpNetwork>>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let peering = dht.map(|dht| Peering {
+            dht,
+            cluster_key: CLUSTER_KEY.into(),
+            advertise: address,
+        });
+        let proxy = Arc::new(Proxy::new(config, ProxyMetrics::unregistered(), peering).unwrap());
         let shutdown = CancellationToken::new();
         tokio::spawn(server::serve(
             listener,
@@ -308,6 +323,58 @@ impl TestProxy {
 impl Drop for TestProxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// The shared key of test clusters.
+pub const CLUSTER_KEY: &[u8] = b"the proxy tests' cluster key, 32+ bytes";
+
+/// Proxies cooperating through a DHT on loopback, one per zone: z1 and z2 in region r1, z3 in
+/// r2.
+pub struct TestCluster {
+    /// The proxies, in zone order.
+    pub proxies: Vec<TestProxy>,
+    dhts: Vec<UdpDht>,
+}
+
+impl TestCluster {
+    /// Starts and joins the cluster.
+    pub async fn start(config: &NodeConfig) -> Self {
+        let mut dhts: Vec<UdpDht> = Vec::new();
+        for (zone, region) in [("z1", "r1"), ("z2", "r1"), ("z3", "r2")] {
+            let node = UdpDht::start(
+                UdpNodeConfig {
+                    bind: "127.0.0.1:0".parse().unwrap(),
+                    advertise: None,
+                    locality: Locality::from_labels(&[zone, region]),
+                    params: DhtParams::default(),
+                    codec: Codec::new(CLUSTER_KEY, 1),
+                    settings: UdpSettings::default(),
+                },
+                DhtMetrics::unregistered(),
+            )
+            .await
+            .unwrap();
+            let known: Vec<_> = dhts.iter().map(|dht| dht.dht.contact().addr).collect();
+            node.dht.join(&known).await;
+            dhts.push(node);
+        }
+        let all: Vec<_> = dhts.iter().map(|dht| dht.dht.contact().addr).collect();
+        for node in &dhts {
+            node.dht.maintain(&all).await;
+        }
+        let mut proxies = Vec::new();
+        for node in &dhts {
+            proxies.push(TestProxy::start_with(config, Some(node.dht.clone())).await);
+        }
+        Self { proxies, dhts }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.proxies.clear();
+        self.dhts.clear();
     }
 }
 
