@@ -116,7 +116,13 @@ impl Tables {
                         now,
                     )
                 };
-                Body::Stored { accepted }
+                let incumbent = member
+                    .then(|| self.stores[level].incumbent(key, value.value.holder, now))
+                    .flatten();
+                Body::Stored {
+                    accepted,
+                    incumbent,
+                }
             }
             Body::Pong
             | Body::Nodes { .. }
@@ -242,7 +248,10 @@ mod tests {
         let (from, put) = request(2, zone("a"), 1, store_body(key, 80));
         assert_eq!(
             tables.answer(&params, from, &put, now),
-            Body::Stored { accepted: true }
+            Body::Stored {
+                accepted: true,
+                incumbent: None
+            }
         );
         let (from, asked) = request(2, zone("a"), 1, get);
         let Body::Values { values, contacts } = tables.answer(&params, from, &asked, now) else {
@@ -289,9 +298,18 @@ mod tests {
             }
         ));
         let (from, put) = request(2, zone("a"), 0, store_body_for(key, 99, 5400));
+        let Body::Stored {
+            accepted,
+            incumbent,
+        } = tables.answer(&params, from, &put, now)
+        else {
+            panic!("stored expected");
+        };
+        assert!(!accepted);
         assert_eq!(
-            tables.answer(&params, from, &put, now),
-            Body::Stored { accepted: false }
+            incumbent.map(|first| first.value.holder),
+            Some(SocketAddr::from(([127, 0, 0, 9], 0))),
+            "the first holder stored is the incumbent"
         );
     }
 }

@@ -100,6 +100,8 @@ pub struct LevelPut {
     pub level: usize,
     /// The node that stored the value, if any did.
     pub stored_at: Option<Contact>,
+    /// The value another holder stored first at that node, if any: the one to defer to.
+    pub incumbent: Option<Value>,
     /// Whether the forward phase stopped at a full and loaded node before the closest one.
     pub stopped_early: bool,
     /// Hops of the forward phase.
@@ -107,6 +109,16 @@ pub struct LevelPut {
 }
 
 impl PutOutcome {
+    /// The incumbent named at the global level, which every node's puts share: of several
+    /// nodes putting the same key at once, exactly one gets `None` when their lookups agree
+    /// on the closest node.
+    pub fn global_incumbent(&self) -> Option<&Value> {
+        self.levels
+            .iter()
+            .find(|level| level.level == 0)
+            .and_then(|level| level.incumbent.as_ref())
+    }
+
     /// Whether every level stored the value somewhere.
     pub fn stored_everywhere(&self) -> bool {
         self.levels.iter().all(|level| level.stored_at.is_some())
@@ -223,12 +235,13 @@ impl<N: Network> Dht<N> {
             let walk = self
                 .walk(level, key, Errand::Probe { ttl_secs }, start)
                 .await;
-            let stored_at = self
+            let (stored_at, incumbent) = self
                 .reverse_phase(level, key, &value, ttl_secs, &walk)
                 .await;
             levels.push(LevelPut {
                 level,
                 stored_at,
+                incumbent,
                 stopped_early: walk.stopped_early,
                 hops: walk.hops,
             });
@@ -559,8 +572,8 @@ impl<N: Network> Dht<N> {
     }
 
     /// Stores at the `replicas` closest acceptable nodes the forward phase passed, going
-    /// further back when a race made one refuse. Returns the closest
-    /// node that stored it.
+    /// further back when a race made one refuse. Returns the closest node that stored it,
+    /// and the incumbent that node named.
     async fn reverse_phase(
         &self,
         level: usize,
@@ -568,11 +581,12 @@ impl<N: Network> Dht<N> {
         value: &Value,
         ttl_secs: u32,
         walk: &Walk,
-    ) -> Option<Contact> {
+    ) -> (Option<Contact>, Option<Value>) {
         let mut acceptable = walk.acceptable.clone();
         acceptable.sort_by_key(|contact| contact.id.distance(&key));
         acceptable.dedup();
         let mut stored = Vec::new();
+        let mut first_incumbent = None;
         for contact in acceptable.iter().take(self.params.k) {
             let store = Body::Store {
                 key,
@@ -582,15 +596,21 @@ impl<N: Network> Dht<N> {
                 },
             };
             if let Ok(reply) = self.rpc(contact.addr, Some(contact.id), level, store).await
-                && reply.body == (Body::Stored { accepted: true })
+                && let Body::Stored {
+                    accepted: true,
+                    incumbent,
+                } = reply.body
             {
+                if stored.is_empty() {
+                    first_incumbent = incumbent.map(|timed| timed.value);
+                }
                 stored.push(*contact);
                 if stored.len() >= self.params.replicas {
                     break;
                 }
             }
         }
-        stored.first().copied()
+        (stored.first().copied(), first_incumbent)
     }
 
     /// Sends one request and records what it taught about the peer: an answer is hearing it

@@ -8,6 +8,7 @@
 //! the closest one. This module decides; it sends nothing.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::SeedableRng;
@@ -55,6 +56,8 @@ struct StoredValue {
     value: Value,
     expires: Instant,
     locality: Locality,
+    /// When this holder was first stored (refreshes keep it).
+    since: Instant,
 }
 
 /// Size of a store, for metrics and the admin page.
@@ -159,8 +162,26 @@ impl SloppyStore {
             value,
             expires,
             locality,
+            since: now,
         });
         true
+    }
+
+    /// The live value stored first for `key` whose holder is not `besides`: the incumbent a
+    /// newcomer should defer to. Stores at one node are serialised, so of several nodes
+    /// storing at once, exactly one sees no incumbent.
+    pub fn incumbent(&self, key: &Id, besides: SocketAddr, now: Instant) -> Option<TimedValue> {
+        let state = self.keys.get(key)?;
+        let first = state
+            .values
+            .iter()
+            .filter(|v| v.expires > now && v.value.holder != besides)
+            .min_by_key(|v| v.since)?;
+        Some(TimedValue {
+            value: first.value.clone(),
+            ttl_secs: u32::try_from(first.expires.duration_since(now).as_secs().max(1))
+                .unwrap_or(u32::MAX),
+        })
     }
 
     /// Up to `max` live values for `key`, those whose holders share the most local cluster with
@@ -387,5 +408,26 @@ mod tests {
         }
         assert!(!store.is_loaded(&Id([0; 20]), now));
         assert!(store.store(&Id([200; 20]), value(1), HOUR, zone("a"), now));
+    }
+
+    #[test]
+    fn the_incumbent_is_the_first_other_holder_stored() {
+        let mut store = SloppyStore::new(LIMITS, 1);
+        let now = Instant::now();
+        let key = Id([1; 20]);
+        let second = Duration::from_secs(1);
+        assert_eq!(store.incumbent(&key, value(1).holder, now), None);
+        store.store(&key, value(1), HOUR, zone("a"), now);
+        store.store(&key, value(2), HOUR, zone("a"), now + second);
+        store.store(&key, value(1), HOUR, zone("a"), now + 2 * second);
+        let later = now + 3 * second;
+        let incumbent = |besides: u16| {
+            store
+                .incumbent(&key, value(besides).holder, later)
+                .map(|first| first.value)
+        };
+        assert_eq!(incumbent(2), Some(value(1)), "a refresh keeps its place");
+        assert_eq!(incumbent(1), Some(value(2)));
+        assert_eq!(incumbent(3), Some(value(1)));
     }
 }

@@ -33,7 +33,7 @@
 //! | 7 | Probe (put, forward phase) | key (20), TTL seconds (4), toward (20) |
 //! | 8 | ProbeReply | flags (1: bit 0 full, bit 1 loaded), contacts |
 //! | 9 | Store (put, reverse phase) | key (20), value |
-//! | 10 | Stored | accepted (1) |
+//! | 10 | Stored | accepted (1), values (at most one: the incumbent) |
 //!
 //! *toward* is the ID the answer's contacts should be closest to: the intermediate target of
 //! Coral's bit-at-a-time routing (see `path`), or the key itself.
@@ -168,10 +168,13 @@ pub enum Body {
         /// The value and its TTL.
         value: TimedValue,
     },
-    /// Whether the value was stored (a node that became full and loaded since the probe refuses).
+    /// Whether the value was stored (a node that became full and loaded since the probe
+    /// refuses), and the value stored first under the key by another holder, if any.
     Stored {
         /// Stored or not.
         accepted: bool,
+        /// The incumbent: the earliest live value of another holder.
+        incumbent: Option<TimedValue>,
     },
 }
 
@@ -426,7 +429,16 @@ fn encode_body(body: &Body, out: &mut Vec<u8>) {
             out.extend_from_slice(&key.0);
             encode_value(value, out);
         }
-        Body::Stored { accepted } => out.push(u8::from(*accepted)),
+        Body::Stored {
+            accepted,
+            incumbent,
+        } => {
+            out.push(u8::from(*accepted));
+            out.push(u8::from(incumbent.is_some()));
+            if let Some(value) = incumbent {
+                encode_value(value, out);
+            }
+        }
     }
 }
 
@@ -507,13 +519,18 @@ fn decode_body(type_byte: u8, reader: &mut Reader<'_>) -> Result<Body, DecodeErr
             key: reader.id()?,
             value: reader.value()?,
         },
-        10 => Body::Stored {
-            accepted: match reader.u8()? {
-                0 => false,
-                1 => true,
-                _ => return Err(DecodeError::Malformed("bad boolean")),
-            },
-        },
+        10 => {
+            let accepted = reader.boolean()?;
+            let incumbent = if reader.boolean()? {
+                Some(reader.value()?)
+            } else {
+                None
+            };
+            Body::Stored {
+                accepted,
+                incumbent,
+            }
+        }
         _ => return Err(DecodeError::Malformed("unknown message type")),
     })
 }
@@ -584,6 +601,14 @@ impl<'a> Reader<'a> {
                 })
             })
             .collect()
+    }
+
+    fn boolean(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Malformed("bad boolean")),
+        }
     }
 
     fn value(&mut self) -> Result<TimedValue, DecodeError> {
@@ -680,7 +705,14 @@ mod tests {
                 key: Id([6; 20]),
                 value: full_value(1),
             },
-            Body::Stored { accepted: true },
+            Body::Stored {
+                accepted: true,
+                incumbent: None,
+            },
+            Body::Stored {
+                accepted: true,
+                incumbent: Some(full_value(3)),
+            },
         ]
     }
 
@@ -745,7 +777,10 @@ mod tests {
 
     #[test]
     fn a_forged_packet_with_a_valid_mac_but_bad_body_is_malformed() {
-        let mut bytes = codec().encode(&packet(Body::Stored { accepted: true }));
+        let mut bytes = codec().encode(&packet(Body::Stored {
+            accepted: true,
+            incumbent: None,
+        }));
         bytes.truncate(bytes.len() - MAC_LEN);
         bytes[6] = 99;
         let mut mac = codec().mac.clone();

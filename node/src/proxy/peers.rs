@@ -12,6 +12,9 @@
 //! Announcing: before going to the origin, the proxy puts `key -> itself` for the time the
 //! fetch may take, so other nodes missing the same object find it and wait on its fetch; once
 //! the object is stored it puts itself again for the object's freshness (at most an hour).
+//! Nodes missing an object at the same moment all find nothing; their puts then meet at the
+//! key's closest node, which stores them one after the other and names the first to the rest
+//! (the incumbent), so only the first goes to the origin and the others wait on it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -196,6 +199,28 @@ impl Peers {
         };
         let ttl = ttl.clamp(Duration::from_secs(2), MAX_ANNOUNCE);
         tokio::spawn(async move { dht.put(key, value, ttl).await });
+    }
+
+    /// Announces this node as fetching `cache_key` for `ttl`, and returns the holder that
+    /// announced it first, if another did: the node to wait on instead of the origin. Nodes
+    /// that miss the same object at the same moment all store at the key's closest node,
+    /// which names the first of them to the others.
+    pub async fn claim(&self, cache_key: &str, ttl: Duration) -> Option<SocketAddr> {
+        let put = self.peering.dht.put(
+            Id::of(cache_key.as_bytes()),
+            Value {
+                holder: self.peering.advertise,
+                meta: Vec::new(),
+            },
+            ttl.clamp(Duration::from_secs(2), MAX_ANNOUNCE),
+        );
+        let outcome = tokio::time::timeout(self.response_timeout, put)
+            .await
+            .ok()?;
+        outcome
+            .global_incumbent()
+            .map(|first| first.holder)
+            .filter(|holder| *holder != self.peering.advertise)
     }
 
     /// Asks `holder` for an object; `None` when it does not have it or cannot be reached.

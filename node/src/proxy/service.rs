@@ -300,7 +300,7 @@ impl Proxy {
         {
             // The origin's answer to the leader is not for this client (private, or varying
             // on a header they differ in): fetch alone.
-            joined = self.start_fill(&request, stale, false);
+            joined = self.fetch_alone(&request, stale);
             (head, outcome) = joined.reader.head().await.map_err(|failed| failed.0)?;
         }
         if joined.reader.is_unshared() && asks_for_part(client_headers) {
@@ -388,45 +388,47 @@ impl Proxy {
     }
 
     /// Joins the fetch in flight for the request's URL, or starts one that later requests
-    /// can join.
+    /// can join; the check and the registration happen under one lock, so two requests
+    /// arriving together cannot both start a fetch.
     fn join_or_start(
         self: &Arc<Self>,
         request: &CacheRequest,
         stale: Option<Arc<Stored>>,
     ) -> Joined {
+        let mut inflight = self.inflight.lock().expect("in-flight lock");
+        if let Some(entry) = inflight.get(&request.key)
+            && same_variant(&entry.request, &request.parts)
+            && let Some(reader) = entry.transfer.reader()
         {
-            let inflight = self.inflight.lock().expect("in-flight lock");
-            if let Some(entry) = inflight.get(&request.key)
-                && same_variant(&entry.request, &request.parts)
-                && let Some(reader) = entry.transfer.reader()
-            {
-                return Joined {
-                    reader,
-                    leader: Some(entry.request.clone()),
-                };
-            }
+            return Joined {
+                reader,
+                leader: Some(entry.request.clone()),
+            };
         }
-        self.start_fill(request, stale, true)
+        let transfer = Transfer::new();
+        inflight.insert(
+            request.key.clone(),
+            InFlight {
+                transfer: transfer.clone(),
+                request: request.parts.clone(),
+            },
+        );
+        drop(inflight);
+        self.spawn_fill(request, transfer, stale)
     }
 
-    /// Starts a fetch; `shared` registers it so that later requests for the URL join it.
-    fn start_fill(
+    /// Starts a fetch of its own for a client that cannot share the one in flight.
+    fn fetch_alone(self: &Arc<Self>, request: &CacheRequest, stale: Option<Arc<Stored>>) -> Joined {
+        self.spawn_fill(request, Transfer::new(), stale)
+    }
+
+    fn spawn_fill(
         self: &Arc<Self>,
         request: &CacheRequest,
+        transfer: Arc<Transfer>,
         stale: Option<Arc<Stored>>,
-        shared: bool,
     ) -> Joined {
-        let transfer = Transfer::new();
         let reader = transfer.reader().expect("a new transfer takes readers");
-        if shared {
-            self.inflight.lock().expect("in-flight lock").insert(
-                request.key.clone(),
-                InFlight {
-                    transfer: transfer.clone(),
-                    request: request.parts.clone(),
-                },
-            );
-        }
         let (proxy, request) = (self.clone(), request.clone());
         tokio::spawn(async move {
             let guard = FillGuard {
@@ -450,12 +452,24 @@ impl Proxy {
         transfer: &Arc<Transfer>,
         stale: Option<Arc<Stored>>,
     ) {
-        if stale.is_none() && self.fill_from_peers(request, transfer).await {
-            return;
-        }
-        if let Some(peers) = &self.peers {
-            // Others missing the object now find this node and wait on its fetch.
-            peers.announce(&request.key, self.announce_while_fetching);
+        if stale.is_none()
+            && let Some(peers) = &self.peers
+        {
+            let holders = peers.holders(&request.key).await;
+            if self.fill_from_holders(request, transfer, holders).await {
+                return;
+            }
+            // Others missing the object from now on find this node and wait on its fetch;
+            // one that announced first is waited on instead.
+            let incumbent = peers
+                .claim(&request.key, self.announce_while_fetching)
+                .await;
+            if self
+                .fill_from_holders(request, transfer, incumbent.into_iter().collect())
+                .await
+            {
+                return;
+            }
         }
         let mut validated = stale;
         loop {
@@ -529,12 +543,20 @@ impl Proxy {
         }
     }
 
-    /// Fills the transfer from the nearest peer holding the object; `false` when none did.
-    async fn fill_from_peers(&self, request: &CacheRequest, transfer: &Arc<Transfer>) -> bool {
+    /// Fills the transfer from the first of `holders` (nearest first) that has the object;
+    /// `false` when none did.
+    async fn fill_from_holders(
+        &self,
+        request: &CacheRequest,
+        transfer: &Arc<Transfer>,
+        holders: Vec<SocketAddr>,
+    ) -> bool {
         let Some(peers) = &self.peers else {
             return false;
         };
-        let holders = peers.holders(&request.key).await;
+        if holders.is_empty() {
+            return false;
+        }
         let mut headers = headers::to_origin(
             &request.parts.headers,
             request.client_ip,

@@ -718,6 +718,41 @@ fn a_flash_crowd_across_three_nodes_fetches_the_origin_once() {
 }
 
 #[test]
+fn a_crowd_arriving_at_three_nodes_at_once_fetches_the_origin_once() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            respond(200, &[("cache-control", "max-age=60")], "once")
+        }))
+        .await;
+        let cluster = Arc::new(TestCluster::start(&test_config()).await);
+        let host = origin.zone_host();
+        let crowd: Vec<_> = (0..300)
+            .map(|index| {
+                let (cluster, host) = (cluster.clone(), host.clone());
+                tokio::spawn(async move {
+                    cluster.proxies[index % 3]
+                        .get(&host, "/together", &[])
+                        .await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for client in crowd {
+            answers.push(client.await.unwrap());
+        }
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.status == StatusCode::OK && a.body == "once")
+        );
+        let outcomes = tally(answers.iter().map(|a| a.cache()));
+        assert_eq!(origin.hits("/together"), 1, "{outcomes:?}");
+        assert_eq!(outcomes.get("peer"), Some(&2), "{outcomes:?}");
+    });
+}
+
+#[test]
 fn peers_must_prove_membership_and_never_cause_a_fetch() {
     in_private_network(|| async {
         let origin = TestOrigin::start(handler(|_| async { respond(200, &[], "x") })).await;
