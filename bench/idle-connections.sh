@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Peak memory of the proxy holding 10,000 idle client connections, against nginx proxy_cache holding as many.
+# Each connection sends one GET for a cached 1 KiB object, reads the answer and then stays open, idle (keep-alive).
+# Peak RSS is the kernel's VmHWM of the server processes (nginx: master plus workers).
+#
+#   bench/idle-connections.sh [connections, default 10000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+connections=${1:-10000}
+ulimit -n $((connections + 1024))
+
+command -v nginx >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >&2
+echo "==> building coral-node (release)" >&2
+cargo build --release -q -p coral-node
+
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -f $work/nginx.pid ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p "$work/www"
+head -c 1024 /dev/urandom >"$work/www/1k"
+cat >"$work/nginx.conf" <<EOF
+user root; worker_processes 2; worker_rlimit_nofile $((connections + 1024));
+pid $work/nginx.pid; error_log $work/nginx-error.log;
+events { worker_connections $((connections + 1024)); }
+http {
+  access_log off; keepalive_timeout 60s; keepalive_requests 1000;
+  proxy_cache_path $work/nginx-cache keys_zone=idle:16m;
+  server { listen 127.0.0.1:18381; root $work/www; add_header Cache-Control "max-age=3600"; }
+  server { listen 127.0.0.1:18382 backlog=16384;
+    location / { proxy_pass http://127.0.0.1:18381; proxy_cache idle; } }
+}
+EOF
+nginx -c "$work/nginx.conf"
+
+cat >"$work/node.yaml" <<EOF
+zone: nyud.net
+adminPort: 18390
+proxy:
+  httpPort: 18384
+  cacheMemoryBytes: 268435456
+  cacheDiskBytes: 0
+  cacheDir: $work/coral-cache
+  maxObjectBytes: 52428800
+  originTimeouts: { connect: 5s, firstByte: 15s, idle: 30s }
+  serveStale: 1h
+  originAllow: []
+  originDeny: []
+  perClientRate: { requestsPerSecond: 1000000, burst: 1000000 }
+  perOriginRate: { requestsPerSecond: 1000000, burst: 1000000 }
+  originAccess:
+    internalNetworks: [127.0.0.0/8]
+    addresses: { origin.test: [127.0.0.1] }
+    resolvers: [127.0.0.1:9]
+  clientLimits: { headerTimeout: 60s }
+dns: { port: 5353, answerTtl: 20s, answersPerQuery: 2, nameservers: [] }
+locality: { labelKeys: [topology.kubernetes.io/zone], clientNetworks: [] }
+dht: { port: 9410, keyFile: /nonexistent, protocolVersion: 1, bootstrapName: localhost }
+health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
+EOF
+echo "nodes: {}" >"$work/topology.yaml"
+RUST_LOG=warn target/release/coral-node run --roles proxy --config "$work/node.yaml" \
+  --topology "$work/topology.yaml" --node-name idle --pod-ip 127.0.0.1 \
+  --admin-address 127.0.0.1:18390 --proxy-address 127.0.0.1:18384 >"$work/coral.log" 2>&1 &
+coral_pid=$!
+pids+=($coral_pid)
+sleep 1
+
+cat >"$work/idle.py" <<'EOF'
+import socket, sys, time
+port, host, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+request = f"GET /1k HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+opened = []
+for _ in range(count):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(request)
+    opened.append(s)
+served = 0
+for s in opened:
+    s.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    served += data.startswith(b"HTTP/1.1 200")
+print(served, flush=True)
+time.sleep(3)
+EOF
+
+# peak KIB PID...: the sum of the processes' VmHWM.
+peak() {
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '/VmHWM/ {print $2}' "/proc/$pid/status")))
+  done
+  echo "$total"
+}
+
+coral_host="origin.test.18381.nyud.net"
+curl -sf -o /dev/null -H "Host: $coral_host" http://127.0.0.1:18384/1k
+curl -sf -o /dev/null http://127.0.0.1:18382/1k
+coral_before=$(peak "$coral_pid")
+coral_served=$(python3 "$work/idle.py" 18384 "$coral_host" "$connections")
+coral_peak=$(peak "$coral_pid")
+nginx_pids=$(pgrep -f "nginx: .*$work/nginx.conf|nginx: worker" | tr '\n' ' ')
+# shellcheck disable=SC2086
+nginx_before=$(peak $nginx_pids)
+nginx_served=$(python3 "$work/idle.py" 18382 127.0.0.1 "$connections")
+# shellcheck disable=SC2086
+nginx_peak=$(peak $nginx_pids)
+echo "| server | connections answered, then idle | peak RSS before | peak RSS with them | per connection |"
+echo "|---|---|---|---|---|"
+per() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f KiB", (b - a) / n }'; }
+echo "| Coral | $coral_served | $((coral_before / 1024)) MiB | $((coral_peak / 1024)) MiB | $(per "$coral_before" "$coral_peak" "$connections") |"
+echo "| nginx proxy_cache (2 workers) | $nginx_served | $((nginx_before / 1024)) MiB | $((nginx_peak / 1024)) MiB | $(per "$nginx_before" "$nginx_peak" "$connections") |"
