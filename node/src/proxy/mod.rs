@@ -10,6 +10,7 @@
 //! - [`transfer`]: one response in flight shared by every client waiting for it;
 //! - [`cache`]: the memory tier and the RFC 9111 policy of what it holds;
 //! - [`respond`]: answers from stored objects (conditional, range, HEAD) or transfers;
+//! - [`ratelimit`]: per-client request rate limits;
 //! - [`refusal`]: refusals and their explanation pages;
 //! - [`service`]: the request flow; [`server`]: the HTTP server and its limits;
 //! - [`metrics`]: the `coral_proxy_*` metrics.
@@ -21,6 +22,7 @@ pub mod guard;
 pub mod headers;
 pub mod metrics;
 pub mod peers;
+pub mod ratelimit;
 pub mod refusal;
 pub mod resolve;
 pub mod respond;

@@ -3,6 +3,8 @@
 //! Every refusal has a status, a stable reason (the `reason` label of
 //! `coral_proxy_refusals_total` and a log field) and a sentence for the person who hit it.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -19,6 +21,8 @@ pub struct Refusal {
     pub reason: &'static str,
     /// What went wrong, for people.
     pub message: String,
+    /// When the client may try again (sent as `Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 impl Refusal {
@@ -28,7 +32,14 @@ impl Refusal {
             status,
             reason,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same refusal, telling the client when to try again.
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     /// The explanation page.
@@ -48,6 +59,13 @@ impl Refusal {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up: 0 would invite an immediate retry.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
         response
     }
 }

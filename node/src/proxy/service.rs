@@ -29,6 +29,7 @@ use super::client::{
 use super::headers::{self, CACHE_STATUS, Forwarding, REQUEST_ID};
 use super::metrics::{Outcome, ProxyMetrics, Source};
 use super::peers::{MAX_HOLDERS_TRIED, PEER_HEADER, PeerRequest, Peering, Peers};
+use super::ratelimit::ClientRateLimiter;
 use super::refusal::Refusal;
 use super::respond::{self, ProxyBody};
 use super::target::Origin;
@@ -56,6 +57,7 @@ pub struct Proxy {
     cache: MemoryCache,
     inflight: Mutex<HashMap<String, InFlight>>,
     peers: Option<Peers>,
+    limiter: ClientRateLimiter,
     metrics: ProxyMetrics,
 }
 
@@ -127,6 +129,7 @@ impl Proxy {
             inflight: Mutex::new(HashMap::new()),
             peers: peering
                 .map(|peering| Peers::new(peering, timeouts.connect + timeouts.first_byte)),
+            limiter: ClientRateLimiter::new(proxy.per_client_rate),
             metrics,
         })
     }
@@ -160,7 +163,11 @@ impl Proxy {
         let request_id = request_id(request.headers());
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let (outcome, mut response) = match self.route(request, client.ip(), &request_id).await {
+        let answer = match self.admit(&request, client.ip()) {
+            Ok(()) => self.route(request, client.ip(), &request_id).await,
+            Err(refusal) => Err(refusal),
+        };
+        let (outcome, mut response) = match answer {
             Ok(answer) => answer,
             Err(refusal) => {
                 self.metrics
@@ -190,6 +197,22 @@ impl Proxy {
             .observe(outcome, started.elapsed().as_secs_f64());
         tracing::debug!(request_id, %client, %method, %uri, status = response.status().as_u16(), result = outcome.label(), "served");
         response
+    }
+
+    /// Applies the client's rate limit. Peer requests are exempt here: a forged peer token
+    /// is refused by [`Proxy::for_peer`] without any work.
+    fn admit(&self, request: &Request<Incoming>, client: IpAddr) -> Result<(), Refusal> {
+        if request.headers().contains_key(PEER_HEADER) {
+            return Ok(());
+        }
+        self.limiter.check(client, Instant::now()).map_err(|wait| {
+            Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "this address sends more requests than this node serves one client; slow down",
+            )
+            .retry_after(wait)
+        })
     }
 
     async fn route(

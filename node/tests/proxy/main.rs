@@ -773,3 +773,29 @@ fn peers_must_prove_membership_and_never_cause_a_fetch() {
         assert_eq!(origin.hits("/p"), 0);
     });
 }
+
+#[test]
+fn a_client_over_its_rate_is_told_when_to_come_back() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], "ok")
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.per_client_rate = coral_node::config::RateLimit {
+            requests_per_second: 1,
+            burst: 2,
+        };
+        let proxy = TestProxy::start(&config).await;
+        for _ in 0..2 {
+            assert_eq!(
+                proxy.get(&origin.zone_host(), "/r", &[]).await.status,
+                StatusCode::OK
+            );
+        }
+        let limited = proxy.get(&origin.zone_host(), "/r", &[]).await;
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.header("retry-after"), "1");
+        assert_eq!(origin.hits("/r"), 1);
+    });
+}

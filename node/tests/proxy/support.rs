@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use coral_node::config::{NodeConfig, OriginAccess};
+use coral_node::config::{NodeConfig, OriginAccess, RateLimit};
 use coral_node::dht::metrics::DhtMetrics;
 use coral_node::dht::udp::{UdpDht, UdpNetwork, UdpNodeConfig, UdpSettings};
 use coral_node::dht::wire::Codec;
@@ -234,8 +234,9 @@ impl TestTls {
 }
 
 /// The node configuration of test proxies: the fixture, with loopback allowed as an internal
-/// origin network, [`ORIGIN_HOST`] fixed at 127.0.0.1, and a DNS server that does not exist
-/// (so any other name fails to resolve, and the machine's resolver is never asked).
+/// origin network, [`ORIGIN_HOST`] fixed at 127.0.0.1, a DNS server that does not exist
+/// (so any other name fails to resolve, and the machine's resolver is never asked), and no
+/// practical rate limit.
 pub fn test_config() -> NodeConfig {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/node.yaml");
     let mut config = NodeConfig::load(std::path::Path::new(path)).unwrap().value;
@@ -244,6 +245,11 @@ pub fn test_config() -> NodeConfig {
         addresses: [(ORIGIN_HOST.to_owned(), vec!["127.0.0.1".parse().unwrap()])].into(),
         resolvers: vec!["127.0.0.1:9".parse().unwrap()],
         ..OriginAccess::default()
+    };
+    // Every test client comes from 127.0.0.1; the rate-limit test sets its own limit.
+    config.proxy.per_client_rate = RateLimit {
+        requests_per_second: 1_000_000,
+        burst: 1_000_000,
     };
     config
 }
