@@ -39,6 +39,10 @@ use crate::config::{MethodPolicy, NodeConfig};
 /// How far the slowest client may lag behind an uncacheable stream before the origin read
 /// waits for it.
 const STREAM_WINDOW: usize = 4 << 20;
+/// How long an origin that could not be reached is remembered as such.
+const UNREACHABLE_MEMORY: Duration = Duration::from_secs(5);
+/// Most unreachable origins remembered.
+const UNREACHABLE_ORIGINS: u64 = 100_000;
 /// Longest request ID accepted from a client.
 const MAX_REQUEST_ID: usize = 64;
 
@@ -57,6 +61,9 @@ pub struct Proxy {
     cache: MemoryCache,
     inflight: Mutex<HashMap<String, InFlight>>,
     peers: Option<Peers>,
+    /// Origins that could not be reached lately, and why: requests for them fail at once
+    /// (or get a stale copy) for [`UNREACHABLE_MEMORY`] instead of piling onto a dead host.
+    unreachable: moka::sync::Cache<Origin, Refusal>,
     limiter: ClientRateLimiter,
     metrics: ProxyMetrics,
 }
@@ -129,6 +136,10 @@ impl Proxy {
             inflight: Mutex::new(HashMap::new()),
             peers: peering
                 .map(|peering| Peers::new(peering, timeouts.connect + timeouts.first_byte)),
+            unreachable: moka::sync::Cache::builder()
+                .max_capacity(UNREACHABLE_ORIGINS)
+                .time_to_live(UNREACHABLE_MEMORY)
+                .build(),
             limiter: ClientRateLimiter::new(proxy.per_client_rate),
             metrics,
         })
@@ -506,27 +517,45 @@ impl Proxy {
             if let Some(stale) = &validated {
                 add_validators(&mut headers, &stale.head.headers);
             }
-            let fetched = self
-                .client
-                .fetch(OriginRequest {
-                    method: Method::GET,
-                    origin: request.origin.clone(),
-                    path: request.path.clone(),
-                    headers,
-                    body: None,
-                })
-                .await;
+            let fetched = match self.unreachable.get(&request.origin) {
+                Some(remembered) => Err(remembered),
+                None => self
+                    .client
+                    .fetch(OriginRequest {
+                        method: Method::GET,
+                        origin: request.origin.clone(),
+                        path: request.path.clone(),
+                        headers,
+                        body: None,
+                    })
+                    .await
+                    .map_err(|err| {
+                        self.count_fetch("error");
+                        let refusal = Refusal::from(err);
+                        if matches!(
+                            refusal.reason,
+                            "origin_unreachable" | "origin_unresolvable" | "origin_timeout"
+                        ) {
+                            let mut remembered = refusal.clone();
+                            remembered.message.push_str(&format!(
+                                " (remembered for {}s, to spare the origin)",
+                                UNREACHABLE_MEMORY.as_secs()
+                            ));
+                            self.unreachable.insert(request.origin.clone(), remembered);
+                        }
+                        refusal
+                    }),
+            };
             let now = SystemTime::now();
             let usable_stale = validated.clone().filter(|stored| {
                 !stored.forbids_stale() && stored.staleness(now) <= self.serve_stale
             });
             let response = match fetched {
-                Err(err) => {
-                    self.count_fetch("error");
-                    tracing::info!(request_id = request.request_id, key = request.key, error = %err, "origin fetch failed");
+                Err(refusal) => {
+                    tracing::info!(request_id = request.request_id, key = request.key, reason = refusal.reason, error = %refusal.message, "origin fetch failed");
                     match usable_stale {
                         Some(stale) => publish_stored(transfer, &stale, Outcome::Stale, now),
-                        None => transfer.finish(Err(TransferFailed(err.into()))),
+                        None => transfer.finish(Err(TransferFailed(refusal))),
                     }
                     return;
                 }

@@ -799,3 +799,33 @@ fn a_client_over_its_rate_is_told_when_to_come_back() {
         assert_eq!(origin.hits("/r"), 1);
     });
 }
+
+#[test]
+fn an_unreachable_origin_is_remembered_briefly_and_not_hammered() {
+    in_private_network(|| async {
+        let port = {
+            let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            closed.local_addr().unwrap().port()
+        };
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = format!("{ORIGIN_HOST}.{port}.{ZONE}");
+        let down = proxy.get(&host, "/a", &[]).await;
+        assert_eq!(down.status, StatusCode::BAD_GATEWAY);
+        let origin =
+            TestOrigin::start_at(port, handler(|_| async { respond(200, &[], "back") })).await;
+        let remembered = proxy.get(&host, "/b", &[]).await;
+        assert_eq!(remembered.status, StatusCode::BAD_GATEWAY);
+        assert!(String::from_utf8_lossy(&remembered.body).contains("remembered for 5s"));
+        assert_eq!(
+            origin.hits("/b"),
+            0,
+            "the proxy did not try while it remembered"
+        );
+        tokio::time::sleep(Duration::from_millis(5200)).await;
+        let back = proxy.get(&host, "/b", &[]).await;
+        assert_eq!(
+            (back.status, back.body.as_ref()),
+            (StatusCode::OK, b"back".as_ref())
+        );
+    });
+}

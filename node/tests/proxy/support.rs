@@ -111,8 +111,22 @@ impl TestOrigin {
         Self::start_with(handler, Some(tls.acceptor())).await
     }
 
+    /// A plain HTTP origin on a given port (to bring a dead origin back).
+    pub async fn start_at(port: u16, handler: Handler) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        Self::serve(listener, handler, None)
+    }
+
     async fn start_with(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, handler, tls)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        handler: Handler,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let address = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let shutdown = CancellationToken::new();
