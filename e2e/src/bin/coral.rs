@@ -141,15 +141,15 @@ async fn up(once: bool) -> anyhow::Result<()> {
     show(&client, &cluster).await?;
     println!();
     println!(
-        "The node pods run coral-node with the proxy and DHT roles; the DNS role is issue 6, so each"
+        "The proxy pods run coral-node with the proxy and DHT roles and become ready. The DNS role is"
     );
     println!(
-        "pod stays alive but unready (its /readyz names the missing role) and the CoralCluster"
+        "issue 6, so the DNS pods stay alive but unready (their /readyz names the missing role) and the"
     );
     println!(
-        "honestly stays Ready=False. The local kubelet has no cluster DNS yet, so the DHT pods cannot"
+        "CoralCluster honestly stays Ready=False. The local kubelet has no cluster DNS yet, so the DHT"
     );
-    println!("resolve the headless Service and each runs alone.");
+    println!("nodes cannot resolve the headless Service and each runs alone.");
     if !once {
         println!();
         println!(
