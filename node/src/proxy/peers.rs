@@ -16,6 +16,7 @@
 //! key's closest node, which stores them one after the other and names the first to the rest
 //! (the incumbent), so only the first goes to the origin and the others wait on it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +33,7 @@ use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 
 use super::headers::{CACHE_STATUS, REQUEST_ID};
+use crate::dht::node::PutOutcome;
 use crate::dht::udp::UdpNetwork;
 use crate::dht::wire::Value;
 use crate::dht::{Dht, Id};
@@ -189,8 +191,8 @@ impl Peers {
         holders
     }
 
-    /// Puts `cache_key -> this proxy` for `ttl` (at most an hour), in the background.
-    pub fn announce(&self, cache_key: &str, ttl: Duration) {
+    /// Puts `cache_key -> this proxy` for `ttl`, kept between 2 s and an hour.
+    fn put_self(&self, cache_key: &str, ttl: Duration) -> impl Future<Output = PutOutcome> + use<> {
         let dht = self.peering.dht.clone();
         let key = Id::of(cache_key.as_bytes());
         let value = Value {
@@ -198,7 +200,12 @@ impl Peers {
             meta: Vec::new(),
         };
         let ttl = ttl.clamp(Duration::from_secs(2), MAX_ANNOUNCE);
-        tokio::spawn(async move { dht.put(key, value, ttl).await });
+        async move { dht.put(key, value, ttl).await }
+    }
+
+    /// Puts `cache_key -> this proxy` for `ttl` (at most an hour), in the background.
+    pub fn announce(&self, cache_key: &str, ttl: Duration) {
+        tokio::spawn(self.put_self(cache_key, ttl));
     }
 
     /// Announces this node as fetching `cache_key` for `ttl`, and returns the holder that
@@ -206,15 +213,7 @@ impl Peers {
     /// that miss the same object at the same moment all store at the key's closest node,
     /// which names the first of them to the others.
     pub async fn claim(&self, cache_key: &str, ttl: Duration) -> Option<SocketAddr> {
-        let put = self.peering.dht.put(
-            Id::of(cache_key.as_bytes()),
-            Value {
-                holder: self.peering.advertise,
-                meta: Vec::new(),
-            },
-            ttl.clamp(Duration::from_secs(2), MAX_ANNOUNCE),
-        );
-        let outcome = tokio::time::timeout(self.response_timeout, put)
+        let outcome = tokio::time::timeout(self.response_timeout, self.put_self(cache_key, ttl))
             .await
             .ok()?;
         outcome

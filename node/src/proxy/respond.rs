@@ -142,10 +142,8 @@ pub fn precondition_failed(request: &HeaderMap, response: &HeaderMap) -> bool {
             .map(str::trim)
             .any(|tag| tag == "*" || Some(tag) == etag);
     }
-    let since = header_text(request, &header::IF_UNMODIFIED_SINCE)
-        .and_then(|text| httpdate::parse_http_date(text).ok());
-    let modified = header_text(response, &header::LAST_MODIFIED)
-        .and_then(|text| httpdate::parse_http_date(text).ok());
+    let since = header_date(request, &header::IF_UNMODIFIED_SINCE);
+    let modified = header_date(response, &header::LAST_MODIFIED);
     matches!((since, modified), (Some(since), Some(modified)) if modified > since)
 }
 
@@ -172,10 +170,8 @@ pub fn not_modified(request: &HeaderMap, response: &HeaderMap) -> bool {
             .map(str::trim)
             .any(|tag| tag == "*" || weak_eq(tag, etag));
     }
-    let since = header_text(request, &header::IF_MODIFIED_SINCE)
-        .and_then(|text| httpdate::parse_http_date(text).ok());
-    let modified = header_text(response, &header::LAST_MODIFIED)
-        .and_then(|text| httpdate::parse_http_date(text).ok());
+    let since = header_date(request, &header::IF_MODIFIED_SINCE);
+    let modified = header_date(response, &header::LAST_MODIFIED);
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 
@@ -217,6 +213,10 @@ fn weak_eq(a: &str, b: &str) -> bool {
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+fn header_date(headers: &HeaderMap, name: &header::HeaderName) -> Option<std::time::SystemTime> {
+    header_text(headers, name).and_then(|text| httpdate::parse_http_date(text).ok())
 }
 
 #[cfg(test)]

@@ -392,13 +392,7 @@ impl Proxy {
             let response = respond::from_stored(method, &parts.headers, &stored, now);
             return Ok((Outcome::ForPeer, response));
         }
-        let joined = {
-            let inflight = self.inflight.lock().expect("in-flight lock");
-            inflight
-                .get(key)
-                .filter(|entry| same_variant(&entry.request, &parts))
-                .and_then(|entry| Some((entry.transfer.reader()?, entry.request.clone())))
-        };
+        let joined = joinable(&self.inflight.lock().expect("in-flight lock"), key, &parts);
         let (mut reader, leader) = joined.ok_or_else(miss)?;
         let (head, _) = reader.head().await.map_err(|failed| failed.0)?;
         if !shareable(&leader, &parts, &head) {
@@ -430,13 +424,10 @@ impl Proxy {
         stale: Option<Arc<Stored>>,
     ) -> Joined {
         let mut inflight = self.inflight.lock().expect("in-flight lock");
-        if let Some(entry) = inflight.get(&request.key)
-            && same_variant(&entry.request, &request.parts)
-            && let Some(reader) = entry.transfer.reader()
-        {
+        if let Some((reader, leader)) = joinable(&inflight, &request.key, &request.parts) {
             return Joined {
                 reader,
-                leader: Some(entry.request.clone()),
+                leader: Some(leader),
             };
         }
         let transfer = Transfer::new();
@@ -926,6 +917,20 @@ fn same_variant(leader: &request::Parts, follower: &request::Parts) -> bool {
     ]
     .iter()
     .all(|name| leader.headers.get(name) == follower.headers.get(name))
+}
+
+/// A reader of the fetch in flight for `key` and the request it was started for, when there
+/// is one the request may share.
+fn joinable(
+    inflight: &HashMap<String, InFlight>,
+    key: &str,
+    request: &request::Parts,
+) -> Option<(TransferReader, request::Parts)> {
+    let entry = inflight.get(key)?;
+    if !same_variant(&entry.request, request) {
+        return None;
+    }
+    Some((entry.transfer.reader()?, entry.request.clone()))
 }
 
 /// Whether a response fetched for `leader` may go to `follower` too: a shared cache could
