@@ -86,6 +86,23 @@ pub struct ProxyConfig {
     /// Limits on what one client may send.
     #[serde(default)]
     pub client_limits: ClientLimits,
+    /// Bandwidth quotas; a client beyond them is redirected to the origin.
+    #[serde(default)]
+    pub bandwidth: BandwidthLimits,
+}
+
+/// Bandwidth one node serves, in body bytes per second (averaged over a few seconds); 0 means
+/// no quota. Over a quota, the clients taking more than their fair share are redirected to
+/// the origin itself rather than refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BandwidthLimits {
+    /// All clients of this node together; over it, the origins above an equal share of it
+    /// are redirected.
+    pub node_bytes_per_second: u64,
+    /// The clients of one origin host together; over it, the clients above an equal share
+    /// of it are redirected.
+    pub origin_bytes_per_second: u64,
 }
 
 /// How origins are resolved and reached.
@@ -580,6 +597,7 @@ mod tests {
                 origin_access: OriginAccess::default(),
                 other_methods: MethodPolicy::Refuse,
                 client_limits: ClientLimits::default(),
+                bandwidth: BandwidthLimits::default(),
             },
             dns: DnsConfig {
                 port: 53,

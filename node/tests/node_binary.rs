@@ -32,6 +32,8 @@ fn sample_config(dir: &Path, key: &[u8]) -> PathBuf {
     let mut config = NodeConfig::load(&fixture).unwrap().value;
     config.dht.port = DHT_PORT;
     config.dht.key_file = key_file;
+    config.proxy.cache_disk_bytes = 1 << 20;
+    config.proxy.cache_dir = dir.join("cache");
     // The fixture's bootstrap name is `localhost`, which /etc/hosts answers: the test never
     // asks the machine's resolver.
     config.dht.tuning = DhtTuning {
@@ -174,10 +176,15 @@ fn a_pod_asked_for_a_role_this_build_lacks_stays_unready_and_says_why() {
     assert_eq!(status, 503);
     assert!(body.contains("dns: not in this build yet"), "{body}");
     assert_eq!(
-        get(node.admin, "/healthz").unwrap().0,
+        get(node.admin, "/livez").unwrap().0,
         200,
         "alive, so not restarted"
     );
+    let (status, health) = get(node.admin, "/healthz").unwrap();
+    assert_eq!(status, 200, "the proxy can serve: {health}");
+    assert!(health.contains(r#""healthy":true"#), "{health}");
+    assert!(health.contains(r#""cacheWritable":true"#), "{health}");
+    assert!(dir.path().join("cache").is_dir(), "the disk tier is set up");
 }
 
 #[test]
@@ -185,7 +192,7 @@ fn sigterm_stops_the_node_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     sample_config(dir.path(), b"a test key of at least thirty-two bytes....");
     let mut node = start(dir.path(), "node-a", [127, 0, 0, 24], "dht", &[]);
-    wait_for(node.admin, "/healthz", |status, _| status == 200);
+    wait_for(node.admin, "/livez", |status, _| status == 200);
     let pid = node.child.id().to_string();
     assert!(
         Command::new("kill")

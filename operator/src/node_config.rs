@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use coral_node::config::{
-    ClientLimits, ClientNetwork, DhtConfig, DhtTuning, DnsConfig, HealthConfig, KEY_FILE,
-    LocalityConfig, MethodPolicy, NameServer, NodeConfig, OriginAccess, OriginTimeouts,
+    BandwidthLimits, ClientLimits, ClientNetwork, DhtConfig, DhtTuning, DnsConfig, HealthConfig,
+    KEY_FILE, LocalityConfig, MethodPolicy, NameServer, NodeConfig, OriginAccess, OriginTimeouts,
     ProxyConfig, RateLimit,
 };
 use kube::ResourceExt;
@@ -63,6 +63,7 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
             origin_access: OriginAccess::default(),
             other_methods: MethodPolicy::default(),
             client_limits: ClientLimits::default(),
+            bandwidth: BandwidthLimits::default(),
         },
         dns: DnsConfig {
             port: spec.dns.port,

@@ -1,5 +1,7 @@
-//! The node's admin port: `/healthz`, `/readyz`, `/metrics`, and the DHT's live state as JSON
-//! (`/dht`) and as a page for people (`/`).
+//! The node's admin port: `/livez` (the process answers: the liveness probe), `/healthz`
+//! (able to serve, and the load: what the DNS nodes check before publishing a proxy),
+//! `/readyz`, `/metrics`, and the DHT's live state as JSON (`/dht`) and as a page for people
+//! (`/`).
 //!
 //! The admin port reads the roles through small read-only views (a readiness flag, the DHT's
 //! snapshot); the roles do not know it exists. `/readyz` is ready only when every role the pod
@@ -57,7 +59,8 @@ impl AdminState {
             return http::text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         }
         match request.uri().path() {
-            "/healthz" => http::text(StatusCode::OK, "ok\n"),
+            "/livez" => http::text(StatusCode::OK, "ok\n"),
+            "/healthz" => self.healthz(),
             "/readyz" => self.readyz(),
             "/metrics" => {
                 if let Some(dht) = &self.dht {
@@ -94,7 +97,7 @@ impl AdminState {
             ),
             _ => http::text(
                 StatusCode::NOT_FOUND,
-                "not found: try /, /dht, /healthz, /readyz or /metrics\n",
+                "not found: try /, /dht, /livez, /healthz, /readyz or /metrics\n",
             ),
         }
     }
@@ -111,6 +114,27 @@ impl AdminState {
                 (name.clone(), state)
             })
             .collect()
+    }
+
+    /// The proxy's health and load as JSON, 503 when it should not be given clients; a node
+    /// without the proxy role is healthy while it runs.
+    fn healthz(&self) -> Response<Full<Bytes>> {
+        let Some(proxy) = &self.proxy else {
+            return http::respond(
+                StatusCode::OK,
+                "application/json",
+                b"{\"healthy\":true}\n".to_vec(),
+            );
+        };
+        let health = proxy.health();
+        let status = if health.healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let mut body = serde_json::to_vec(&health).expect("health serialises");
+        body.push(b'\n');
+        http::respond(status, "application/json", body)
     }
 
     fn readyz(&self) -> Response<Full<Bytes>> {

@@ -1,22 +1,26 @@
-//! The memory tier of the object cache, and the RFC 9111 rules applied to what it holds.
+//! The object cache, and the RFC 9111 rules applied to what it holds.
 //!
-//! Storage is moka's cache: a byte budget (each entry weighs its body and headers), TinyLFU
-//! admission so a one-off scan of many URLs cannot flush the objects people keep asking for,
-//! and LRU eviction among the admitted. Freshness, `Vary`, `no-store`, `private`,
+//! The memory tier is moka's cache: a byte budget (each entry weighs its body and headers),
+//! TinyLFU admission so a one-off scan of many URLs cannot flush the objects people keep
+//! asking for, and LRU eviction among the admitted. Behind it, the [`DiskTier`] keeps a copy
+//! of everything stored, under its own budget, across restarts. Freshness, `Vary`, `no-store`, `private`,
 //! `Authorization` and request directives are decided by http-cache-semantics' shared-cache
 //! policy, kept next to each stored response.
 //!
 //! One URL may hold several responses that differ by their `Vary` headers (at most
 //! [`MAX_VARIANTS`], newest first).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::request;
 use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
 use moka::sync::Cache;
+use tokio::sync::OnceCell;
 
+use super::disk::DiskTier;
 use super::transfer::Head;
 
 /// Responses kept per URL that differ by `Vary`.
@@ -116,30 +120,45 @@ pub enum Lookup {
 /// The responses stored for one URL.
 type Variants = Arc<Vec<Arc<Stored>>>;
 
-/// The memory tier.
-#[derive(Clone)]
-pub struct MemoryCache {
-    entries: Cache<String, Variants>,
+/// A load from the disk tier that concurrent lookups of the same URL share.
+type Load = Arc<OnceCell<Option<Variants>>>;
+
+/// Objects and bytes held by each tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Objects (URLs) and bytes in memory.
+    pub memory: (u64, u64),
+    /// Objects (URLs) and bytes on disk, when there is a disk tier.
+    pub disk: Option<(u64, u64)>,
 }
 
-impl MemoryCache {
-    /// A cache holding at most `budget` bytes.
-    pub fn new(budget: u64) -> Self {
+/// The object cache: the memory tier, backed by the disk tier when there is one.
+pub struct ObjectCache {
+    memory: Cache<String, Variants>,
+    disk: Option<DiskTier>,
+    loads: Mutex<HashMap<String, Load>>,
+}
+
+impl ObjectCache {
+    /// A cache holding at most `memory_budget` bytes in memory, and what `disk` holds.
+    pub fn new(memory_budget: u64, disk: Option<DiskTier>) -> Self {
         Self {
-            entries: Cache::builder()
-                .max_capacity(budget)
+            memory: Cache::builder()
+                .max_capacity(memory_budget)
                 .weigher(|_, variants: &Variants| {
                     variants
                         .iter()
                         .fold(0u32, |total, stored| total.saturating_add(stored.weight()))
                 })
                 .build(),
+            disk,
+            loads: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The fast path of cache hits: the URL's only response, when it is fresh, varies on
-    /// nothing, and the request sets no cache directives. Then the full policy check
-    /// ([`MemoryCache::lookup`]) could only agree, so it is skipped.
+    /// The fast path of cache hits: the URL's only response in memory, when it is fresh,
+    /// varies on nothing, and the request sets no cache directives. Then the full policy
+    /// check ([`ObjectCache::lookup`]) could only agree, so it is skipped.
     pub fn fresh(
         &self,
         key: &str,
@@ -151,7 +170,7 @@ impl MemoryCache {
         {
             return None;
         }
-        let variants = self.entries.get(key)?;
+        let variants = self.memory.get(key)?;
         match variants.as_slice() {
             [only] if !only.varies && now < only.expires_at => Some(only.clone()),
             _ => None,
@@ -159,9 +178,9 @@ impl MemoryCache {
     }
 
     /// Finds a response for a request (`key` is its URL, `request` the request as the cache
-    /// sees it).
-    pub fn lookup(&self, key: &str, request: &request::Parts, now: SystemTime) -> Lookup {
-        let Some(variants) = self.entries.get(key) else {
+    /// sees it), in memory, then on disk.
+    pub async fn lookup(&self, key: &str, request: &request::Parts, now: SystemTime) -> Lookup {
+        let Some(variants) = self.variants(key).await else {
             return Lookup::Miss;
         };
         for stored in variants.iter() {
@@ -176,8 +195,36 @@ impl MemoryCache {
         Lookup::Miss
     }
 
+    /// The URL's responses from memory, or else read back from disk into memory (one read
+    /// however many requests ask at once).
+    async fn variants(&self, key: &str) -> Option<Variants> {
+        if let Some(variants) = self.memory.get(key) {
+            return Some(variants);
+        }
+        let disk = self.disk.as_ref()?;
+        let load = self
+            .loads
+            .lock()
+            .expect("loads lock")
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        let _forget = ForgetLoad {
+            loads: &self.loads,
+            key,
+            load: &load,
+        };
+        load.get_or_init(|| async {
+            let variants = Arc::new(disk.load(key).await?);
+            self.memory.insert(key.to_owned(), variants.clone());
+            Some(variants)
+        })
+        .await
+        .clone()
+    }
+
     /// Stores a response, replacing the variant it supersedes (the one answering the same
-    /// request).
+    /// request), in memory and on disk.
     pub fn insert(
         &self,
         key: &str,
@@ -186,7 +233,7 @@ impl MemoryCache {
         now: SystemTime,
     ) {
         let mut variants = vec![stored];
-        if let Some(old) = self.entries.get(key) {
+        if let Some(old) = self.memory.get(key) {
             variants.extend(
                 old.iter()
                     .filter(|old| {
@@ -199,18 +246,58 @@ impl MemoryCache {
                     .cloned(),
             );
         }
-        self.entries.insert(key.to_owned(), Arc::new(variants));
+        if let Some(disk) = &self.disk {
+            disk.store(key, variants.clone());
+        }
+        self.memory.insert(key.to_owned(), Arc::new(variants));
     }
 
     /// Forgets every response for a URL.
     pub fn invalidate(&self, key: &str) {
-        self.entries.invalidate(key);
+        self.memory.invalidate(key);
+        if let Some(disk) = &self.disk {
+            disk.remove(key);
+        }
     }
 
-    /// Objects and bytes held (moka's counts, updated as it runs its upkeep).
-    pub fn usage(&self) -> (u64, u64) {
-        self.entries.run_pending_tasks();
-        (self.entries.entry_count(), self.entries.weighted_size())
+    /// Waits until what was stored so far is on disk.
+    pub async fn flush(&self) {
+        if let Some(disk) = &self.disk {
+            disk.flush().await;
+        }
+    }
+
+    /// Whether the cache can take new objects: false after the disk tier failed a write.
+    pub fn writable(&self) -> bool {
+        self.disk.as_ref().is_none_or(DiskTier::writable)
+    }
+
+    /// Objects and bytes held by each tier (moka's counts, updated as it runs its upkeep).
+    pub fn usage(&self) -> Usage {
+        self.memory.run_pending_tasks();
+        Usage {
+            memory: (self.memory.entry_count(), self.memory.weighted_size()),
+            disk: self.disk.as_ref().map(DiskTier::usage),
+        }
+    }
+}
+
+/// Removes a finished (or abandoned) disk load from the shared table.
+struct ForgetLoad<'a> {
+    loads: &'a Mutex<HashMap<String, Load>>,
+    key: &'a str,
+    load: &'a Load,
+}
+
+impl Drop for ForgetLoad<'_> {
+    fn drop(&mut self) {
+        let mut loads = self.loads.lock().expect("loads lock");
+        if loads
+            .get(self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, self.load))
+        {
+            loads.remove(self.key);
+        }
     }
 }
 
@@ -223,11 +310,13 @@ pub fn head_parts(head: &Head) -> http::response::Parts {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::proxy::metrics::ProxyMetrics;
     use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-    fn request(headers: &[(&'static str, &'static str)]) -> request::Parts {
+    /// A GET of `http://origin.test/a` with these headers.
+    pub fn request(headers: &[(&'static str, &'static str)]) -> request::Parts {
         let mut builder = http::Request::builder()
             .method(Method::GET)
             .uri("http://origin.test/a");
@@ -237,7 +326,8 @@ mod tests {
         builder.body(()).unwrap().into_parts().0
     }
 
-    fn head(headers: &[(&'static str, &'static str)]) -> Head {
+    /// A 200 head with these headers.
+    pub fn head(headers: &[(&'static str, &'static str)]) -> Head {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(*name, HeaderValue::from_static(value));
@@ -248,49 +338,61 @@ mod tests {
         }
     }
 
-    fn store(cache: &MemoryCache, req: &request::Parts, response: Head, now: SystemTime) {
+    fn store(cache: &ObjectCache, req: &request::Parts, response: Head, now: SystemTime) {
         let stored = Stored::new(req, response, Bytes::from_static(b"body"), now);
         assert!(stored.policy.is_storable());
         cache.insert("k", req, Arc::new(stored), now);
     }
 
-    #[test]
-    fn fresh_then_stale_as_max_age_passes() {
-        let cache = MemoryCache::new(1 << 20);
+    #[tokio::test]
+    async fn fresh_then_stale_as_max_age_passes() {
+        let cache = ObjectCache::new(1 << 20, None);
         let now = SystemTime::now();
         let req = request(&[]);
         store(&cache, &req, head(&[("cache-control", "max-age=60")]), now);
-        assert!(matches!(cache.lookup("k", &req, now), Lookup::Fresh(_)));
+        assert!(matches!(
+            cache.lookup("k", &req, now).await,
+            Lookup::Fresh(_)
+        ));
         assert!(cache.fresh("k", &req.headers, now).is_some());
         let later = now + Duration::from_secs(61);
         assert!(cache.fresh("k", &req.headers, later).is_none());
-        let Lookup::Stale(stored) = cache.lookup("k", &req, later) else {
+        let Lookup::Stale(stored) = cache.lookup("k", &req, later).await else {
             panic!("expected stale");
         };
         assert_eq!(stored.staleness(later), Duration::from_secs(1));
     }
 
-    #[test]
-    fn vary_keeps_one_response_per_variant() {
-        let cache = MemoryCache::new(1 << 20);
+    #[tokio::test]
+    async fn vary_keeps_one_response_per_variant() {
+        let cache = ObjectCache::new(1 << 20, None);
         let now = SystemTime::now();
         let vary = [("cache-control", "max-age=60"), ("vary", "accept-language")];
         let english = request(&[("accept-language", "en")]);
         let french = request(&[("accept-language", "fr")]);
         store(&cache, &english, head(&vary), now);
-        assert!(matches!(cache.lookup("k", &french, now), Lookup::Miss));
+        assert!(matches!(
+            cache.lookup("k", &french, now).await,
+            Lookup::Miss
+        ));
         assert!(
             cache.fresh("k", &french.headers, now).is_none(),
             "Vary takes the full check"
         );
         store(&cache, &french, head(&vary), now);
-        assert!(matches!(cache.lookup("k", &english, now), Lookup::Fresh(_)));
-        assert!(matches!(cache.lookup("k", &french, now), Lookup::Fresh(_)));
+        assert!(matches!(
+            cache.lookup("k", &english, now).await,
+            Lookup::Fresh(_)
+        ));
+        assert!(matches!(
+            cache.lookup("k", &french, now).await,
+            Lookup::Fresh(_)
+        ));
     }
 
-    #[test]
-    fn request_directives_take_the_full_check() {
-        let cache = MemoryCache::new(1 << 20);
+    #[tokio::test]
+    async fn request_directives_take_the_full_check() {
+        let cache = ObjectCache::new(1 << 20, None);
         let now = SystemTime::now();
         store(
             &cache,
@@ -301,7 +403,7 @@ mod tests {
         let no_cache = request(&[("cache-control", "no-cache")]);
         assert!(cache.fresh("k", &no_cache.headers, now).is_none());
         assert!(matches!(
-            cache.lookup("k", &no_cache, now),
+            cache.lookup("k", &no_cache, now).await,
             Lookup::Stale(_)
         ));
     }
@@ -356,7 +458,7 @@ mod tests {
 
     #[test]
     fn the_budget_evicts() {
-        let cache = MemoryCache::new(64 * 1024);
+        let cache = ObjectCache::new(64 * 1024, None);
         let now = SystemTime::now();
         let req = request(&[]);
         for index in 0..100 {
@@ -368,7 +470,37 @@ mod tests {
             );
             cache.insert(&format!("k{index}"), &req, Arc::new(stored), now);
         }
-        let (_, bytes) = cache.usage();
+        let (_, bytes) = cache.usage().memory;
         assert!(bytes <= 64 * 1024, "{bytes} bytes held");
+    }
+
+    #[tokio::test]
+    async fn memory_misses_are_read_back_from_disk_once_then_served_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let counters = ProxyMetrics::unregistered().disk_counters();
+            Some(DiskTier::open(dir.path(), 1 << 20, counters).unwrap())
+        };
+        let now = SystemTime::now();
+        let req = request(&[]);
+        let first = ObjectCache::new(1 << 20, open());
+        store(&first, &req, head(&[("cache-control", "max-age=60")]), now);
+        first.flush().await;
+
+        let second = ObjectCache::new(1 << 20, open());
+        assert!(
+            second.fresh("k", &req.headers, now).is_none(),
+            "not in memory yet"
+        );
+        let Lookup::Fresh(stored) = second.lookup("k", &req, now).await else {
+            panic!("expected the disk copy");
+        };
+        assert_eq!(stored.body, "body");
+        assert!(second.fresh("k", &req.headers, now).is_some(), "promoted");
+
+        second.invalidate("k");
+        second.flush().await;
+        let third = ObjectCache::new(1 << 20, open());
+        assert!(matches!(third.lookup("k", &req, now).await, Lookup::Miss));
     }
 }

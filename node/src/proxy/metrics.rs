@@ -1,7 +1,9 @@
 //! The proxy's Prometheus metrics, declared in one place, under `coral_proxy_`.
 
+use super::disk::DiskCounters;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// How a request was answered: the `result` label.
@@ -21,15 +23,19 @@ pub enum Outcome {
     ForPeer,
     /// Joined a fetch already in flight for the same object.
     Coalesced,
+    /// The origin's server error for the URL, remembered for a few seconds.
+    RememberedError,
     /// Passed to the origin uncached (other methods, credentials, oversized objects).
     Pass,
+    /// Sent to the origin itself: a bandwidth quota is exceeded.
+    Redirected,
     /// Refused or failed, with a status page.
     Refused,
 }
 
 impl Outcome {
     /// Every outcome, in the order of their per-outcome metric handles.
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 11] = [
         Self::Hit,
         Self::Revalidated,
         Self::Stale,
@@ -37,7 +43,9 @@ impl Outcome {
         Self::Peer,
         Self::ForPeer,
         Self::Coalesced,
+        Self::RememberedError,
         Self::Pass,
+        Self::Redirected,
         Self::Refused,
     ];
 
@@ -51,7 +59,9 @@ impl Outcome {
             Self::Peer => "peer",
             Self::ForPeer => "for_peer",
             Self::Coalesced => "coalesced",
+            Self::RememberedError => "remembered_error",
             Self::Pass => "pass",
+            Self::Redirected => "redirected",
             Self::Refused => "refused",
         }
     }
@@ -98,10 +108,14 @@ pub struct ProxyMetrics {
     pub cache_objects: IntGaugeVec,
     /// Bytes held, by tier.
     pub cache_bytes: IntGaugeVec,
+    /// Disk tier operations, by operation and result.
+    pub disk_operations: IntCounterVec,
     /// Time to the response head, by result.
     pub latency: HistogramVec,
     /// Client connections accepted.
     pub connections: IntCounter,
+    /// Client connections open.
+    pub open_connections: IntGauge,
     /// The request counter and latency histogram of each outcome, resolved once so that a
     /// cache hit does not look labels up.
     by_outcome: Vec<(IntCounter, Histogram)>,
@@ -120,8 +134,10 @@ impl ProxyMetrics {
         registry.register(Box::new(metrics.peer_fetches.clone()))?;
         registry.register(Box::new(metrics.cache_objects.clone()))?;
         registry.register(Box::new(metrics.cache_bytes.clone()))?;
+        registry.register(Box::new(metrics.disk_operations.clone()))?;
         registry.register(Box::new(metrics.latency.clone()))?;
         registry.register(Box::new(metrics.connections.clone()))?;
+        registry.register(Box::new(metrics.open_connections.clone()))?;
         Ok(metrics)
     }
 
@@ -195,14 +211,40 @@ impl ProxyMetrics {
                 "coral_proxy_cache_bytes",
                 "Bytes held in the cache, by tier.",
             ),
+            disk_operations: IntCounterVec::new(
+                Opts::new(
+                    "coral_proxy_disk_operations_total",
+                    "Disk cache tier operations, by operation and result.",
+                ),
+                &["operation", "result"],
+            )
+            .expect("valid metric"),
             latency,
             connections: IntCounter::new(
                 "coral_proxy_connections_total",
                 "Client connections accepted.",
             )
             .expect("valid metric"),
+            open_connections: IntGauge::new(
+                "coral_proxy_open_connections",
+                "Client connections open.",
+            )
+            .expect("valid metric"),
             by_outcome,
             by_source,
+        }
+    }
+
+    /// The disk tier's counters.
+    pub fn disk_counters(&self) -> DiskCounters {
+        let counter =
+            |operation, result| self.disk_operations.with_label_values(&[operation, result]);
+        DiskCounters {
+            written: counter("write", "ok"),
+            write_failed: counter("write", "failed"),
+            write_dropped: counter("write", "dropped"),
+            read: counter("read", "ok"),
+            corrupt: counter("read", "corrupt"),
         }
     }
 

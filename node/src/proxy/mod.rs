@@ -8,20 +8,26 @@
 //!   `Location`);
 //! - [`peers`]: cooperation through the DHT (holders, authenticated peer fetches);
 //! - [`transfer`]: one response in flight shared by every client waiting for it;
-//! - [`cache`]: the memory tier and the RFC 9111 policy of what it holds;
+//! - [`cache`]: the object cache and the RFC 9111 policy of what it holds; [`disk`]: its
+//!   disk tier;
 //! - [`respond`]: answers from stored objects (conditional, range, HEAD) or transfers;
-//! - [`ratelimit`]: per-client request rate limits;
+//! - [`ratelimit`]: request rate limits per client and per origin; [`quota`]: bandwidth
+//!   quotas with fair sharing, redirecting to the origin;
 //! - [`refusal`]: refusals and their explanation pages;
 //! - [`service`]: the request flow; [`server`]: the HTTP server and its limits;
+//! - [`health`]: able to serve or not, and the load, for `/healthz`;
 //! - [`metrics`]: the `coral_proxy_*` metrics.
 
 pub mod cache;
 pub mod client;
 pub mod connect;
+pub mod disk;
 pub mod guard;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod peers;
+pub mod quota;
 pub mod ratelimit;
 pub mod refusal;
 pub mod resolve;

@@ -1,11 +1,12 @@
-//! Per-client request rate limits: a token bucket per client address.
+//! Request rate limits: a token bucket per key (a client address, an origin).
 //!
-//! Each address may send `burst` requests at once and `requestsPerSecond` sustained; a request
-//! beyond that gets 429 with `Retry-After`. Buckets of clients idle for a minute are dropped,
-//! and at most [`MAX_CLIENTS`] are kept (the least used go first), so a scan from many
-//! addresses cannot exhaust memory.
+//! Each key may be used for `burst` requests at once and `requestsPerSecond` sustained; the
+//! caller decides what happens beyond (a client gets 429 with `Retry-After`; an origin is not
+//! asked, and the client gets a stale copy or 503). Buckets idle for a minute are dropped, and
+//! at most [`MAX_KEYS`] are kept (the least used go first), so a scan from many addresses, or
+//! of many origins, cannot exhaust memory.
 
-use std::net::IpAddr;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,16 +14,16 @@ use moka::sync::Cache;
 
 use crate::config::RateLimit;
 
-/// Most client buckets kept.
-pub const MAX_CLIENTS: u64 = 1_000_000;
-/// A client's bucket is forgotten after this long without requests (it would be full again).
+/// Most buckets kept.
+pub const MAX_KEYS: u64 = 1_000_000;
+/// A bucket is forgotten after this long without requests (it would be full again).
 const IDLE: Duration = Duration::from_secs(60);
 
-/// Rate limits of all clients.
-pub struct ClientRateLimiter {
+/// The same rate limit for every key.
+pub struct RateLimiter<K> {
     rate: f64,
     burst: f64,
-    buckets: Cache<IpAddr, Arc<Mutex<Bucket>>>,
+    buckets: Cache<K, Arc<Mutex<Bucket>>>,
 }
 
 struct Bucket {
@@ -30,23 +31,23 @@ struct Bucket {
     updated: Instant,
 }
 
-impl ClientRateLimiter {
-    /// Limits of `limit` for every client.
+impl<K: Hash + Eq + Send + Sync + 'static> RateLimiter<K> {
+    /// Limits of `limit` for every key.
     pub fn new(limit: RateLimit) -> Self {
         Self {
             rate: f64::from(limit.requests_per_second.max(1)),
             burst: f64::from(limit.burst.max(1)),
             buckets: Cache::builder()
-                .max_capacity(MAX_CLIENTS)
+                .max_capacity(MAX_KEYS)
                 .time_to_idle(IDLE)
                 .build(),
         }
     }
 
-    /// Takes a token for a request from `client` at `now`; when none is left, returns how
-    /// long until one is.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let bucket = self.buckets.get_with(client, || {
+    /// Takes a token for a request of `key` at `now`; when none is left, returns how long
+    /// until one is.
+    pub fn check(&self, key: K, now: Instant) -> Result<(), Duration> {
+        let bucket = self.buckets.get_with(key, || {
             Arc::new(Mutex::new(Bucket {
                 tokens: self.burst,
                 updated: now,
@@ -68,9 +69,10 @@ impl ClientRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
-    fn limiter(per_second: u32, burst: u32) -> ClientRateLimiter {
-        ClientRateLimiter::new(RateLimit {
+    fn limiter(per_second: u32, burst: u32) -> RateLimiter<IpAddr> {
+        RateLimiter::new(RateLimit {
             requests_per_second: per_second,
             burst,
         })
@@ -90,7 +92,7 @@ mod tests {
     }
 
     #[test]
-    fn clients_are_limited_separately() {
+    fn keys_are_limited_separately() {
         let limiter = limiter(1, 1);
         let now = Instant::now();
         assert!(limiter.check("192.0.2.1".parse().unwrap(), now).is_ok());

@@ -50,7 +50,7 @@ pub async fn serve(
                 }
             },
         };
-        proxy.count_connection();
+        let open = proxy.open_connection();
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let builder = builder.clone();
@@ -73,7 +73,7 @@ pub async fn serve(
                     let _ = connection.await;
                 }
             }
-            drop(slot);
+            drop((open, slot));
         });
     }
 }

@@ -16,20 +16,25 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, request};
 use http_body_util::BodyExt;
 use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 use hyper::body::Incoming;
+use prometheus::IntGauge;
 
-use super::cache::{Lookup, MemoryCache, Stored, head_parts};
+use super::cache::{Lookup, ObjectCache, Stored, Usage, head_parts};
 use super::client::{
     BoxError, ClientSetupError, OriginClient, OriginRequest, OriginResponse, RequestBody,
 };
+use super::disk::{DiskError, DiskTier};
 use super::headers::{self, CACHE_STATUS, Forwarding, REQUEST_ID};
+use super::health::Health;
 use super::metrics::{Outcome, ProxyMetrics, Source};
 use super::peers::{MAX_HOLDERS_TRIED, PEER_HEADER, PeerRequest, Peering, Peers};
-use super::ratelimit::ClientRateLimiter;
+use super::quota::{BandwidthQuotas, OverQuota};
+use super::ratelimit::RateLimiter;
 use super::refusal::Refusal;
 use super::respond::{self, ProxyBody};
 use super::target::Origin;
@@ -40,11 +45,27 @@ use crate::config::{MethodPolicy, NodeConfig};
 /// waits for it.
 const STREAM_WINDOW: usize = 4 << 20;
 /// How long an origin that could not be reached is remembered as such.
-const UNREACHABLE_MEMORY: Duration = Duration::from_secs(5);
-/// Most unreachable origins remembered.
-const UNREACHABLE_ORIGINS: u64 = 100_000;
+const FAILURE_MEMORY: Duration = Duration::from_secs(5);
+/// Most unreachable origins, or failed URLs, remembered.
+const FAILURES_REMEMBERED: u64 = 100_000;
 /// Longest request ID accepted from a client.
 const MAX_REQUEST_ID: usize = 64;
+
+/// Why a proxy could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxySetupError {
+    /// The origin client could not be set up (resolver, CA file, TLS).
+    #[error(transparent)]
+    Client(#[from] ClientSetupError),
+    /// The disk cache directory cannot be used.
+    #[error("cannot use the disk cache directory {dir}: {source}")]
+    DiskCache {
+        /// The directory (`proxy.cacheDir`).
+        dir: String,
+        /// What went wrong.
+        source: DiskError,
+    },
+}
 
 /// A caching proxy: cache, fetches in flight, origin client.
 pub struct Proxy {
@@ -52,19 +73,27 @@ pub struct Proxy {
     via: HeaderValue,
     max_object_bytes: u64,
     max_url_bytes: usize,
+    max_connections: u64,
     serve_stale: Duration,
     idle_timeout: Duration,
     /// How long a node announces an object it is fetching from the origin.
     announce_while_fetching: Duration,
     other_methods: MethodPolicy,
     client: OriginClient,
-    cache: MemoryCache,
+    cache: ObjectCache,
     inflight: Mutex<HashMap<String, InFlight>>,
     peers: Option<Peers>,
     /// Origins that could not be reached lately, and why: requests for them fail at once
-    /// (or get a stale copy) for [`UNREACHABLE_MEMORY`] instead of piling onto a dead host.
+    /// (or get a stale copy) for [`FAILURE_MEMORY`] instead of piling onto a dead host.
     unreachable: moka::sync::Cache<Origin, Refusal>,
-    limiter: ClientRateLimiter,
+    /// Server errors (5xx) the origin answered lately for a URL, by cache key: served again
+    /// for [`FAILURE_MEMORY`] (unless a stale copy can be served instead) rather than asked
+    /// again, however many clients retry.
+    origin_errors: moka::sync::Cache<String, Arc<Stored>>,
+    limiter: RateLimiter<IpAddr>,
+    /// How often this node may ask one origin for an object (`perOriginRate`).
+    origin_rate: RateLimiter<Origin>,
+    quotas: BandwidthQuotas,
     metrics: ProxyMetrics,
 }
 
@@ -99,6 +128,15 @@ struct InFlight {
     request: request::Parts,
 }
 
+/// A client connection, counted as open until dropped.
+pub struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A request as the cache sees it.
 #[derive(Clone)]
 struct CacheRequest {
@@ -119,49 +157,92 @@ impl Proxy {
         config: &NodeConfig,
         metrics: ProxyMetrics,
         peering: Option<Peering>,
-    ) -> Result<Self, ClientSetupError> {
+    ) -> Result<Self, ProxySetupError> {
         let proxy = &config.proxy;
+        let disk = (proxy.cache_disk_bytes > 0)
+            .then(|| {
+                DiskTier::open(
+                    &proxy.cache_dir,
+                    proxy.cache_disk_bytes,
+                    metrics.disk_counters(),
+                )
+                .map_err(|source| ProxySetupError::DiskCache {
+                    dir: proxy.cache_dir.display().to_string(),
+                    source,
+                })
+            })
+            .transpose()?;
         let timeouts = proxy.origin_timeouts;
         Ok(Self {
             zone: config.zone.trim_end_matches('.').to_ascii_lowercase(),
             via: headers::via_value(&config.zone),
             max_object_bytes: proxy.max_object_bytes,
             max_url_bytes: proxy.client_limits.max_url_bytes as usize,
+            max_connections: proxy.client_limits.max_connections.into(),
             serve_stale: proxy.serve_stale,
             idle_timeout: proxy.origin_timeouts.idle,
             announce_while_fetching: timeouts.connect + timeouts.first_byte + timeouts.idle,
             other_methods: proxy.other_methods,
             client: OriginClient::new(proxy)?,
-            cache: MemoryCache::new(proxy.cache_memory_bytes),
+            cache: ObjectCache::new(proxy.cache_memory_bytes, disk),
             inflight: Mutex::new(HashMap::new()),
             peers: peering
                 .map(|peering| Peers::new(peering, timeouts.connect + timeouts.first_byte)),
             unreachable: moka::sync::Cache::builder()
-                .max_capacity(UNREACHABLE_ORIGINS)
-                .time_to_live(UNREACHABLE_MEMORY)
+                .max_capacity(FAILURES_REMEMBERED)
+                .time_to_live(FAILURE_MEMORY)
                 .build(),
-            limiter: ClientRateLimiter::new(proxy.per_client_rate),
+            origin_errors: moka::sync::Cache::builder()
+                .max_capacity(FAILURES_REMEMBERED)
+                .time_to_live(FAILURE_MEMORY)
+                .build(),
+            limiter: RateLimiter::new(proxy.per_client_rate),
+            origin_rate: RateLimiter::new(proxy.per_origin_rate),
+            quotas: BandwidthQuotas::new(proxy.bandwidth, Instant::now()),
             metrics,
         })
     }
 
-    /// Counts an accepted client connection.
-    pub fn count_connection(&self) {
+    /// Counts an accepted client connection, open until the returned guard is dropped.
+    pub fn open_connection(&self) -> OpenConnection {
         self.metrics.connections.inc();
+        self.metrics.open_connections.inc();
+        OpenConnection(self.metrics.open_connections.clone())
+    }
+
+    /// Waits until what the cache stored so far is on disk (at shutdown).
+    pub async fn flush_cache(&self) {
+        self.cache.flush().await;
+    }
+
+    /// Whether the proxy is able to serve, and its load.
+    pub fn health(&self) -> Health {
+        let in_flight = self.inflight.lock().expect("in-flight lock").len();
+        Health::assess(
+            u64::try_from(self.metrics.open_connections.get()).unwrap_or(0),
+            self.max_connections,
+            in_flight as u64,
+            self.cache.writable(),
+        )
     }
 
     /// Updates the cache gauges (called before each scrape).
     pub fn update_gauges(&self) {
-        let (objects, bytes) = self.cache.usage();
+        let Usage { memory, disk } = self.cache.usage();
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        self.metrics
-            .cache_objects
-            .with_label_values(&["memory"])
-            .set(gauge(objects));
-        self.metrics
-            .cache_bytes
-            .with_label_values(&["memory"])
-            .set(gauge(bytes));
+        for (tier, (objects, bytes)) in [("memory", Some(memory)), ("disk", disk)]
+            .into_iter()
+            .filter_map(|(tier, usage)| Some((tier, usage?)))
+        {
+            self.metrics
+                .cache_objects
+                .with_label_values(&[tier])
+                .set(gauge(objects));
+            self.metrics
+                .cache_bytes
+                .with_label_values(&[tier])
+                .set(gauge(bytes));
+        }
     }
 
     /// Answers one client request.
@@ -283,6 +364,45 @@ impl Proxy {
                 .push_str("; send other requests to the origin directly");
             return Err(refusal);
         }
+        if cacheable_method
+            && let Err(over) = self.quotas.check(&origin.host, client_ip, Instant::now())
+        {
+            return Ok((
+                Outcome::Redirected,
+                redirect_to_origin(&origin, &path, over),
+            ));
+        }
+        if !self.quotas.enabled() {
+            return self
+                .serve(request, origin, path, client_ip, request_id)
+                .await;
+        }
+        let host = origin.host.clone();
+        let head_only = method == Method::HEAD;
+        let answer = self
+            .serve(request, origin, path, client_ip, request_id)
+            .await;
+        if let Ok((_, response)) = &answer
+            && !head_only
+        {
+            let bytes = content_length(response.headers()).unwrap_or(0);
+            self.quotas.record(&host, client_ip, bytes, Instant::now());
+        }
+        answer
+    }
+
+    /// Serves a client's request for an origin: from the cache, through a shared fetch, or
+    /// passed to the origin.
+    async fn serve(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        origin: Origin,
+        path: String,
+        client_ip: IpAddr,
+        request_id: &str,
+    ) -> Result<(Outcome, Response<ProxyBody>), Refusal> {
+        let method = request.method().clone();
+        let cacheable_method = method == Method::GET || method == Method::HEAD;
         let request_headers = request.headers();
         let key = format!("{origin}{path}");
         let cacheable = cacheable_method && !request_headers.contains_key(header::AUTHORIZATION);
@@ -320,7 +440,7 @@ impl Proxy {
         request: CacheRequest,
     ) -> Result<(Outcome, Response<ProxyBody>), Refusal> {
         let now = SystemTime::now();
-        let stale = match self.cache.lookup(&request.key, &request.parts, now) {
+        let stale = match self.cache.lookup(&request.key, &request.parts, now).await {
             Lookup::Fresh(stored) => {
                 return Ok((Outcome::Hit, self.hit(method, client_headers, &stored, now)));
             }
@@ -346,17 +466,18 @@ impl Proxy {
                 .await?;
             return Ok((Outcome::Pass, response));
         }
-        let outcome = match outcome {
-            Outcome::Miss | Outcome::Peer if joined.leader.is_some() => Outcome::Coalesced,
-            other => other,
-        };
         if let Some(length) = content_length(&head.headers) {
             let source = match outcome {
                 Outcome::Peer => Source::Peer,
+                Outcome::Stale | Outcome::Revalidated | Outcome::RememberedError => Source::Cache,
                 _ => Source::Origin,
             };
             self.count_bytes(source, method, length);
         }
+        let outcome = match outcome {
+            Outcome::Miss | Outcome::Peer if joined.leader.is_some() => Outcome::Coalesced,
+            other => other,
+        };
         Ok((
             outcome,
             respond::from_transfer(method, client_headers, &head, joined.reader),
@@ -387,7 +508,7 @@ impl Proxy {
             ));
         }
         let now = SystemTime::now();
-        if let Lookup::Fresh(stored) = self.cache.lookup(key, &parts, now) {
+        if let Lookup::Fresh(stored) = self.cache.lookup(key, &parts, now).await {
             self.count_bytes(Source::Cache, method, stored.body.len() as u64);
             let response = respond::from_stored(method, &parts.headers, &stored, now);
             return Ok((Outcome::ForPeer, response));
@@ -477,6 +598,14 @@ impl Proxy {
         transfer: &Arc<Transfer>,
         stale: Option<Arc<Stored>>,
     ) {
+        if let Some(error) = self.origin_errors.get(&request.key) {
+            let now = SystemTime::now();
+            match self.usable_stale(stale.as_ref(), now) {
+                Some(stale) => publish_stored(transfer, &stale, Outcome::Stale, now),
+                None => publish_stored(transfer, &error, Outcome::RememberedError, now),
+            }
+            return;
+        }
         if stale.is_none()
             && let Some(peers) = &self.peers
         {
@@ -508,9 +637,9 @@ impl Proxy {
             if let Some(stale) = &validated {
                 add_validators(&mut headers, &stale.head.headers);
             }
-            let fetched = match self.unreachable.get(&request.origin) {
-                Some(remembered) => Err(remembered),
-                None => self
+            let fetched = match self.may_ask(&request.origin) {
+                Err(refusal) => Err(refusal),
+                Ok(()) => self
                     .client
                     .fetch(OriginRequest {
                         method: Method::GET,
@@ -530,7 +659,7 @@ impl Proxy {
                             let mut remembered = refusal.clone();
                             remembered.message.push_str(&format!(
                                 " (remembered for {}s, to spare the origin)",
-                                UNREACHABLE_MEMORY.as_secs()
+                                FAILURE_MEMORY.as_secs()
                             ));
                             self.unreachable.insert(request.origin.clone(), remembered);
                         }
@@ -538,9 +667,7 @@ impl Proxy {
                     }),
             };
             let now = SystemTime::now();
-            let usable_stale = validated.clone().filter(|stored| {
-                !stored.forbids_stale() && stored.staleness(now) <= self.serve_stale
-            });
+            let usable_stale = self.usable_stale(validated.as_ref(), now);
             let response = match fetched {
                 Err(refusal) => {
                     tracing::info!(request_id = request.request_id, key = request.key, reason = refusal.reason, error = %refusal.message, "origin fetch failed");
@@ -584,6 +711,32 @@ impl Proxy {
             drop(slot);
             return;
         }
+    }
+
+    /// Whether the origin may be asked now: not while it is remembered as unreachable, nor
+    /// beyond its request rate.
+    fn may_ask(&self, origin: &Origin) -> Result<(), Refusal> {
+        if let Some(remembered) = self.unreachable.get(origin) {
+            return Err(remembered);
+        }
+        self.origin_rate
+            .check(origin.clone(), Instant::now())
+            .map_err(|wait| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "origin_rate",
+                    "this node already asks the origin for as many objects per second as it \
+                     allows; try again shortly",
+                )
+                .retry_after(wait)
+            })
+    }
+
+    /// The stale copy, if the origin allows serving it stale and it is within the window.
+    fn usable_stale(&self, stale: Option<&Arc<Stored>>, now: SystemTime) -> Option<Arc<Stored>> {
+        stale
+            .filter(|stored| !stored.forbids_stale() && stored.staleness(now) <= self.serve_stale)
+            .cloned()
     }
 
     /// Fills the transfer from the first of `holders` (nearest first) that has the object;
@@ -755,7 +908,10 @@ impl Proxy {
             && let Some(body) = transfer.body_so_far()
         {
             let stored = Stored::new(&request.parts, head, body, response_time);
-            if stored.policy.is_storable() {
+            if !stored.policy.is_storable() && stored.head.status.is_server_error() {
+                self.origin_errors
+                    .insert(request.key.clone(), Arc::new(stored));
+            } else if stored.policy.is_storable() {
                 if let Some(peers) = &self.peers {
                     peers.announce(&request.key, stored.policy.time_to_live(response_time));
                 }
@@ -881,6 +1037,29 @@ fn publish_stored(transfer: &Transfer, stored: &Stored, outcome: Outcome, now: S
     transfer.finish(Ok(()));
 }
 
+/// Sends the client to the origin itself, for a node or origin over its bandwidth quota.
+fn redirect_to_origin(origin: &Origin, path: &str, over: OverQuota) -> Response<ProxyBody> {
+    let why = match over {
+        OverQuota::Node => "this node is over its bandwidth quota",
+        OverQuota::Origin => "this site is over its bandwidth quota on this node",
+    };
+    let location = format!("http://{}{path}", origin.authority());
+    let mut response = Response::new(respond::full(Bytes::from(format!(
+        "302 Found\n\n{why}: fetch {location} from the origin directly.\n"
+    ))));
+    *response.status_mut() = StatusCode::FOUND;
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, location);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// Adds the stored response's validators to a revalidation request.
 fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
     if let Some(etag) = stored.get(header::ETAG) {
@@ -899,6 +1078,9 @@ fn cache_parts(origin: &Origin, path: &str, client: &HeaderMap) -> Result<reques
         .map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, "bad_target", err.to_string()))?
         .into_parts();
     parts.headers = client.clone();
+    // Cookies never reach origins, so no answer depends on them; nor are they kept with the
+    // cached policy (which the disk tier writes out).
+    parts.headers.remove(header::COOKIE);
     parts.headers.insert(
         header::HOST,
         HeaderValue::from_str(&authority).expect("host names are valid header text"),

@@ -8,18 +8,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
-use crate::proxy::client::ClientSetupError;
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::peers::Peering;
 use crate::proxy::server;
-use crate::proxy::service::Proxy;
+use crate::proxy::service::{Proxy, ProxySetupError};
 
 /// Why the proxy role could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyRoleError {
-    /// The origin client could not be set up (resolver, CA file, TLS).
+    /// The proxy could not be set up (origin client, disk cache).
     #[error(transparent)]
-    Client(#[from] ClientSetupError),
+    Setup(#[from] ProxySetupError),
     /// The HTTP port could not be bound.
     #[error("cannot bind the proxy port {addr}: {source}")]
     Bind {
@@ -79,8 +78,10 @@ impl ProxyRole {
         self.ready.clone()
     }
 
-    /// Waits for the server to stop (after the shutdown token is cancelled).
+    /// Waits for the server to stop (after the shutdown token is cancelled) and for the
+    /// disk cache to hold what was stored.
     pub async fn stop(self) {
         let _ = self.server.await;
+        self.proxy.flush_cache().await;
     }
 }

@@ -274,6 +274,35 @@ fn stale_content_is_served_while_the_origin_fails() {
 }
 
 #[test]
+fn a_restarted_proxy_serves_what_its_disk_tier_kept() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], "kept on disk")
+        }))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config();
+        config.proxy.cache_disk_bytes = 1 << 20;
+        config.proxy.cache_dir = dir.path().to_owned();
+        let proxy = TestProxy::start(&config).await;
+        assert_eq!(
+            proxy.get(&origin.zone_host(), "/d", &[]).await.cache(),
+            "miss"
+        );
+        proxy.stop().await;
+
+        let restarted = TestProxy::start(&config).await;
+        let answer = restarted.get(&origin.zone_host(), "/d", &[]).await;
+        assert_eq!(
+            (answer.body.as_ref(), answer.cache()),
+            (&b"kept on disk"[..], "hit")
+        );
+        assert!(answer.headers.contains_key("age"));
+        assert_eq!(origin.hits("/d"), 1);
+    });
+}
+
+#[test]
 fn expired_objects_are_revalidated_with_their_validators() {
     in_private_network(|| async {
         let origin = TestOrigin::start(handler(|parts| async move {
@@ -801,6 +830,34 @@ fn a_client_over_its_rate_is_told_when_to_come_back() {
 }
 
 #[test]
+fn an_origin_is_asked_for_no_more_objects_than_its_rate() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], "ok")
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.per_origin_rate = coral_node::config::RateLimit {
+            requests_per_second: 1,
+            burst: 2,
+        };
+        let proxy = TestProxy::start(&config).await;
+        for path in ["/a", "/b"] {
+            assert_eq!(
+                proxy.get(&origin.zone_host(), path, &[]).await.status,
+                StatusCode::OK
+            );
+        }
+        let held_back = proxy.get(&origin.zone_host(), "/c", &[]).await;
+        assert_eq!(held_back.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(held_back.header("retry-after"), "1");
+        assert_eq!(origin.hits("/c"), 0);
+        let cached = proxy.get(&origin.zone_host(), "/a", &[]).await;
+        assert_eq!(cached.cache(), "hit", "cached objects are not limited");
+    });
+}
+
+#[test]
 fn an_unreachable_origin_is_remembered_briefly_and_not_hammered() {
     in_private_network(|| async {
         let port = {
@@ -827,5 +884,97 @@ fn an_unreachable_origin_is_remembered_briefly_and_not_hammered() {
             (back.status, back.body.as_ref()),
             (StatusCode::OK, b"back".as_ref())
         );
+    });
+}
+
+#[test]
+fn an_origin_server_error_is_remembered_briefly_per_url() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|parts| async move {
+            if parts.uri.path() == "/fine" {
+                respond(200, &[], "fine")
+            } else {
+                respond(503, &[("retry-after", "30")], "overloaded")
+            }
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let first = proxy.get(&origin.zone_host(), "/busy", &[]).await;
+        assert_eq!(
+            (first.status, first.body.as_ref(), first.cache()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                b"overloaded".as_ref(),
+                "miss"
+            )
+        );
+        for _ in 0..20 {
+            let again = proxy.get(&origin.zone_host(), "/busy", &[]).await;
+            assert_eq!(
+                (again.status, again.body.as_ref(), again.cache()),
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    b"overloaded".as_ref(),
+                    "remembered_error"
+                )
+            );
+            assert_eq!(again.header("retry-after"), "30");
+        }
+        assert_eq!(origin.hits("/busy"), 1, "20 retries, no new fetch");
+        let other = proxy.get(&origin.zone_host(), "/fine", &[]).await;
+        assert_eq!(other.status, StatusCode::OK, "only that URL is remembered");
+        tokio::time::sleep(Duration::from_millis(5200)).await;
+        let later = proxy.get(&origin.zone_host(), "/busy", &[]).await;
+        assert_eq!(later.cache(), "miss");
+        assert_eq!(
+            origin.hits("/busy"),
+            2,
+            "asked again once the memory lapsed"
+        );
+    });
+}
+
+#[test]
+fn over_an_origin_quota_the_heaviest_client_is_sent_to_the_origin() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|parts| async move {
+            let body = if parts.uri.path() == "/big" {
+                "x".repeat(1 << 20)
+            } else {
+                "small".to_owned()
+            };
+            respond(200, &[("cache-control", "max-age=60")], body)
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.bandwidth.origin_bytes_per_second = 100_000;
+        let proxy = TestProxy::start(&config).await;
+        let heavy = std::net::Ipv4Addr::new(127, 0, 0, 2);
+        let light = std::net::Ipv4Addr::new(127, 0, 0, 3);
+        let host = origin.zone_host();
+        assert_eq!(
+            proxy.get_from(heavy, &host, "/big").await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            proxy.get_from(light, &host, "/small").await.status,
+            StatusCode::OK
+        );
+
+        let redirected = proxy.get_from(heavy, &host, "/big").await;
+        assert_eq!(redirected.status, StatusCode::FOUND);
+        assert_eq!(redirected.cache(), "redirected");
+        assert_eq!(
+            redirected.header("location"),
+            format!("http://{ORIGIN_HOST}:{}/big", origin.address.port())
+        );
+        assert_eq!(redirected.header("cache-control"), "no-store");
+        let served = proxy.get_from(light, &host, "/big").await;
+        assert_eq!(
+            (served.status, served.cache()),
+            (StatusCode::OK, "hit"),
+            "the light client still gets its share"
+        );
+        assert_eq!(origin.hits("/big"), 1);
     });
 }

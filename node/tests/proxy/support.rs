@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -260,11 +260,14 @@ pub fn test_config() -> NodeConfig {
         resolvers: vec!["127.0.0.1:9".parse().unwrap()],
         ..OriginAccess::default()
     };
-    // Every test client comes from 127.0.0.1; the rate-limit test sets its own limit.
-    config.proxy.per_client_rate = RateLimit {
+    // Every test client comes from 127.0.0.1 and every origin is 127.0.0.1; the rate-limit
+    // tests set their own limits.
+    let unlimited = RateLimit {
         requests_per_second: 1_000_000,
         burst: 1_000_000,
     };
+    config.proxy.per_client_rate = unlimited;
+    config.proxy.per_origin_rate = unlimited;
     config
 }
 
@@ -272,6 +275,7 @@ pub fn test_config() -> NodeConfig {
 pub struct TestProxy {
     /// Where it serves clients.
     pub address: SocketAddr,
+    proxy: Arc<Proxy>,
     shutdown: CancellationToken,
 }
 
@@ -294,16 +298,35 @@ impl TestProxy {
         let shutdown = CancellationToken::new();
         tokio::spawn(server::serve(
             listener,
-            proxy,
+            proxy.clone(),
             config.proxy.client_limits,
             shutdown.clone(),
         ));
-        Self { address, shutdown }
+        Self {
+            address,
+            proxy,
+            shutdown,
+        }
+    }
+
+    /// Stops serving and waits for the disk tier to hold what was stored, as a node's
+    /// shutdown does.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.proxy.flush_cache().await;
     }
 
     /// Sends a GET for `path` on `host`, with extra headers, and reads the whole answer.
     pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
         self.send("GET", host, path, headers).await
+    }
+
+    /// Sends a GET for `path` on `host` from the loopback address `client`.
+    pub async fn get_from(&self, client: Ipv4Addr, host: &str, path: &str) -> Answer {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((client, 0))).unwrap();
+        let stream = socket.connect(self.address).await.unwrap();
+        Self::exchange(stream, "GET", host, path, &[]).await
     }
 
     /// Sends a request and reads the whole answer.
@@ -315,6 +338,16 @@ impl TestProxy {
         headers: &[(&str, &str)],
     ) -> Answer {
         let stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
+        Self::exchange(stream, method, host, path, headers).await
+    }
+
+    async fn exchange(
+        stream: tokio::net::TcpStream,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();

@@ -95,8 +95,8 @@ pub struct CoralClusterSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
 
-    /// Port of each node's admin HTTP server: `/healthz`, `/readyz` (used by the probes),
-    /// `/metrics` and the status pages.
+    /// Port of each node's admin HTTP server: `/livez`, `/readyz` (used by the probes),
+    /// `/healthz` (health and load, checked by the DNS nodes), `/metrics` and the status pages.
     #[schemars(range(min = 1, max = 65535))]
     pub admin_port: u16,
 

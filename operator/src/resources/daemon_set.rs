@@ -200,7 +200,7 @@ fn container(
         ports: Some(ports),
         resources: Some(resources(cluster, component, config)),
         volume_mounts: Some(mounts),
-        liveness_probe: Some(http_probe("/healthz", spec.admin_port, 10, 3)),
+        liveness_probe: Some(http_probe("/livez", spec.admin_port, 10, 3)),
         readiness_probe: Some(http_probe("/readyz", spec.admin_port, 5, 2)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
@@ -486,7 +486,7 @@ mod tests {
     fn probes_use_the_admin_port() {
         let container = container_of(&build(&demo(), Component::Proxy));
         for (probe, path) in [
-            (container.liveness_probe, "/healthz"),
+            (container.liveness_probe, "/livez"),
             (container.readiness_probe, "/readyz"),
         ] {
             let get = probe.unwrap().http_get.unwrap();
