@@ -11,6 +11,7 @@
 //! [`MAX_VARIANTS`], newest first).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -80,6 +81,22 @@ impl Stored {
     /// Whether the origin forbade serving it stale (`must-revalidate`, `proxy-revalidate`,
     /// `no-cache` or `s-maxage`, per RFC 9111 section 4.2.4 and 5.2.2).
     pub fn forbids_stale(&self) -> bool {
+        self.directives().any(|directive| {
+            directive == "must-revalidate"
+                || directive == "proxy-revalidate"
+                || directive == "no-cache"
+                || directive.starts_with("s-maxage")
+        })
+    }
+
+    /// Whether the origin said no cache may keep it at all (`no-store` or `private`).
+    pub fn forbids_keeping(&self) -> bool {
+        self.directives()
+            .any(|directive| directive == "no-store" || directive == "private")
+    }
+
+    /// The response's `Cache-Control` directives, lowercase.
+    fn directives(&self) -> impl Iterator<Item = String> {
         self.head
             .headers
             .get_all(http::header::CACHE_CONTROL)
@@ -87,12 +104,6 @@ impl Stored {
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
             .map(|directive| directive.trim().to_ascii_lowercase())
-            .any(|directive| {
-                directive == "must-revalidate"
-                    || directive == "proxy-revalidate"
-                    || directive == "no-cache"
-                    || directive.starts_with("s-maxage")
-            })
     }
 
     fn weight(&self) -> u32 {
@@ -137,6 +148,8 @@ pub struct ObjectCache {
     memory: Cache<String, Variants>,
     disk: Option<DiskTier>,
     loads: Mutex<HashMap<String, Load>>,
+    /// Invalidations so far: a disk read that overlapped one does not fill the memory tier.
+    invalidations: AtomicU64,
 }
 
 impl ObjectCache {
@@ -153,6 +166,7 @@ impl ObjectCache {
                 .build(),
             disk,
             loads: Mutex::new(HashMap::new()),
+            invalidations: AtomicU64::new(0),
         }
     }
 
@@ -215,9 +229,20 @@ impl ObjectCache {
             load: &load,
         };
         load.get_or_init(|| async {
+            let invalidations = self.invalidations.load(Ordering::Acquire);
             let variants = Arc::new(disk.load(key).await?);
-            self.memory.insert(key.to_owned(), variants.clone());
-            Some(variants)
+            if self.invalidations.load(Ordering::Acquire) != invalidations {
+                // Something was invalidated while the file was read: it may have been this
+                // URL, so the copy answers the request that asked, and is not kept.
+                return Some(variants);
+            }
+            // A response stored while the file was read is newer: keep it.
+            let kept = self
+                .memory
+                .entry_by_ref(key)
+                .or_insert(variants)
+                .into_value();
+            Some(kept)
         })
         .await
         .clone()
@@ -254,6 +279,7 @@ impl ObjectCache {
 
     /// Forgets every response for a URL.
     pub fn invalidate(&self, key: &str) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.memory.invalidate(key);
         if let Some(disk) = &self.disk {
             disk.remove(key);

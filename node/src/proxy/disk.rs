@@ -14,13 +14,14 @@
 //! Every write goes through one writer thread fed by a bounded queue: a disk that cannot
 //! keep up loses writes (counted), never client time.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -41,6 +42,10 @@ const MAGIC: &[u8; 9] = b"CORALOBJ1";
 const MAX_HEADER_BYTES: u64 = 1 << 20;
 /// Writes waiting for the writer thread before new ones are dropped.
 const QUEUE: usize = 256;
+/// Writes failed in a row after which the tier reports itself unwritable.
+const FAILURES_UNWRITABLE: u32 = 3;
+/// How often an idle writer whose writes failed tries the directory again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a cache file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +86,8 @@ pub struct DiskCounters {
     pub write_dropped: IntCounter,
     /// Objects read back.
     pub read: IntCounter,
+    /// Reads that failed (the file is kept).
+    pub read_failed: IntCounter,
     /// Files found unusable (and deleted).
     pub corrupt: IntCounter,
 }
@@ -111,16 +118,33 @@ enum Job {
     Remove {
         key: String,
     },
+    /// The index dropped the key for space: its file goes, unless it was stored again.
+    Evicted {
+        key: Arc<String>,
+    },
+    /// Runs the index's upkeep, then queues `Flushed` behind what the upkeep queued.
     Flush(oneshot::Sender<()>),
+    Flushed(oneshot::Sender<()>),
+    Stop,
+}
+
+/// What the tier and its writer thread share.
+struct Shared {
+    dir: PathBuf,
+    index: Cache<String, u64>,
+    /// Keys whose removal is queued: their files must not be read meanwhile.
+    removing: Mutex<HashSet<String>>,
+    /// Store jobs queued (bounded by [`QUEUE`]; removals are never dropped).
+    queued_stores: AtomicUsize,
+    writable: AtomicBool,
+    counters: DiskCounters,
 }
 
 /// The disk tier.
 pub struct DiskTier {
-    dir: PathBuf,
-    index: Cache<String, u64>,
-    jobs: SyncSender<Job>,
-    writable: Arc<AtomicBool>,
-    counters: DiskCounters,
+    shared: Arc<Shared>,
+    jobs: Sender<Job>,
+    writer: std::thread::JoinHandle<()>,
 }
 
 impl DiskTier {
@@ -128,47 +152,62 @@ impl DiskTier {
     /// files already there are indexed in the background, and stay readable meanwhile.
     pub fn open(dir: &Path, budget: u64, counters: DiskCounters) -> Result<Self, DiskError> {
         fs::create_dir_all(dir)?;
-        let evict_from = dir.to_owned();
+        let (jobs, queue) = mpsc::channel();
+        let evicted = jobs.clone();
         let index = Cache::builder()
             .max_capacity(budget)
             .weigher(|_, bytes: &u64| u32::try_from(*bytes).unwrap_or(u32::MAX))
             .eviction_listener(move |key: Arc<String>, _, cause| {
                 if cause == RemovalCause::Size {
-                    let _ = fs::remove_file(file_path(&evict_from, &key));
+                    let _ = evicted.send(Job::Evicted { key });
                 }
             })
             .build();
-        let (jobs, queue) = mpsc::sync_channel(QUEUE);
-        let writable = Arc::new(AtomicBool::new(true));
-        let writer = Writer {
-            dir: dir.to_owned(),
-            index: index.clone(),
-            writable: writable.clone(),
-            counters: counters.clone(),
-        };
-        std::thread::Builder::new()
-            .name("coral-disk-cache".to_owned())
-            .spawn(move || writer.run(queue))?;
-        Ok(Self {
+        let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             index,
-            jobs,
-            writable,
+            removing: Mutex::new(HashSet::new()),
+            queued_stores: AtomicUsize::new(0),
+            writable: AtomicBool::new(true),
             counters,
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            requeue: jobs.clone(),
+            failures: 0,
+        };
+        let writer = std::thread::Builder::new()
+            .name("coral-disk-cache".to_owned())
+            .spawn(move || writer.run(&queue))?;
+        Ok(Self {
+            shared,
+            jobs,
+            writer,
         })
     }
 
-    /// Queues the URL's variants for writing (dropped, and counted, when the queue is full).
+    /// Queues the URL's variants for writing (dropped, and counted, when [`QUEUE`] writes
+    /// are already waiting).
     pub fn store(&self, key: &str, variants: Vec<Arc<Stored>>) {
-        self.send(Job::Store {
+        if self.shared.queued_stores.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+            self.shared.queued_stores.fetch_sub(1, Ordering::Relaxed);
+            self.shared.counters.write_dropped.inc();
+            return;
+        }
+        let _ = self.jobs.send(Job::Store {
             key: key.to_owned(),
             variants,
         });
     }
 
-    /// Forgets the URL's file.
+    /// Forgets the URL's file; from now on it is not read, even before it is deleted.
     pub fn remove(&self, key: &str) {
-        self.send(Job::Remove {
+        self.shared
+            .removing
+            .lock()
+            .expect("removing lock")
+            .insert(key.to_owned());
+        let _ = self.jobs.send(Job::Remove {
             key: key.to_owned(),
         });
     }
@@ -176,113 +215,170 @@ impl DiskTier {
     /// Waits until every write queued so far is on disk (or failed).
     pub async fn flush(&self) {
         let (done, finished) = oneshot::channel();
-        let jobs = self.jobs.clone();
-        let queued = tokio::task::spawn_blocking(move || jobs.send(Job::Flush(done))).await;
-        if matches!(queued, Ok(Ok(()))) {
+        if self.jobs.send(Job::Flush(done)).is_ok() {
             let _ = finished.await;
-        }
-    }
-
-    fn send(&self, job: Job) {
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.counters.write_dropped.inc(),
-            Err(TrySendError::Disconnected(_)) => self.counters.write_failed.inc(),
         }
     }
 
     /// The URL's variants as stored on disk, if any.
     pub async fn load(&self, key: &str) -> Option<Vec<Arc<Stored>>> {
-        let path = file_path(&self.dir, key);
-        let read = tokio::task::spawn_blocking(move || read_file(&path, SystemTime::now()))
-            .await
-            .ok()?;
+        if self
+            .shared
+            .removing
+            .lock()
+            .expect("removing lock")
+            .contains(key)
+        {
+            return None;
+        }
+        let path = file_path(&self.shared.dir, key);
+        let read = tokio::task::spawn_blocking(move || read_file(&path, SystemTime::now())).await;
+        let Ok(read) = read else {
+            return self.discard(key, &"reading it panicked");
+        };
+        let counters = &self.shared.counters;
         match read {
             Ok((found, variants)) if found == key => {
-                self.index.get(key);
-                self.counters.read.inc();
+                self.shared.index.get(key);
+                counters.read.inc();
                 Some(variants)
             }
-            Err(DiskError::Io(err)) if err.kind() == io::ErrorKind::NotFound => None,
             Ok((found, _)) => self.discard(key, &DiskError::WrongKey(found)),
+            Err(DiskError::Io(err)) if err.kind() == io::ErrorKind::NotFound => {
+                self.shared.index.invalidate(key);
+                None
+            }
+            Err(DiskError::Io(err)) if err.kind() != io::ErrorKind::UnexpectedEof => {
+                tracing::warn!(key, error = %err, "cannot read from the disk cache");
+                counters.read_failed.inc();
+                None
+            }
             Err(err) => self.discard(key, &err),
         }
     }
 
-    fn discard<T>(&self, key: &str, err: &DiskError) -> Option<T> {
+    fn discard<T>(&self, key: &str, err: &dyn std::fmt::Display) -> Option<T> {
         tracing::warn!(key, error = %err, "discarding an unusable cache file");
-        self.counters.corrupt.inc();
+        self.shared.counters.corrupt.inc();
         self.remove(key);
         None
     }
 
-    /// Whether the last write succeeded.
+    /// Whether the tier takes writes: its writer runs and has not failed
+    /// [`FAILURES_UNWRITABLE`] writes in a row since its last success.
     pub fn writable(&self) -> bool {
-        self.writable.load(Ordering::Relaxed)
+        !self.writer.is_finished() && self.shared.writable.load(Ordering::Relaxed)
     }
 
     /// Files and bytes indexed.
     pub fn usage(&self) -> (u64, u64) {
-        self.index.run_pending_tasks();
-        (self.index.entry_count(), self.index.weighted_size())
+        let index = &self.shared.index;
+        index.run_pending_tasks();
+        (index.entry_count(), index.weighted_size())
     }
 }
 
-/// The writer thread's side: files, index, health.
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        let _ = self.jobs.send(Job::Stop);
+    }
+}
+
+/// The writer thread: files, index, health.
 struct Writer {
-    dir: PathBuf,
-    index: Cache<String, u64>,
-    writable: Arc<AtomicBool>,
-    counters: DiskCounters,
+    shared: Arc<Shared>,
+    /// The queue, for jobs the writer puts behind others.
+    requeue: Sender<Job>,
+    /// Writes failed in a row.
+    failures: u32,
 }
 
 impl Writer {
-    /// Indexes what the directory holds, then writes until the tier is dropped.
-    fn run(self, queue: Receiver<Job>) {
+    /// Indexes what the directory holds, then runs jobs until the tier is dropped; while
+    /// writes fail, probes the directory whenever it is idle for [`PROBE_INTERVAL`].
+    fn run(mut self, queue: &Receiver<Job>) {
         self.recover();
-        for job in queue {
+        loop {
+            let job = match queue.recv_timeout(PROBE_INTERVAL) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.failures > 0 {
+                        let probe = self.shared.dir.join("probe.tmp");
+                        let written =
+                            fs::write(&probe, b"probe").and_then(|()| fs::remove_file(&probe));
+                        self.outcome(written.is_ok());
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let (dir, index) = (&self.shared.dir, &self.shared.index);
             match job {
-                Job::Store { key, variants } => match write_file(&self.dir, &key, &variants) {
-                    Ok(bytes) => {
-                        self.index.insert(key, bytes);
-                        self.counters.written.inc();
-                        self.set_writable(true);
+                Job::Store { key, variants } => {
+                    self.shared.queued_stores.fetch_sub(1, Ordering::Relaxed);
+                    match write_file(dir, &key, &variants) {
+                        Ok(bytes) => {
+                            index.insert(key, bytes);
+                            index.run_pending_tasks();
+                            self.shared.counters.written.inc();
+                            self.outcome(true);
+                        }
+                        Err(err) => {
+                            tracing::warn!(key, error = %err, "cannot write to the disk cache");
+                            self.shared.counters.write_failed.inc();
+                            self.outcome(false);
+                        }
                     }
-                    Err(err) => {
-                        tracing::warn!(key, error = %err, "cannot write to the disk cache");
-                        self.counters.write_failed.inc();
-                        self.set_writable(false);
-                    }
-                },
+                }
                 Job::Remove { key } => {
-                    self.index.invalidate(&key);
-                    let _ = fs::remove_file(file_path(&self.dir, &key));
+                    index.invalidate(&key);
+                    let _ = fs::remove_file(file_path(dir, &key));
+                    self.shared
+                        .removing
+                        .lock()
+                        .expect("removing lock")
+                        .remove(&key);
+                }
+                Job::Evicted { key } => {
+                    if !index.contains_key(key.as_str()) {
+                        let _ = fs::remove_file(file_path(dir, &key));
+                    }
                 }
                 Job::Flush(done) => {
-                    self.index.run_pending_tasks();
+                    index.run_pending_tasks();
+                    let _ = self.requeue.send(Job::Flushed(done));
+                }
+                Job::Flushed(done) => {
                     let _ = done.send(());
                 }
+                Job::Stop => return,
             }
         }
     }
 
-    fn set_writable(&self, writable: bool) {
-        self.writable.store(writable, Ordering::Relaxed);
+    /// Counts a write's outcome towards the tier's health.
+    fn outcome(&mut self, succeeded: bool) {
+        self.failures = if succeeded { 0 } else { self.failures + 1 };
+        self.shared
+            .writable
+            .store(self.failures < FAILURES_UNWRITABLE, Ordering::Relaxed);
     }
 
     /// Indexes every usable cache file in the directory and deletes the rest (leftover
     /// temporary files, truncated or foreign files).
-    fn recover(&self) {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            self.set_writable(false);
+    fn recover(&mut self) {
+        let dir = &self.shared.dir;
+        let Ok(entries) = fs::read_dir(dir) else {
+            self.failures = FAILURES_UNWRITABLE;
+            self.shared.writable.store(false, Ordering::Relaxed);
             return;
         };
         let (mut kept, mut bytes) = (0u64, 0u64);
         for entry in entries.flatten() {
             let path = entry.path();
             match read_key(&path) {
-                Ok((key, size)) if path == file_path(&self.dir, &key) => {
-                    self.index.insert(key, size);
+                Ok((key, size)) if path == file_path(dir, &key) => {
+                    self.shared.index.insert(key, size);
                     kept += 1;
                     bytes += size;
                 }
@@ -294,13 +390,8 @@ impl Writer {
                 }
             }
         }
-        self.index.run_pending_tasks();
-        tracing::info!(
-            dir = %self.dir.display(),
-            objects = kept,
-            bytes,
-            "disk cache recovered"
-        );
+        self.shared.index.run_pending_tasks();
+        tracing::info!(dir = %dir.display(), objects = kept, bytes, "disk cache recovered");
     }
 }
 
@@ -327,21 +418,34 @@ fn write_file(dir: &Path, key: &str, variants: &[Arc<Stored>]) -> Result<u64, Di
     ciborium::into_writer(&header, &mut encoded)?;
     let path = file_path(dir, key);
     let temporary = path.with_extension("tmp");
-    let mut out = BufWriter::new(File::create(&temporary)?);
+    let written =
+        write_parts(&temporary, &encoded, variants).and_then(|()| fs::rename(&temporary, &path));
+    if let Err(err) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(err.into());
+    }
+    let bodies: usize = variants.iter().map(|stored| stored.body.len()).sum();
+    Ok(prefix_bytes(&encoded) + bodies as u64)
+}
+
+fn write_parts(path: &Path, encoded: &[u8], variants: &[Arc<Stored>]) -> io::Result<()> {
+    let mut out = BufWriter::new(File::create(path)?);
     out.write_all(MAGIC)?;
     out.write_all(&(encoded.len() as u64).to_le_bytes())?;
-    out.write_all(&encoded)?;
+    out.write_all(encoded)?;
     for stored in variants {
         out.write_all(&stored.body)?;
     }
     out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    fs::rename(&temporary, &path)?;
-    Ok(prefix_bytes(&encoded) + header.body_bytes())
+    Ok(())
 }
 
 impl FileHeader {
-    fn body_bytes(&self) -> u64 {
-        self.variants.iter().map(|variant| variant.body_bytes).sum()
+    /// The bodies' total length, `None` if the header's lengths overflow.
+    fn body_bytes(&self) -> Option<u64> {
+        self.variants
+            .iter()
+            .try_fold(0u64, |total, variant| total.checked_add(variant.body_bytes))
     }
 }
 
@@ -364,7 +468,10 @@ fn read_header(file: &mut File) -> Result<(FileHeader, u64), DiskError> {
     let mut encoded = vec![0; encoded_bytes as usize];
     file.read_exact(&mut encoded)?;
     let header: FileHeader = ciborium::from_reader(encoded.as_slice())?;
-    let expected = prefix_bytes(&encoded) + header.body_bytes();
+    let expected = header
+        .body_bytes()
+        .and_then(|bodies| bodies.checked_add(prefix_bytes(&encoded)))
+        .ok_or(DiskError::Foreign)?;
     let actual = file.metadata()?.len();
     if actual != expected {
         return Err(DiskError::Length { expected, actual });
@@ -382,7 +489,7 @@ fn read_key(path: &Path) -> Result<(String, u64), DiskError> {
 fn read_file(path: &Path, now: SystemTime) -> Result<(String, Vec<Arc<Stored>>), DiskError> {
     let mut file = File::open(path)?;
     let (header, size) = read_header(&mut file)?;
-    let expected = header.body_bytes();
+    let expected = header.body_bytes().ok_or(DiskError::Foreign)?;
     let mut bodies = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
     file.read_to_end(&mut bodies)?;
     if bodies.len() as u64 != expected {
@@ -525,7 +632,25 @@ mod tests {
         assert!(tier.load("k").await.is_none());
         tier.flush().await;
         assert!(files(dir.path()).is_empty());
-        assert_eq!(tier.counters.corrupt.get(), 1);
+        assert_eq!(tier.shared.counters.corrupt.get(), 1);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn arbitrary_files_are_refused_without_panicking(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            with_magic in proptest::prelude::any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("file");
+            let mut bytes = if with_magic { MAGIC.to_vec() } else { Vec::new() };
+            bytes.extend_from_slice(&tail);
+            fs::write(&path, &bytes).unwrap();
+            proptest::prop_assert!(read_file(&path, SystemTime::now()).is_err());
+            proptest::prop_assert!(read_key(&path).is_err());
+        }
     }
 
     #[tokio::test]
@@ -544,20 +669,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_disk_makes_the_tier_unwritable() {
+    async fn a_failing_disk_makes_the_tier_unwritable_after_failures_in_a_row() {
         let dir = tempfile::tempdir().unwrap();
         let cache_dir = dir.path().join("cache");
         let tier = open(&cache_dir, 1 << 20);
         tier.flush().await;
         assert!(tier.writable());
         fs::remove_dir(&cache_dir).unwrap();
-        tier.store("k", vec![stored("lost", SystemTime::now())]);
-        tier.flush().await;
-        assert!(!tier.writable());
-        assert_eq!(tier.counters.write_failed.get(), 1);
+        for attempt in 1..=FAILURES_UNWRITABLE {
+            tier.store("k", vec![stored("lost", SystemTime::now())]);
+            tier.flush().await;
+            assert_eq!(tier.writable(), attempt < FAILURES_UNWRITABLE, "{attempt}");
+        }
+        assert_eq!(
+            tier.shared.counters.write_failed.get(),
+            u64::from(FAILURES_UNWRITABLE)
+        );
         fs::create_dir(&cache_dir).unwrap();
         tier.store("k", vec![stored("kept", SystemTime::now())]);
         tier.flush().await;
         assert!(tier.writable(), "healthy again once a write succeeds");
+        assert_eq!(files(&cache_dir).len(), 1, "no temporary file left behind");
+    }
+
+    #[tokio::test]
+    async fn a_removed_file_is_not_read_even_before_it_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = open(dir.path(), 1 << 20);
+        tier.store("k", vec![stored("old", SystemTime::now())]);
+        tier.flush().await;
+        tier.remove("k");
+        assert!(tier.load("k").await.is_none());
+        tier.flush().await;
+        assert!(files(dir.path()).is_empty());
     }
 }

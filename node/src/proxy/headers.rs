@@ -68,15 +68,25 @@ pub fn via_value(zone: &str) -> HeaderValue {
         .expect("a zone name is valid header text")
 }
 
-/// Whether a request already went through this CDN.
-pub fn is_loop(headers: &HeaderMap, zone: &str) -> bool {
-    let ours = zone.trim_end_matches('.');
+/// The entries of every `Via` header, trimmed, as bytes (a value need not be text, and an
+/// entry that is not must not hide the ones that are).
+fn via_hops(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::VIA)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|hop| hop.split_whitespace().nth(1))
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Whether a request already went through this CDN.
+pub fn is_loop(headers: &HeaderMap, zone: &str) -> bool {
+    let ours = zone.trim_end_matches('.').as_bytes();
+    via_hops(headers)
+        .filter_map(|hop| {
+            hop.split(u8::is_ascii_whitespace)
+                .filter(|word| !word.is_empty())
+                .nth(1)
+        })
         .any(|received_by| received_by.eq_ignore_ascii_case(ours))
 }
 
@@ -174,16 +184,10 @@ pub fn from_origin(origin: &HeaderMap, zone: &str) -> HeaderMap {
 pub fn strip_peer_marks(headers: &mut HeaderMap, ours: &HeaderValue) {
     headers.remove(CACHE_STATUS);
     headers.remove(REQUEST_ID);
-    let Some(via) = headers.get(header::VIA).and_then(|v| v.to_str().ok()) else {
-        return;
-    };
-    let ours = ours.to_str().unwrap_or_default();
-    let earlier: Vec<&str> = via
-        .split(',')
-        .map(str::trim)
-        .filter(|hop| *hop != ours)
+    let earlier: Vec<&[u8]> = via_hops(headers)
+        .filter(|hop| *hop != ours.as_bytes())
         .collect();
-    match HeaderValue::from_str(&earlier.join(", ")) {
+    match HeaderValue::from_bytes(&earlier.join(&b", "[..])) {
         Ok(value) if !earlier.is_empty() => {
             headers.insert(header::VIA, value);
         }

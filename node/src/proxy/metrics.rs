@@ -244,6 +244,7 @@ impl ProxyMetrics {
             write_failed: counter("write", "failed"),
             write_dropped: counter("write", "dropped"),
             read: counter("read", "ok"),
+            read_failed: counter("read", "failed"),
             corrupt: counter("read", "corrupt"),
         }
     }

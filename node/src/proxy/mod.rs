@@ -22,6 +22,8 @@ pub mod cache;
 pub mod client;
 pub mod connect;
 pub mod disk;
+#[cfg(test)]
+mod fuzz;
 pub mod guard;
 pub mod headers;
 pub mod health;

@@ -2,12 +2,14 @@
 //! origin over its quota on this node, sends some clients to the origin itself (a redirect)
 //! instead of failing them, and picks the clients that take more than their share.
 //!
-//! Rates are decaying byte counters (time constant [`TAU`]): cheap to update and to read,
-//! and a burst counts for a few seconds. Over the node's quota, a request is redirected if
-//! its origin takes more than an equal share of the quota among the origins served lately;
-//! over an origin's quota, if its client takes more than an equal share of the origin's
-//! quota among that origin's recent clients. Someone always exceeds an equal share when the
-//! total exceeds the quota, so the quota holds; light users keep being served.
+//! Rates are decaying counters of the body bytes actually sent (time constant [`TAU`]):
+//! cheap to update and to read, and a burst counts for a few seconds. Over the node's quota,
+//! a request is redirected if its origin takes more than an equal share of the quota among
+//! the origins served in the last [`IDLE`]; over an origin's quota, if its client (an IPv4
+//! address or an IPv6 /64) takes more than an equal share of the origin's quota among that
+//! origin's clients served in the last [`IDLE`]. Someone always exceeds an equal share when
+//! the total exceeds the quota, so the quota holds; light users keep being served. Only
+//! traffic counts: asking, being refused or being redirected does not make one a sharer.
 //!
 //! Origins and clients idle for [`IDLE`] are forgotten, and at most [`MAX_TRACKED`] of each
 //! are tracked, so a scan cannot exhaust memory.
@@ -23,8 +25,9 @@ use crate::config::BandwidthLimits;
 
 /// Time constant of the rate estimates, in seconds.
 const TAU: f64 = 5.0;
-/// An origin or client is forgotten after this long without traffic.
-const IDLE: Duration = Duration::from_secs(30);
+/// An origin or client is forgotten after this long without traffic (so the shares are
+/// counted among those served in about two time constants).
+const IDLE: Duration = Duration::from_secs(10);
 /// Most origins, and most (origin, client) pairs, tracked.
 pub const MAX_TRACKED: u64 = 1_000_000;
 
@@ -69,14 +72,32 @@ impl Meter {
     }
 }
 
-/// A meter shared between requests.
-type SharedMeter = Arc<Mutex<Meter>>;
-
 /// What is known of one origin's traffic.
 struct OriginTraffic {
     meter: Mutex<Meter>,
-    /// Clients of this origin tracked now.
+    /// Clients served this origin's content lately.
     clients: AtomicU64,
+}
+
+/// What is known of one client's traffic for one origin.
+struct ClientTraffic {
+    meter: Mutex<Meter>,
+    /// The origin whose client count includes this client.
+    origin: Arc<OriginTraffic>,
+}
+
+/// A client as quotas see it: an IPv4 address, or an IPv6 /64 (one subscriber's network).
+type ClientId = IpAddr;
+
+fn client_id(address: IpAddr) -> ClientId {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+    }
+}
+
+fn decrement(count: &AtomicU64) {
+    let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
 /// The node's quotas and the traffic they are checked against.
@@ -85,9 +106,9 @@ pub struct BandwidthQuotas {
     origin_quota: Option<f64>,
     node: Mutex<Meter>,
     origins: Cache<String, Arc<OriginTraffic>>,
-    /// Origins tracked now (kept by hand: moka's count lags).
+    /// Origins served lately (kept by hand: moka's count lags).
     origin_count: Arc<AtomicU64>,
-    clients: Cache<(String, IpAddr), SharedMeter>,
+    clients: Cache<(String, ClientId), Arc<ClientTraffic>>,
 }
 
 impl BandwidthQuotas {
@@ -96,30 +117,23 @@ impl BandwidthQuotas {
         let quota = |bytes: u64| (bytes > 0).then_some(bytes as f64);
         let origin_count = Arc::new(AtomicU64::new(0));
         let forgotten = origin_count.clone();
-        let origins = Cache::builder()
-            .max_capacity(MAX_TRACKED)
-            .time_to_idle(IDLE)
-            .eviction_listener(move |_, _, _| {
-                forgotten.fetch_sub(1, Ordering::Relaxed);
-            })
-            .build();
-        let owners: Cache<String, Arc<OriginTraffic>> = origins.clone();
-        let clients = Cache::builder()
-            .max_capacity(MAX_TRACKED)
-            .time_to_idle(IDLE)
-            .eviction_listener(move |key: Arc<(String, IpAddr)>, _, _| {
-                if let Some(origin) = owners.get(&key.0) {
-                    origin.clients.fetch_sub(1, Ordering::Relaxed);
-                }
-            })
-            .build();
         Self {
             node_quota: quota(limits.node_bytes_per_second),
             origin_quota: quota(limits.origin_bytes_per_second),
             node: Mutex::new(Meter::new(now)),
-            origins,
+            origins: Cache::builder()
+                .max_capacity(MAX_TRACKED)
+                .time_to_idle(IDLE)
+                .eviction_listener(move |_, _, _| decrement(&forgotten))
+                .build(),
             origin_count,
-            clients,
+            clients: Cache::builder()
+                .max_capacity(MAX_TRACKED)
+                .time_to_idle(IDLE)
+                .eviction_listener(|_, client: Arc<ClientTraffic>, _| {
+                    decrement(&client.origin.clients);
+                })
+                .build(),
         }
     }
 
@@ -133,7 +147,9 @@ impl BandwidthQuotas {
         if !self.enabled() {
             return Ok(());
         }
-        let origin = self.origin(host, now);
+        let Some(origin) = self.origins.get(host) else {
+            return Ok(());
+        };
         let origin_rate = origin.meter.lock().expect("meter lock").rate(now);
         if let Some(quota) = self.node_quota {
             let node_rate = self.node.lock().expect("meter lock").rate(now);
@@ -144,13 +160,10 @@ impl BandwidthQuotas {
         }
         if let Some(quota) = self.origin_quota
             && origin_rate > quota
+            && let Some(traffic) = self.clients.get(&(host.to_owned(), client_id(client)))
         {
             let clients = origin.clients.load(Ordering::Relaxed).max(1);
-            let client_rate = self
-                .client(host, client, &origin, now)
-                .lock()
-                .expect("meter lock")
-                .rate(now);
+            let client_rate = traffic.meter.lock().expect("meter lock").rate(now);
             if client_rate > quota / clients as f64 {
                 return Err(OverQuota::Origin);
             }
@@ -158,41 +171,30 @@ impl BandwidthQuotas {
         Ok(())
     }
 
-    /// Counts `bytes` served to `client` from `host` at `now`.
+    /// Counts `bytes` of `host`'s content sent to `client` at `now`.
     pub fn record(&self, host: &str, client: IpAddr, bytes: u64, now: Instant) {
         if !self.enabled() {
             return;
         }
         self.node.lock().expect("meter lock").add(bytes, now);
-        let origin = self.origin(host, now);
-        origin.meter.lock().expect("meter lock").add(bytes, now);
-        self.client(host, client, &origin, now)
-            .lock()
-            .expect("meter lock")
-            .add(bytes, now);
-    }
-
-    fn origin(&self, host: &str, now: Instant) -> Arc<OriginTraffic> {
-        self.origins.get_with_by_ref(host, || {
+        let origin = self.origins.get_with_by_ref(host, || {
             self.origin_count.fetch_add(1, Ordering::Relaxed);
             Arc::new(OriginTraffic {
                 meter: Mutex::new(Meter::new(now)),
                 clients: AtomicU64::new(0),
             })
-        })
-    }
-
-    fn client(
-        &self,
-        host: &str,
-        client: IpAddr,
-        origin: &OriginTraffic,
-        now: Instant,
-    ) -> SharedMeter {
-        self.clients.get_with((host.to_owned(), client), || {
-            origin.clients.fetch_add(1, Ordering::Relaxed);
-            Arc::new(Mutex::new(Meter::new(now)))
-        })
+        });
+        origin.meter.lock().expect("meter lock").add(bytes, now);
+        let traffic = self
+            .clients
+            .get_with((host.to_owned(), client_id(client)), || {
+                origin.clients.fetch_add(1, Ordering::Relaxed);
+                Arc::new(ClientTraffic {
+                    meter: Mutex::new(Meter::new(now)),
+                    origin: origin.clone(),
+                })
+            });
+        traffic.meter.lock().expect("meter lock").add(bytes, now);
     }
 }
 
@@ -278,5 +280,37 @@ mod tests {
         let quotas = quotas(100_000_000, 100_000_000, now);
         quotas.record("a.example", ip(1), 50_000_000, now);
         assert_eq!(quotas.check("a.example", ip(1), now), Ok(()));
+    }
+
+    #[test]
+    fn one_ipv6_network_is_one_client() {
+        let now = Instant::now();
+        let quotas = quotas(0, 1_000_000, now);
+        let first: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:9:9::1".parse().unwrap();
+        quotas.record("a.example", first, 50_000_000, now);
+        quotas.record("a.example", elsewhere, 10_000, now);
+        assert_eq!(
+            quotas.check("a.example", neighbour, now),
+            Err(OverQuota::Origin),
+            "a new address in the same /64 does not get a fresh share"
+        );
+        assert_eq!(quotas.check("a.example", elsewhere, now), Ok(()));
+    }
+
+    #[test]
+    fn asking_without_being_served_does_not_make_a_sharer() {
+        let now = Instant::now();
+        let quotas = quotas(0, 1_000_000, now);
+        quotas.record("a.example", ip(1), 50_000_000, now);
+        for last in 2..200 {
+            assert_eq!(quotas.check("a.example", ip(last), now), Ok(()));
+        }
+        assert_eq!(
+            quotas.check("a.example", ip(1), now),
+            Err(OverQuota::Origin),
+            "199 clients that only asked do not shrink the heavy client's share"
+        );
     }
 }

@@ -46,8 +46,12 @@ use crate::config::{MethodPolicy, NodeConfig};
 const STREAM_WINDOW: usize = 4 << 20;
 /// How long an origin that could not be reached is remembered as such.
 const FAILURE_MEMORY: Duration = Duration::from_secs(5);
-/// Most unreachable origins, or failed URLs, remembered.
+/// Most unreachable origins remembered.
 const FAILURES_REMEMBERED: u64 = 100_000;
+/// Largest origin error body remembered (a 5xx page is small; a large one is not kept).
+const MAX_REMEMBERED_ERROR: usize = 64 << 10;
+/// Memory for remembered origin errors, all URLs together.
+const REMEMBERED_ERROR_BYTES: u64 = 16 << 20;
 /// Longest request ID accepted from a client.
 const MAX_REQUEST_ID: usize = 64;
 
@@ -93,7 +97,7 @@ pub struct Proxy {
     limiter: RateLimiter<IpAddr>,
     /// How often this node may ask one origin for an object (`perOriginRate`).
     origin_rate: RateLimiter<Origin>,
-    quotas: BandwidthQuotas,
+    quotas: Arc<BandwidthQuotas>,
     metrics: ProxyMetrics,
 }
 
@@ -193,12 +197,15 @@ impl Proxy {
                 .time_to_live(FAILURE_MEMORY)
                 .build(),
             origin_errors: moka::sync::Cache::builder()
-                .max_capacity(FAILURES_REMEMBERED)
+                .max_capacity(REMEMBERED_ERROR_BYTES)
+                .weigher(|key: &String, error: &Arc<Stored>| {
+                    u32::try_from(key.len() + error.body.len() + 512).unwrap_or(u32::MAX)
+                })
                 .time_to_live(FAILURE_MEMORY)
                 .build(),
             limiter: RateLimiter::new(proxy.per_client_rate),
             origin_rate: RateLimiter::new(proxy.per_origin_rate),
-            quotas: BandwidthQuotas::new(proxy.bandwidth, Instant::now()),
+            quotas: Arc::new(BandwidthQuotas::new(proxy.bandwidth, Instant::now())),
             metrics,
         })
     }
@@ -378,17 +385,20 @@ impl Proxy {
                 .await;
         }
         let host = origin.host.clone();
-        let head_only = method == Method::HEAD;
-        let answer = self
+        let (outcome, response) = self
             .serve(request, origin, path, client_ip, request_id)
-            .await;
-        if let Ok((_, response)) = &answer
-            && !head_only
-        {
-            let bytes = content_length(response.headers()).unwrap_or(0);
-            self.quotas.record(&host, client_ip, bytes, Instant::now());
-        }
-        answer
+            .await?;
+        let quotas = self.quotas.clone();
+        let metered = response.map(|body| {
+            body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    quotas.record(&host, client_ip, data.len() as u64, Instant::now());
+                }
+                frame
+            })
+            .boxed()
+        });
+        Ok((outcome, metered))
     }
 
     /// Serves a client's request for an origin: from the cache, through a shared fetch, or
@@ -908,7 +918,11 @@ impl Proxy {
             && let Some(body) = transfer.body_so_far()
         {
             let stored = Stored::new(&request.parts, head, body, response_time);
-            if !stored.policy.is_storable() && stored.head.status.is_server_error() {
+            if !stored.policy.is_storable()
+                && stored.head.status.is_server_error()
+                && stored.body.len() <= MAX_REMEMBERED_ERROR
+                && !stored.forbids_keeping()
+            {
                 self.origin_errors
                     .insert(request.key.clone(), Arc::new(stored));
             } else if stored.policy.is_storable() {

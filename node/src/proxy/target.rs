@@ -149,10 +149,14 @@ impl fmt::Display for Origin {
 }
 
 /// Rewrites an absolute origin URL into the zone form, such as
-/// `https://www.example.com/a?b` into `http://www.example.com.nyud.net/a?b`.
-/// Returns `None` for relative or unparsable URLs, which need no rewriting.
+/// `https://www.example.com/a?b` into `http://www.example.com.nyud.net/a?b`; a
+/// scheme-relative `//www.example.com/a` is taken as `http`. Returns `None` for relative or
+/// unparsable URLs, which need no rewriting.
 pub fn zone_url(location: &str, zone: &str) -> Option<String> {
-    let uri: Uri = location.parse().ok()?;
+    let uri: Uri = match location.strip_prefix("//") {
+        Some(rest) => format!("http://{rest}").parse().ok()?,
+        None => location.parse().ok()?,
+    };
     let scheme = uri.scheme_str()?;
     if scheme != "http" && scheme != "https" {
         return None;
@@ -287,6 +291,11 @@ mod tests {
         assert_eq!(
             zone_url("http://other.org:8080", "nyud.net").as_deref(),
             Some("http://other.org.8080.nyud.net/")
+        );
+        assert_eq!(
+            zone_url("//evil.example/steal", "nyud.net").as_deref(),
+            Some("http://evil.example.nyud.net/steal"),
+            "a scheme-relative redirect stays in the zone too"
         );
         assert_eq!(zone_url("/relative/path", "nyud.net"), None);
         assert_eq!(zone_url("ftp://example.com/file", "nyud.net"), None);

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +13,10 @@ use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::peers::Peering;
 use crate::proxy::server;
 use crate::proxy::service::{Proxy, ProxySetupError};
+
+/// Longest wait at shutdown for queued disk cache writes (well inside Kubernetes' default
+/// 30 s grace period).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the proxy role could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +83,15 @@ impl ProxyRole {
         self.ready.clone()
     }
 
-    /// Waits for the server to stop (after the shutdown token is cancelled) and for the
-    /// disk cache to hold what was stored.
+    /// Waits for the server to stop (after the shutdown token is cancelled) and, for at most
+    /// [`FLUSH_TIMEOUT`], for the disk cache to hold what was stored.
     pub async fn stop(self) {
         let _ = self.server.await;
-        self.proxy.flush_cache().await;
+        if tokio::time::timeout(FLUSH_TIMEOUT, self.proxy.flush_cache())
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopping before the disk cache wrote everything queued");
+        }
     }
 }
