@@ -270,7 +270,7 @@ impl OriginClient {
         *request.headers_mut() = headers;
         match tokio::time::timeout(self.response_timeout, self.http.request(request)).await {
             Err(_) => Err(FetchError::Timeout(self.response_timeout)),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => supported_framing(response),
             Ok(Err(err)) => Err(classify(err)),
         }
     }
@@ -285,6 +285,24 @@ impl OriginClient {
         text.parse()
             .map_err(|err| FetchError::Protocol(format!("cannot form a URL from {text}: {err}")))
     }
+}
+
+/// Refuses a response whose body is transfer-coded with anything but `chunked`: the proxy
+/// decodes no other coding, and would serve the coded bytes as the content.
+fn supported_framing(response: Response<Incoming>) -> Result<Response<Incoming>, FetchError> {
+    for value in response.headers().get_all(header::TRANSFER_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        if let Some(coding) = text
+            .split(',')
+            .map(str::trim)
+            .find(|coding| !coding.eq_ignore_ascii_case("chunked"))
+        {
+            return Err(FetchError::Protocol(format!(
+                "the body uses the transfer coding {coding:?}, which the proxy does not decode"
+            )));
+        }
+    }
+    Ok(response)
 }
 
 /// Concurrency limiters of origin hosts. A limiter lives as long as a fetch holds or awaits

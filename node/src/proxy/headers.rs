@@ -15,6 +15,7 @@
 
 use std::net::IpAddr;
 
+use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::target::zone_url;
@@ -144,10 +145,30 @@ pub fn to_origin(
 /// The largest `Age` carried on (RFC 9111 section 1.2.2: 2^31 means "older than that").
 const MAX_AGE_VALUE: u64 = 1 << 31;
 
-/// An origin's response headers as the proxy keeps and serves them.
-pub fn from_origin(origin: &HeaderMap, zone: &str) -> HeaderMap {
+/// An origin's response headers (for a response of `status`) as the proxy keeps and serves
+/// them.
+///
+/// The framing is the proxy's own: a `Content-Length` sent along `Transfer-Encoding` is
+/// dropped (the transfer coding decides, RFC 9112 section 6.3, and the proxy serves the
+/// decoded body), as is one on a 1xx or 204 answer, which has no body; a value holding a
+/// line break (obsolete line folding) is dropped rather than passed on.
+pub fn from_origin(status: StatusCode, origin: &HeaderMap, zone: &str) -> HeaderMap {
     let mut headers = origin.clone();
     strip_hop_by_hop(&mut headers);
+    if origin.contains_key(header::TRANSFER_ENCODING)
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+    {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let folded: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(_, value)| value.as_bytes().iter().any(|b| *b == b'\r' || *b == b'\n'))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &folded {
+        headers.remove(name);
+    }
     let age = headers.get(header::AGE).map(|value| {
         value
             .to_str()
@@ -284,9 +305,13 @@ mod tests {
 
     #[test]
     fn absurd_and_malformed_ages_are_tamed() {
-        let huge = from_origin(&map(&[("age", "18446744073709551615")]), "nyud.net");
+        let huge = from_origin(
+            StatusCode::OK,
+            &map(&[("age", "18446744073709551615")]),
+            "nyud.net",
+        );
         assert_eq!(huge["age"], "2147483648");
-        let malformed = from_origin(&map(&[("age", "soon")]), "nyud.net");
+        let malformed = from_origin(StatusCode::OK, &map(&[("age", "soon")]), "nyud.net");
         assert!(!malformed.contains_key("age"));
     }
 
@@ -310,7 +335,7 @@ mod tests {
             ("link", "</a>; rel=preload"),
             ("link", "</b>; rel=preload"),
         ]);
-        let headers = from_origin(&origin, "nyud.net");
+        let headers = from_origin(StatusCode::OK, &origin, "nyud.net");
         assert_eq!(
             headers,
             map(&[

@@ -476,6 +476,11 @@ impl Proxy {
                 .await?;
             return Ok((Outcome::Pass, response));
         }
+        joined
+            .reader
+            .body_begun()
+            .await
+            .map_err(|failed| failed.0)?;
         if let Some(length) = content_length(&head.headers) {
             let source = match outcome {
                 Outcome::Peer => Source::Peer,
@@ -529,6 +534,7 @@ impl Proxy {
         if !shareable(&leader, &parts, &head) {
             return Err(miss());
         }
+        reader.body_begun().await.map_err(|failed| failed.0)?;
         Ok((
             Outcome::ForPeer,
             respond::from_transfer(method, &parts.headers, &head, reader),
@@ -814,7 +820,11 @@ impl Proxy {
     ) -> Option<Arc<Stored>> {
         let update = Head {
             status: StatusCode::NOT_MODIFIED,
-            headers: headers::from_origin(response.response.headers(), &self.zone),
+            headers: headers::from_origin(
+                response.response.status(),
+                response.response.headers(),
+                &self.zone,
+            ),
         };
         let AfterResponse::NotModified(policy, _) =
             stale
@@ -853,7 +863,7 @@ impl Proxy {
         let (parts, mut body) = response.into_parts();
         let head = Head {
             status: parts.status,
-            headers: headers::from_origin(&parts.headers, &self.zone),
+            headers: headers::from_origin(parts.status, &parts.headers, &self.zone),
         };
         let mut cacheable =
             content_length(&head.headers).is_none_or(|length| length <= self.max_object_bytes);
@@ -1006,7 +1016,7 @@ impl Proxy {
         let (parts, body) = fetched.response.into_parts();
         let mut response = Response::new(body.map_err(BoxError::from).boxed());
         *response.status_mut() = parts.status;
-        *response.headers_mut() = headers::from_origin(&parts.headers, &self.zone);
+        *response.headers_mut() = headers::from_origin(parts.status, &parts.headers, &self.zone);
         Ok(response)
     }
 

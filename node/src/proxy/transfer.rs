@@ -218,6 +218,26 @@ impl TransferReader {
         }
     }
 
+    /// Waits until the body has begun: a first chunk, or its end. A body that fails before
+    /// its first byte is a failure the client can still be told about with a status, rather
+    /// than with a connection closed before any answer.
+    pub async fn body_begun(&mut self) -> Result<(), TransferFailed> {
+        loop {
+            {
+                let state = self.transfer.lock();
+                if state.readers[&self.id] < state.first + state.chunks.len() {
+                    return Ok(());
+                }
+                match &state.end {
+                    Some(Ok(())) => return Ok(()),
+                    Some(Err(failed)) => return Err(failed.clone()),
+                    None => {}
+                }
+            }
+            self.wait().await?;
+        }
+    }
+
     /// The next body chunk; `None` at the end of a complete body.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransferFailed>> {
         loop {

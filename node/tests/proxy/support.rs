@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -201,6 +203,73 @@ impl Drop for TestOrigin {
     }
 }
 
+/// An origin that answers every connection's first request with the same raw bytes and
+/// closes it: responses no well-behaved server library would send.
+pub struct RawOrigin {
+    /// Where it listens.
+    pub address: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+}
+
+impl RawOrigin {
+    /// Starts answering with `response`.
+    pub async fn start(response: impl Into<Vec<u8>>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let response = Arc::new(response.into());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let (count, stop) = (connections.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 65536
+                    {
+                        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                            .await
+                        {
+                            Ok(Ok(read)) if read > 0 => head.extend_from_slice(&buffer[..read]),
+                            _ => return,
+                        }
+                    }
+                    let _ = stream.write_all(&response).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self {
+            address,
+            connections,
+            shutdown,
+        }
+    }
+
+    /// Connections accepted (each carries one request).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The zone host name clients use for this origin.
+    pub fn zone_host(&self) -> String {
+        format!("{ORIGIN_HOST}.{}.{ZONE}", self.address.port())
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// A CA made for one test and a certificate it signed for [`ORIGIN_HOST`].
 pub struct TestTls {
     /// The CA certificate, as the proxy's `extraCaFile`.
@@ -341,6 +410,13 @@ impl TestProxy {
         Self::exchange(stream, method, host, path, headers).await
     }
 
+    /// Sends a GET and reads the answer; `None` when the connection closed before a response
+    /// head (a body that broke off before its first byte could be sent).
+    pub async fn try_get(&self, host: &str, path: &str) -> Option<Answer> {
+        let stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
+        Self::try_exchange(stream, "GET", host, path, &[]).await
+    }
+
     async fn exchange(
         stream: tokio::net::TcpStream,
         method: &str,
@@ -348,6 +424,18 @@ impl TestProxy {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Answer {
+        Self::try_exchange(stream, method, host, path, headers)
+            .await
+            .expect("a response head")
+    }
+
+    async fn try_exchange(
+        stream: tokio::net::TcpStream,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<Answer> {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
@@ -362,14 +450,15 @@ impl TestProxy {
         let response = sender
             .send_request(request.body(Empty::<Bytes>::new()).unwrap())
             .await
-            .unwrap();
+            .ok()?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.map(|b| b.to_bytes());
-        Answer {
+        Some(Answer {
             status: parts.status,
             headers: parts.headers,
+            complete: body.is_ok(),
             body: body.unwrap_or_default(),
-        }
+        })
     }
 }
 
@@ -438,8 +527,10 @@ pub struct Answer {
     pub status: StatusCode,
     /// The headers.
     pub headers: HeaderMap,
-    /// The body.
+    /// The body (what arrived of it, when it broke off).
     pub body: Bytes,
+    /// Whether the body arrived whole.
+    pub complete: bool,
 }
 
 impl Answer {
