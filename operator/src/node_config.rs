@@ -3,6 +3,7 @@
 //! Pure: the same CoralCluster always gives the same [`NodeConfig`]. Conversions that can fail
 //! (quantities, durations, networks, addresses) name the spec field they reject.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use coral_node::config::{
@@ -12,7 +13,7 @@ use coral_node::config::{
 };
 use kube::ResourceExt;
 
-use crate::api::{CoralCluster, RateLimitSpec};
+use crate::api::{ClientLimitsSpec, CoralCluster, OriginAccessSpec, OtherMethods, RateLimitSpec};
 use crate::quantity;
 use crate::resources::names::ClusterNames;
 use crate::validate::SpecError;
@@ -60,10 +61,22 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
             origin_deny: spec.proxy.origin_deny.clone(),
             per_client_rate: rate_limit(&spec.proxy.per_client_rate_limit),
             per_origin_rate: rate_limit(&spec.proxy.per_origin_rate_limit),
-            origin_access: OriginAccess::default(),
-            other_methods: MethodPolicy::default(),
-            client_limits: ClientLimits::default(),
-            bandwidth: BandwidthLimits::default(),
+            origin_access: origin_access(&spec.proxy.origin_access)?,
+            other_methods: match spec.proxy.other_methods {
+                OtherMethods::Refuse => MethodPolicy::Refuse,
+                OtherMethods::Pass => MethodPolicy::Pass,
+            },
+            client_limits: client_limits(&spec.proxy.client_limits)?,
+            bandwidth: BandwidthLimits {
+                node_bytes_per_second: bytes(
+                    "spec.proxy.bandwidth.nodeBytesPerSecond",
+                    &spec.proxy.bandwidth.node_bytes_per_second.0,
+                )?,
+                origin_bytes_per_second: bytes(
+                    "spec.proxy.bandwidth.originBytesPerSecond",
+                    &spec.proxy.bandwidth.origin_bytes_per_second.0,
+                )?,
+            },
         },
         dns: DnsConfig {
             port: spec.dns.port,
@@ -144,6 +157,59 @@ fn duration(field: &str, value: kube::core::Duration) -> Result<Duration, SpecEr
     Ok(value.into())
 }
 
+/// Parses every entry of a list, naming the first bad one (`field[i]`).
+fn parse_each<T: std::str::FromStr>(field: &str, texts: &[String]) -> Result<Vec<T>, SpecError>
+where
+    T::Err: std::fmt::Display,
+{
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.parse()
+                .map_err(|e| SpecError::field(format!("{field}[{i}]"), format!("`{text}`: {e}")))
+        })
+        .collect()
+}
+
+fn origin_access(spec: &OriginAccessSpec) -> Result<OriginAccess, SpecError> {
+    const FIELD: &str = "spec.proxy.originAccess";
+    let resolvers: Vec<IpAddr> = parse_each(&format!("{FIELD}.resolvers"), &spec.resolvers)?;
+    Ok(OriginAccess {
+        internal_networks: parse_each(
+            &format!("{FIELD}.internalNetworks"),
+            &spec.internal_networks,
+        )?,
+        internal_hosts: spec.internal_hosts.clone(),
+        blocked_networks: parse_each(&format!("{FIELD}.blockedNetworks"), &spec.blocked_networks)?,
+        addresses: spec
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, fixed)| {
+                let field = format!("{FIELD}.addresses[{i}].addresses");
+                Ok((fixed.host.clone(), parse_each(&field, &fixed.addresses)?))
+            })
+            .collect::<Result<_, SpecError>>()?,
+        resolvers: resolvers
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect(),
+        extra_ca_file: None,
+        max_concurrent_fetches: spec.max_concurrent_fetches,
+    })
+}
+
+fn client_limits(spec: &ClientLimitsSpec) -> Result<ClientLimits, SpecError> {
+    Ok(ClientLimits {
+        max_connections: spec.max_connections,
+        max_url_bytes: spec.max_url_bytes,
+        max_headers: spec.max_headers,
+        max_header_bytes: spec.max_header_bytes,
+        header_timeout: duration("spec.proxy.clientLimits.headerTimeout", spec.header_timeout)?,
+    })
+}
+
 fn rate_limit(spec: &RateLimitSpec) -> RateLimit {
     RateLimit {
         requests_per_second: spec.requests_per_second,
@@ -154,7 +220,7 @@ fn rate_limit(spec: &RateLimitSpec) -> RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ClientNetworkSpec, CoralClusterSpec};
+    use crate::api::{ClientNetworkSpec, CoralClusterSpec, FixedAddressSpec, OtherMethods};
 
     fn cluster(spec: CoralClusterSpec) -> CoralCluster {
         let mut cluster = CoralCluster::new("demo", spec);
@@ -221,6 +287,65 @@ mod tests {
         let err = node_config(&cluster(spec)).unwrap_err().to_string();
         assert!(
             err.starts_with("spec.locality.clientNetworks[0].cidr"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn origin_access_limits_methods_and_bandwidth_reach_the_nodes() {
+        let mut spec = CoralClusterSpec::default();
+        let proxy = &mut spec.proxy;
+        proxy.origin_access.internal_networks = vec!["10.1.0.0/16".into()];
+        proxy.origin_access.internal_hosts = vec!["intranet.example".into()];
+        proxy.origin_access.blocked_networks = vec!["203.0.113.0/24".into()];
+        proxy.origin_access.addresses = vec![FixedAddressSpec {
+            host: "origin.example".into(),
+            addresses: vec!["10.1.2.3".into(), "2001:db8::3".into()],
+        }];
+        proxy.origin_access.resolvers = vec!["10.96.0.10".into()];
+        proxy.origin_access.max_concurrent_fetches = 4;
+        proxy.other_methods = OtherMethods::Pass;
+        proxy.client_limits.max_connections = 5000;
+        proxy.client_limits.header_timeout = std::time::Duration::from_secs(4).into();
+        proxy.bandwidth.node_bytes_per_second.0 = "100Mi".into();
+        let config = node_config(&cluster(spec)).unwrap().proxy;
+        let access = &config.origin_access;
+        assert_eq!(access.internal_networks, ["10.1.0.0/16".parse().unwrap()]);
+        assert_eq!(access.internal_hosts, ["intranet.example"]);
+        assert_eq!(access.blocked_networks, ["203.0.113.0/24".parse().unwrap()]);
+        assert_eq!(
+            access.addresses["origin.example"],
+            [
+                "10.1.2.3".parse::<IpAddr>().unwrap(),
+                "2001:db8::3".parse().unwrap()
+            ]
+        );
+        assert_eq!(access.resolvers, ["10.96.0.10:53".parse().unwrap()]);
+        assert_eq!(access.max_concurrent_fetches, 4);
+        assert_eq!(config.other_methods, MethodPolicy::Pass);
+        assert_eq!(config.client_limits.max_connections, 5000);
+        assert_eq!(config.client_limits.header_timeout, Duration::from_secs(4));
+        assert_eq!(config.bandwidth.node_bytes_per_second, 100 << 20);
+        assert_eq!(config.bandwidth.origin_bytes_per_second, 0);
+    }
+
+    #[test]
+    fn a_bad_internal_network_or_address_names_its_index() {
+        let mut spec = CoralClusterSpec::default();
+        spec.proxy.origin_access.internal_networks = vec!["10.0.0.0/8".into(), "ten".into()];
+        let err = node_config(&cluster(spec)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.proxy.originAccess.internalNetworks[1]: `ten`"),
+            "{err}"
+        );
+        let mut spec = CoralClusterSpec::default();
+        spec.proxy.origin_access.addresses = vec![FixedAddressSpec {
+            host: "origin.example".into(),
+            addresses: vec!["999.1.1.1".into()],
+        }];
+        let err = node_config(&cluster(spec)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.proxy.originAccess.addresses[0].addresses[0]"),
             "{err}"
         );
     }

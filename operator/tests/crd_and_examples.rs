@@ -71,6 +71,9 @@ fn illegal_example_is_refused_naming_each_broken_rule() {
         "cacheMemorySize must be a positive quantity",
         "cidr must be a network",
         "health.timeout must not exceed health.interval",
+        "internalNetworks entries must be networks",
+        "resolvers entries must be IP addresses",
+        "addresses entries must be IP addresses",
     ] {
         assert!(err.contains(expected), "`{expected}` missing from: {err}");
     }

@@ -26,7 +26,10 @@ pub use dht::{DhtSpec, KeySecretRef};
 pub use dns::{DnsExposure, DnsSpec, NameServerSpec};
 pub use health::HealthSpec;
 pub use locality::{ClientNetworkSpec, LocalitySpec};
-pub use proxy::{OriginTimeoutsSpec, ProxySpec, RateLimitSpec};
+pub use proxy::{
+    BandwidthSpec, ClientLimitsSpec, FixedAddressSpec, OriginAccessSpec, OriginTimeoutsSpec,
+    OtherMethods, ProxySpec, RateLimitSpec,
+};
 pub use status::{CoralClusterStatus, condition_types, reasons};
 
 /// API group of Coral's custom resources.

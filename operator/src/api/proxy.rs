@@ -61,6 +61,152 @@ pub struct ProxySpec {
     /// Requests per second (cache misses only) sent towards one origin host, cluster-wide per
     /// node; protects origins on their last legs.
     pub per_origin_rate_limit: RateLimitSpec,
+
+    /// How origins are resolved and reached, and the only way to let Coral fetch from
+    /// non-public addresses.
+    pub origin_access: OriginAccessSpec,
+
+    /// What the proxy does with methods other than GET and HEAD: `Refuse` (405) or `Pass`
+    /// (to the origin, uncached; a success invalidates the cached URL).
+    pub other_methods: OtherMethods,
+
+    /// Limits on what one client may send, against slow or oversized requests.
+    pub client_limits: ClientLimitsSpec,
+
+    /// Bandwidth quotas; beyond them the heaviest clients are redirected to the origin.
+    pub bandwidth: BandwidthSpec,
+}
+
+/// How origins are resolved and reached.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OriginAccessSpec {
+    /// Non-public networks whose origins may be fetched anyway (CIDRs). Coral never fetches
+    /// from loopback, private, link-local (cloud metadata) or other non-public addresses
+    /// otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 50)))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(n, isCIDR(n))", "message": "internalNetworks entries must be networks such as 10.1.0.0/16"}]))]
+    pub internal_networks: Vec<String>,
+
+    /// Origin host names that may resolve to non-public addresses.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
+    pub internal_hosts: Vec<String>,
+
+    /// Public networks never fetched from either, such as the cluster's public pod or
+    /// service ranges (CIDRs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 50)))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(n, isCIDR(n))", "message": "blockedNetworks entries must be networks such as 203.0.113.0/24"}]))]
+    pub blocked_networks: Vec<String>,
+
+    /// Fixed addresses of origin host names, used instead of DNS (as `curl --resolve` does).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub addresses: Vec<FixedAddressSpec>,
+
+    /// DNS servers (IP addresses, port 53) that resolve origin names; empty uses the pod's
+    /// resolver.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 45)))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(a, isIP(a))", "message": "resolvers entries must be IP addresses"}]))]
+    pub resolvers: Vec<String>,
+
+    /// Most fetches in flight towards one origin host at once; later misses wait their turn.
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_concurrent_fetches: u32,
+}
+
+/// The addresses of one origin host name.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FixedAddressSpec {
+    /// The origin host name.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Its addresses.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 45)))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(a, isIP(a))", "message": "addresses entries must be IP addresses"}]))]
+    pub addresses: Vec<String>,
+}
+
+/// What the proxy does with methods other than GET and HEAD.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OtherMethods {
+    /// Refuse them with 405: the CDN serves reads only.
+    #[default]
+    Refuse,
+    /// Pass them to the origin uncached.
+    Pass,
+}
+
+/// Limits on what one client may send.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClientLimitsSpec {
+    /// Client connections served at once by one node; more wait in the kernel's backlog.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: u32,
+    /// Longest request target (path and query), in bytes.
+    #[schemars(range(min = 256, max = 1048576))]
+    pub max_url_bytes: u32,
+    /// Most header fields in one request.
+    #[schemars(range(min = 8, max = 1000))]
+    pub max_headers: u32,
+    /// Largest request head, in bytes.
+    #[schemars(range(min = 8192, max = 1048576))]
+    pub max_header_bytes: u32,
+    /// Time allowed to send a request head, against slowloris.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) > duration('0s')", "message": "headerTimeout must be longer than 0s"}]))]
+    pub header_timeout: Duration,
+}
+
+/// Bandwidth quotas, in bytes per second of response bodies (quantities such as `100Mi`);
+/// `0` means no quota.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BandwidthSpec {
+    /// All clients of one node together.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))", "message": "nodeBytesPerSecond must be a quantity of 0 or more, such as 100Mi"}]))]
+    pub node_bytes_per_second: Quantity,
+    /// The clients of one origin host on one node together.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))", "message": "originBytesPerSecond must be a quantity of 0 or more, such as 10Mi"}]))]
+    pub origin_bytes_per_second: Quantity,
+}
+
+impl Default for OriginAccessSpec {
+    fn default() -> Self {
+        Self {
+            internal_networks: Vec::new(),
+            internal_hosts: Vec::new(),
+            blocked_networks: Vec::new(),
+            addresses: Vec::new(),
+            resolvers: Vec::new(),
+            max_concurrent_fetches: 8,
+        }
+    }
+}
+
+impl Default for ClientLimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_url_bytes: 8_192,
+            max_headers: 100,
+            max_header_bytes: 32_768,
+            header_timeout: std::time::Duration::from_secs(10).into(),
+        }
+    }
+}
+
+impl Default for BandwidthSpec {
+    fn default() -> Self {
+        Self {
+            node_bytes_per_second: Quantity("0".to_owned()),
+            origin_bytes_per_second: Quantity("0".to_owned()),
+        }
+    }
 }
 
 /// A host name pattern: `example.com` or `*.example.com`.
@@ -114,6 +260,10 @@ impl Default for ProxySpec {
                 requests_per_second: 20,
                 burst: 40,
             },
+            origin_access: OriginAccessSpec::default(),
+            other_methods: OtherMethods::default(),
+            client_limits: ClientLimitsSpec::default(),
+            bandwidth: BandwidthSpec::default(),
         }
     }
 }
