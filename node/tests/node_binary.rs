@@ -185,6 +185,10 @@ fn a_pod_asked_for_a_role_this_build_lacks_stays_unready_and_says_why() {
     assert!(health.contains(r#""healthy":true"#), "{health}");
     assert!(health.contains(r#""cacheWritable":true"#), "{health}");
     assert!(dir.path().join("cache").is_dir(), "the disk tier is set up");
+    let (status, cache) = get(node.admin, "/cache").unwrap();
+    assert_eq!(status, 200);
+    assert!(cache.contains(r#""diskObjects": 0"#), "{cache}");
+    assert!(cache.contains(r#""topUrls": []"#), "{cache}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The node's admin port: `/livez` (the process answers: the liveness probe), `/healthz`
 //! (able to serve, and the load: what the DNS nodes check before publishing a proxy),
-//! `/readyz`, `/metrics`, and the DHT's live state as JSON (`/dht`) and as a page for people
-//! (`/`).
+//! `/readyz`, `/metrics`, and the DHT's live state and the cache's (tiers, most asked URLs) as
+//! JSON (`/dht`, `/cache`) and as a page for people (`/`).
 //!
 //! The admin port reads the roles through small read-only views (a readiness flag, the DHT's
 //! snapshot); the roles do not know it exists. `/readyz` is ready only when every role the pod
@@ -23,6 +23,9 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use crate::dht::Dht;
 use crate::dht::udp::UdpNetwork;
 use crate::proxy::service::Proxy;
+
+/// URLs listed on the admin page and in `/cache`.
+const TOP_URLS: usize = 20;
 
 /// Whether one role is ready.
 #[derive(Clone, Debug)]
@@ -75,6 +78,18 @@ impl AdminState {
                     .expect("text encoding of gathered metrics");
                 http::metrics(String::from_utf8(exposition).expect("exposition is UTF-8"))
             }
+            "/cache" => match &self.proxy {
+                Some(proxy) => http::respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec_pretty(&proxy.cache_view(TOP_URLS))
+                        .expect("the cache view serialises"),
+                ),
+                None => http::text(
+                    StatusCode::NOT_FOUND,
+                    "this node does not play the proxy role\n",
+                ),
+            },
             "/dht" => match &self.dht {
                 Some(dht) => http::respond(
                     StatusCode::OK,
@@ -91,13 +106,14 @@ impl AdminState {
                 "text/html; charset=utf-8",
                 page::render(
                     self.dht.as_ref().map(|dht| dht.snapshot()),
+                    self.proxy.as_ref().map(|proxy| proxy.cache_view(TOP_URLS)),
                     &self.role_states(),
                     &self.level_names,
                 ),
             ),
             _ => http::text(
                 StatusCode::NOT_FOUND,
-                "not found: try /, /dht, /livez, /healthz, /readyz or /metrics\n",
+                "not found: try /, /dht, /cache, /livez, /healthz, /readyz or /metrics\n",
             ),
         }
     }

@@ -1,13 +1,15 @@
-//! The admin page people read: roles, and per DHT level the cluster, the store and the
-//! routing table. Plain HTML tables, no scripts.
+//! The admin page people read: roles, the cache (tiers, most asked URLs), and per DHT level
+//! the cluster, the store and the routing table. Plain HTML tables, no scripts.
 
 use std::fmt::Write;
 
 use crate::dht::snapshot::DhtSnapshot;
+use crate::proxy::service::CacheView;
 
 /// Renders the page.
 pub fn render(
     dht: Option<DhtSnapshot>,
+    cache: Option<CacheView>,
     roles: &[(String, Result<(), String>)],
     level_names: &[String],
 ) -> String {
@@ -25,6 +27,9 @@ pub fn render(
         let _ = writeln!(html, "<tr><td>{}</td><td>{state}</td></tr>", escape(name));
     }
     html.push_str("</table>\n");
+    if let Some(cache) = cache {
+        render_cache(&mut html, &cache);
+    }
     let Some(dht) = dht else {
         html.push_str("<p>This node does not play the DHT role.</p></body></html>\n");
         return html;
@@ -94,4 +99,26 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+fn render_cache(html: &mut String, cache: &CacheView) {
+    let disk = match (cache.disk_objects, cache.disk_bytes) {
+        (Some(objects), Some(bytes)) => format!("{objects} URL(s), {bytes} bytes"),
+        _ => "none".to_owned(),
+    };
+    let _ = writeln!(
+        html,
+        "<h2>Cache</h2><p>Memory: {} URL(s), {} bytes. Disk: {disk}. \
+         <a href=\"/cache\">JSON</a></p>\n<table><tr><th>most asked URLs</th><th>requests (sampled)</th></tr>",
+        cache.memory_objects, cache.memory_bytes
+    );
+    for popular in &cache.top_urls {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            escape(&popular.url),
+            popular.requests
+        );
+    }
+    html.push_str("</table>\n");
 }

@@ -15,7 +15,8 @@
 //!   quotas with fair sharing, redirecting to the origin;
 //! - [`refusal`]: refusals and their explanation pages;
 //! - [`service`]: the request flow; [`server`]: the HTTP server and its limits;
-//! - [`health`]: able to serve or not, and the load, for `/healthz`;
+//! - [`health`]: able to serve or not, and the load, for `/healthz`; [`popular`]: the URLs
+//!   asked for most, for the admin page;
 //! - [`metrics`]: the `coral_proxy_*` metrics.
 
 pub mod cache;
@@ -29,6 +30,7 @@ pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod peers;
+pub mod popular;
 pub mod quota;
 pub mod ratelimit;
 pub mod refusal;

@@ -188,6 +188,7 @@ impl Peers {
             .filter(|holder| *holder != self.peering.advertise)
             .collect();
         holders.dedup();
+        tracing::debug!(cache_key, ?holders, "DHT lookup");
         holders
     }
 
@@ -216,10 +217,12 @@ impl Peers {
         let outcome = tokio::time::timeout(self.response_timeout, self.put_self(cache_key, ttl))
             .await
             .ok()?;
-        outcome
+        let incumbent = outcome
             .global_incumbent()
             .map(|first| first.holder)
-            .filter(|holder| *holder != self.peering.advertise)
+            .filter(|holder| *holder != self.peering.advertise);
+        tracing::debug!(cache_key, ?incumbent, "DHT claim");
+        incumbent
     }
 
     /// Asks `holder` for an object; `None` when it does not have it or cannot be reached.

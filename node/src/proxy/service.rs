@@ -23,6 +23,8 @@ use http_body_util::BodyExt;
 use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 use hyper::body::Incoming;
 use prometheus::IntGauge;
+use serde::Serialize;
+use tracing::Instrument;
 
 use super::cache::{Lookup, ObjectCache, Stored, Usage, head_parts};
 use super::client::{
@@ -33,6 +35,7 @@ use super::headers::{self, CACHE_STATUS, Forwarding, REQUEST_ID};
 use super::health::Health;
 use super::metrics::{Outcome, ProxyMetrics, Source};
 use super::peers::{MAX_HOLDERS_TRIED, PEER_HEADER, PeerRequest, Peering, Peers};
+use super::popular::{PopularUrl, PopularUrls};
 use super::quota::{BandwidthQuotas, OverQuota};
 use super::ratelimit::RateLimiter;
 use super::refusal::Refusal;
@@ -98,6 +101,7 @@ pub struct Proxy {
     /// How often this node may ask one origin for an object (`perOriginRate`).
     origin_rate: RateLimiter<Origin>,
     quotas: Arc<BandwidthQuotas>,
+    popular: PopularUrls,
     metrics: ProxyMetrics,
 }
 
@@ -130,6 +134,22 @@ impl Drop for FillGuard<'_> {
 struct InFlight {
     transfer: Arc<Transfer>,
     request: request::Parts,
+}
+
+/// What the cache holds and the URLs asked for most.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheView {
+    /// URLs held in memory.
+    pub memory_objects: u64,
+    /// Bytes held in memory.
+    pub memory_bytes: u64,
+    /// URLs held on disk, when there is a disk tier.
+    pub disk_objects: Option<u64>,
+    /// Bytes held on disk, when there is a disk tier.
+    pub disk_bytes: Option<u64>,
+    /// The URLs asked for most (GET and HEAD), most first.
+    pub top_urls: Vec<PopularUrl>,
 }
 
 /// A client connection, counted as open until dropped.
@@ -206,6 +226,7 @@ impl Proxy {
             limiter: RateLimiter::new(proxy.per_client_rate),
             origin_rate: RateLimiter::new(proxy.per_origin_rate),
             quotas: Arc::new(BandwidthQuotas::new(proxy.bandwidth, Instant::now())),
+            popular: PopularUrls::default(),
             metrics,
         })
     }
@@ -220,6 +241,18 @@ impl Proxy {
     /// Waits until what the cache stored so far is on disk (at shutdown).
     pub async fn flush_cache(&self) {
         self.cache.flush().await;
+    }
+
+    /// What the cache holds and the URLs asked for most, for the admin port.
+    pub fn cache_view(&self, top: usize) -> CacheView {
+        let Usage { memory, disk } = self.cache.usage();
+        CacheView {
+            memory_objects: memory.0,
+            memory_bytes: memory.1,
+            disk_objects: disk.map(|(objects, _)| objects),
+            disk_bytes: disk.map(|(_, bytes)| bytes),
+            top_urls: self.popular.top(top),
+        }
     }
 
     /// Whether the proxy is able to serve, and its load.
@@ -415,6 +448,9 @@ impl Proxy {
         let cacheable_method = method == Method::GET || method == Method::HEAD;
         let request_headers = request.headers();
         let key = format!("{origin}{path}");
+        if cacheable_method {
+            self.popular.record(&key);
+        }
         let cacheable = cacheable_method && !request_headers.contains_key(header::AUTHORIZATION);
         let now = SystemTime::now();
         if cacheable && let Some(stored) = self.cache.fresh(&key, request_headers, now) {
@@ -625,7 +661,9 @@ impl Proxy {
         if stale.is_none()
             && let Some(peers) = &self.peers
         {
-            let holders = peers.holders(&request.key).await;
+            // The DHT's own log lines for these lookups carry the client's request ID.
+            let span = tracing::info_span!("dht", request_id = %request.request_id);
+            let holders = peers.holders(&request.key).instrument(span.clone()).await;
             if self.fill_from_holders(request, transfer, holders).await {
                 return;
             }
@@ -633,6 +671,7 @@ impl Proxy {
             // one that announced first is waited on instead.
             let incumbent = peers
                 .claim(&request.key, self.announce_while_fetching)
+                .instrument(span)
                 .await;
             if self
                 .fill_from_holders(request, transfer, incumbent.into_iter().collect())

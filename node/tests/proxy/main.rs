@@ -304,6 +304,43 @@ fn a_restarted_proxy_serves_what_its_disk_tier_kept() {
 }
 
 #[test]
+fn the_cache_view_lists_the_most_asked_urls_first() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], "popular")
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.cache_disk_bytes = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        config.proxy.cache_dir = dir.path().to_owned();
+        let proxy = TestProxy::start(&config).await;
+        for (path, times) in [("/hot", 400), ("/warm", 40)] {
+            for _ in 0..times {
+                proxy.get(&origin.zone_host(), path, &[]).await;
+            }
+        }
+        proxy.flush().await;
+        let view = proxy.cache_view();
+        assert_eq!(view.memory_objects, 2);
+        assert_eq!(view.disk_objects, Some(2));
+        let urls: Vec<&str> = view.top_urls.iter().map(|top| top.url.as_str()).collect();
+        let port = origin.address.port();
+        assert_eq!(
+            urls,
+            [
+                format!("{ORIGIN_HOST}:{port}/hot"),
+                format!("{ORIGIN_HOST}:{port}/warm")
+            ]
+        );
+        assert!(
+            view.top_urls[0].requests > view.top_urls[1].requests * 4,
+            "{view:?}"
+        );
+    });
+}
+
+#[test]
 fn expired_objects_are_revalidated_with_their_validators() {
     in_private_network(|| async {
         let origin = TestOrigin::start(handler(|parts| async move {

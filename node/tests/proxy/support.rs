@@ -21,7 +21,7 @@ use coral_node::dht::{Dht, DhtParams, Locality};
 use coral_node::proxy::metrics::ProxyMetrics;
 use coral_node::proxy::peers::Peering;
 use coral_node::proxy::server;
-use coral_node::proxy::service::Proxy;
+use coral_node::proxy::service::{CacheView, Proxy};
 use http::{HeaderMap, Request, Response, StatusCode, request};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -376,6 +376,16 @@ impl TestProxy {
             proxy,
             shutdown,
         }
+    }
+
+    /// Waits until what the cache stored so far is on disk.
+    pub async fn flush(&self) {
+        self.proxy.flush_cache().await;
+    }
+
+    /// What the cache holds and the most asked URLs, as the admin port shows them.
+    pub fn cache_view(&self) -> CacheView {
+        self.proxy.cache_view(10)
     }
 
     /// Stops serving and waits for the disk tier to hold what was stored, as a node's
