@@ -74,6 +74,8 @@ fn illegal_example_is_refused_naming_each_broken_rule() {
         "internalNetworks entries must be networks",
         "resolvers entries must be IP addresses",
         "addresses entries must be IP addresses",
+        "internalHosts entries must be host names",
+        "originBytesPerSecond must be a whole quantity",
     ] {
         assert!(err.contains(expected), "`{expected}` missing from: {err}");
     }

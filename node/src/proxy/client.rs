@@ -290,19 +290,22 @@ impl OriginClient {
 /// Refuses a response whose body is transfer-coded with anything but `chunked`: the proxy
 /// decodes no other coding, and would serve the coded bytes as the content.
 fn supported_framing(response: Response<Incoming>) -> Result<Response<Incoming>, FetchError> {
-    for value in response.headers().get_all(header::TRANSFER_ENCODING) {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        if let Some(coding) = text
-            .split(',')
-            .map(str::trim)
-            .find(|coding| !coding.eq_ignore_ascii_case("chunked"))
-        {
-            return Err(FetchError::Protocol(format!(
-                "the body uses the transfer coding {coding:?}, which the proxy does not decode"
-            )));
-        }
+    let codings: Vec<String> = response
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(|coding| String::from_utf8_lossy(coding.trim_ascii()).to_ascii_lowercase())
+        .filter(|coding| !coding.is_empty())
+        .collect();
+    match codings.as_slice() {
+        [] => Ok(response),
+        [only] if only == "chunked" => Ok(response),
+        _ => Err(FetchError::Protocol(format!(
+            "the body uses the transfer coding {:?}, which the proxy does not decode",
+            codings.join(", ")
+        ))),
     }
-    Ok(response)
 }
 
 /// Concurrency limiters of origin hosts. A limiter lives as long as a fetch holds or awaits

@@ -150,24 +150,19 @@ const MAX_AGE_VALUE: u64 = 1 << 31;
 ///
 /// The framing is the proxy's own: a `Content-Length` sent along `Transfer-Encoding` is
 /// dropped (the transfer coding decides, RFC 9112 section 6.3, and the proxy serves the
-/// decoded body), as is one on a 1xx or 204 answer, which has no body; a value holding a
-/// line break (obsolete line folding) is dropped rather than passed on.
+/// decoded body), as is one on a 1xx or 204 answer, which has no body; repeated equal lengths
+/// (`5, 5`, or two fields) become one, and lengths that disagree are dropped.
 pub fn from_origin(status: StatusCode, origin: &HeaderMap, zone: &str) -> HeaderMap {
     let mut headers = origin.clone();
     strip_hop_by_hop(&mut headers);
-    if origin.contains_key(header::TRANSFER_ENCODING)
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
+    let length = single_length(origin);
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(length) = length
+        && !origin.contains_key(header::TRANSFER_ENCODING)
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
     {
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    let folded: Vec<HeaderName> = headers
-        .iter()
-        .filter(|(_, value)| value.as_bytes().iter().any(|b| *b == b'\r' || *b == b'\n'))
-        .map(|(name, _)| name.clone())
-        .collect();
-    for name in &folded {
-        headers.remove(name);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
     let age = headers.get(header::AGE).map(|value| {
         value
@@ -200,6 +195,21 @@ pub fn from_origin(status: StatusCode, origin: &HeaderMap, zone: &str) -> Header
     headers
 }
 
+/// The one length every `Content-Length` value states, if they agree.
+fn single_length(headers: &HeaderMap) -> Option<u64> {
+    let mut lengths = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(|item| {
+            std::str::from_utf8(item.trim_ascii())
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+        });
+    let first = lengths.next()??;
+    lengths.all(|length| length == Some(first)).then_some(first)
+}
+
 /// Removes what a peer proxy added to an object's headers (its `Via` entry, `X-Cache`,
 /// `X-Request-Id`), so that the copy is served as if fetched here.
 pub fn strip_peer_marks(headers: &mut HeaderMap, ours: &HeaderValue) {
@@ -220,16 +230,13 @@ pub fn strip_peer_marks(headers: &mut HeaderMap, ours: &HeaderValue) {
 
 /// Adds this CDN's `Via` entry (from [`via_value`]).
 pub fn append_via(headers: &mut HeaderMap, ours: &HeaderValue) {
-    let Some(earlier) = headers.get(header::VIA) else {
-        headers.insert(header::VIA, ours.clone());
-        return;
-    };
-    let mut joined = earlier.as_bytes().to_vec();
-    joined.extend_from_slice(b", ");
-    joined.extend_from_slice(ours.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(header::VIA, value);
-    }
+    let mut hops: Vec<&[u8]> = via_hops(headers).filter(|hop| !hop.is_empty()).collect();
+    hops.push(ours.as_bytes());
+    let joined = hops.join(&b", "[..]);
+    headers.insert(
+        header::VIA,
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ours.clone()),
+    );
 }
 
 #[cfg(test)]

@@ -512,11 +512,15 @@ impl Proxy {
                 .await?;
             return Ok((Outcome::Pass, response));
         }
-        joined
-            .reader
-            .body_begun()
-            .await
-            .map_err(|failed| failed.0)?;
+        if *method == Method::GET {
+            // A body that fails before its first byte still gets a status (HEAD answers and
+            // the head-only 304 and 412 do not wait for the body).
+            joined
+                .reader
+                .body_begun()
+                .await
+                .map_err(|failed| failed.0)?;
+        }
         if let Some(length) = content_length(&head.headers) {
             let source = match outcome {
                 Outcome::Peer => Source::Peer,
@@ -570,7 +574,6 @@ impl Proxy {
         if !shareable(&leader, &parts, &head) {
             return Err(miss());
         }
-        reader.body_begun().await.map_err(|failed| failed.0)?;
         Ok((
             Outcome::ForPeer,
             respond::from_transfer(method, &parts.headers, &head, reader),

@@ -66,6 +66,16 @@ fn corpus() -> Vec<Case> {
             served(200, "hello", true),
         ),
         case(
+            "equal lengths in one field",
+            &format!("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n{fresh}\r\nhello"),
+            served(200, "hello", true),
+        ),
+        case(
+            "chunked twice",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n8\r\n5\r\nhello\r\n0\r\n\r\n",
+            BadGateway,
+        ),
+        case(
             "conflicting lengths",
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
             BadGateway,

@@ -89,9 +89,11 @@ pub struct OriginAccessSpec {
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(n, isCIDR(n))", "message": "internalNetworks entries must be networks such as 10.1.0.0/16"}]))]
     pub internal_networks: Vec<String>,
 
-    /// Origin host names that may resolve to non-public addresses.
+    /// Origin host names (`intranet.example`, or `*.intranet.example` for every name under
+    /// it) that may resolve to non-public addresses.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(p, p.matches('^([*][.])?[a-z0-9-]+([.][a-z0-9-]+)*$'))", "message": "internalHosts entries must be host names, optionally starting with '*.'"}]))]
     pub internal_hosts: Vec<String>,
 
     /// Public networks never fetched from either, such as the cluster's public pod or
@@ -102,8 +104,11 @@ pub struct OriginAccessSpec {
     pub blocked_networks: Vec<String>,
 
     /// Fixed addresses of origin host names, used instead of DNS (as `curl --resolve` does).
+    /// They pass the same address checks: a non-public one also needs `internalNetworks` or
+    /// `internalHosts`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["host"]))]
     pub addresses: Vec<FixedAddressSpec>,
 
     /// DNS servers (IP addresses, port 53) that resolve origin names; empty uses the pod's
@@ -152,7 +157,7 @@ pub struct ClientLimitsSpec {
     #[schemars(range(min = 256, max = 1048576))]
     pub max_url_bytes: u32,
     /// Most header fields in one request.
-    #[schemars(range(min = 8, max = 1000))]
+    #[schemars(range(min = 16, max = 1000))]
     pub max_headers: u32,
     /// Largest request head, in bytes.
     #[schemars(range(min = 8192, max = 1048576))]
@@ -168,10 +173,10 @@ pub struct ClientLimitsSpec {
 #[serde(rename_all = "camelCase", default)]
 pub struct BandwidthSpec {
     /// All clients of one node together.
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))", "message": "nodeBytesPerSecond must be a quantity of 0 or more, such as 100Mi"}]))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && quantity(string(self)).isInteger() && !quantity(string(self)).isLessThan(quantity('0'))", "message": "nodeBytesPerSecond must be a whole quantity of 0 or more, such as 100Mi"}]))]
     pub node_bytes_per_second: Quantity,
     /// The clients of one origin host on one node together.
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))", "message": "originBytesPerSecond must be a quantity of 0 or more, such as 10Mi"}]))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && quantity(string(self)).isInteger() && !quantity(string(self)).isLessThan(quantity('0'))", "message": "originBytesPerSecond must be a whole quantity of 0 or more, such as 10Mi"}]))]
     pub origin_bytes_per_second: Quantity,
 }
 
