@@ -219,7 +219,8 @@ fn every_response_of_the_nasty_corpus_is_served_refused_or_cut_cleanly() {
                 continue;
             };
             let asked = origin.connections();
-            let second = proxy.get(&origin.zone_host(), "/n", &[]).await;
+            // A body that breaks off may, by timing, end the connection before its head.
+            let second = proxy.try_get(&origin.zone_host(), "/n").await;
             let asked_again = origin.connections() > asked;
             let length_is_honest = first.header("content-length").is_empty()
                 || !first.complete
@@ -235,7 +236,7 @@ fn every_response_of_the_nasty_corpus_is_served_refused_or_cut_cleanly() {
                         && first.body == body
                         && first.header("set-cookie").is_empty()
                         && asked_again != cached
-                        && (!cached || second.cache() == "hit")
+                        && (!cached || second.is_some_and(|second| second.cache() == "hit"))
                 }
                 Expect::BadGateway => first.status == StatusCode::BAD_GATEWAY,
                 Expect::BrokenOff => {
