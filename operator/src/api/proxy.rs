@@ -1,5 +1,6 @@
 //! Spec of the caching proxy role.
 
+use coral_node::config::{ClientLimits, OriginAccess};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::core::Duration;
 use schemars::JsonSchema;
@@ -188,19 +189,21 @@ impl Default for OriginAccessSpec {
             blocked_networks: Vec::new(),
             addresses: Vec::new(),
             resolvers: Vec::new(),
-            max_concurrent_fetches: 8,
+            max_concurrent_fetches: OriginAccess::default().max_concurrent_fetches,
         }
     }
 }
 
 impl Default for ClientLimitsSpec {
+    /// The node's own defaults, so the CRD and `node.yaml` cannot drift apart.
     fn default() -> Self {
+        let node = ClientLimits::default();
         Self {
-            max_connections: 20_000,
-            max_url_bytes: 8_192,
-            max_headers: 100,
-            max_header_bytes: 32_768,
-            header_timeout: std::time::Duration::from_secs(10).into(),
+            max_connections: node.max_connections,
+            max_url_bytes: node.max_url_bytes,
+            max_headers: node.max_headers,
+            max_header_bytes: node.max_header_bytes,
+            header_timeout: node.header_timeout.into(),
         }
     }
 }
