@@ -270,6 +270,7 @@ async fn replayed_and_stale_packets_are_dropped_unanswered() {
         sender: Id::of(sender.to_string().as_bytes()),
         locality: Locality::from_labels(&["z1", "r1"]),
         level: 0,
+        trace: "".into(),
         body: Body::Ping,
     };
     let dropped = |reason| {
@@ -308,4 +309,76 @@ async fn replayed_and_stale_packets_are_dropped_unanswered() {
         .unwrap();
     assert_eq!(codec.decode(&buffer[..len]).unwrap().body, Body::Pong);
     assert!(node.dht.peers(0) == 1, "the pinger became a peer");
+}
+
+/// Log lines written while a test runs, for asserting on what a node logged.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+// One thread, so that the nodes' receive tasks log to this test's subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lookup_carries_its_request_id_into_the_logs_of_the_nodes_it_asks() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let secret = secret("a_lookup_carries_its_request_id_into_the_logs_of_the_nodes_it_asks");
+    let asking = start(0, &secret, VERSION).await;
+    let asked = start(2, &secret, VERSION).await;
+    // Stored before the other node joins, so only the asked node holds it.
+    let key = Id::of(b"http://origin.test/traced");
+    asked.dht.put(key, value(8080), HOUR).await;
+    assert_eq!(asking.dht.join(&[asked.dht.contact().addr]).await, 1);
+    let before = logs.lines().len();
+
+    let found = coral_node::dht::traced("req-7f3a", asking.dht.get(key)).await;
+    assert_eq!(found.values[0].value, value(8080));
+    let asked_addr = asked.dht.contact().addr.to_string();
+    let answered: Vec<_> = logs.lines()[before..]
+        .iter()
+        .filter(|line| line.contains("answered a DHT request"))
+        .cloned()
+        .collect();
+    assert!(
+        answered
+            .iter()
+            .any(|line| line.contains("request_id=req-7f3a")
+                && line.contains(&format!("node={asked_addr}"))
+                && line.contains("asked=\"get\"")),
+        "{answered:#?}"
+    );
+
+    // Upkeep is not traced, and a get outside a traced scope logs nothing of the kind.
+    let before = logs.lines().len();
+    asking.dht.get(key).await;
+    assert!(
+        !logs.lines()[before..]
+            .iter()
+            .any(|line| line.contains("answered a DHT request"))
+    );
 }

@@ -172,6 +172,7 @@ mod tests {
                 sender: sender.id,
                 locality,
                 level,
+                trace: "".into(),
                 body,
             },
         )

@@ -10,7 +10,8 @@
 //! The module is a library at the bottom of the node: it knows nothing of HTTP, DNS or
 //! Kubernetes. Its parts:
 //! - [`id`], [`locality`]: identifiers and cluster membership;
-//! - [`wire`]: the authenticated packet format (documented there);
+//! - [`wire`]: the authenticated packet format (documented there), and [`trace`], the client
+//!   request a packet serves;
 //! - [`routing`], [`store`]: the per-node tables, which decide and never send;
 //! - [`answer`]: how a node answers a request, a pure function of its tables;
 //! - [`lookup`], [`path`]: the books of an iterative Kademlia lookup (joins and refreshes) and
@@ -33,6 +34,7 @@ pub mod routing;
 pub mod sim;
 pub mod snapshot;
 pub mod store;
+pub mod trace;
 pub mod udp;
 pub mod wire;
 
@@ -43,6 +45,7 @@ use std::time::Duration;
 pub use id::Id;
 pub use locality::Locality;
 pub use node::Dht;
+pub use trace::traced;
 pub use wire::Value;
 
 use store::StoreLimits;

@@ -33,6 +33,7 @@ use super::path;
 use super::routing::{Contact, Routing};
 use super::snapshot::{DhtSnapshot, LevelSnapshot, PeerSnapshot};
 use super::store::SloppyStore;
+use super::trace;
 use super::wire::{Body, ContactInfo, Packet, TimedValue, Value};
 use super::{DhtParams, Network, RpcError};
 
@@ -173,7 +174,8 @@ impl<N: Network> Dht<N> {
         self.lock().routing.len(level)
     }
 
-    /// Answers a request that arrived from `from`: the reply packet, echoing its request id.
+    /// Answers a request that arrived from `from`: the reply packet, echoing its request id and
+    /// trace. A traced request is logged (debug) with what it was answered.
     pub fn answer(&self, from: SocketAddr, request: &Packet) -> Packet {
         let sender = Contact {
             id: request.sender,
@@ -185,11 +187,24 @@ impl<N: Network> Dht<N> {
             .inc();
         let mut tables = self.lock();
         let body = tables.answer(&self.params, sender, request, Instant::now());
+        let locality = tables.routing.locality().clone();
+        drop(tables);
+        if !request.trace.is_empty() {
+            tracing::debug!(
+                request_id = %request.trace,
+                node = %self.me.addr,
+                %from,
+                asked = request.body.name(),
+                answered = body.name(),
+                "answered a DHT request"
+            );
+        }
         Packet {
             request_id: request.request_id,
             sender: self.me.id,
-            locality: tables.routing.locality().clone(),
+            locality,
             level: request.level,
+            trace: request.trace.clone(),
             body,
         }
     }
@@ -627,6 +642,7 @@ impl<N: Network> Dht<N> {
             sender: self.me.id,
             locality: self.lock().routing.locality().clone(),
             level: u8::try_from(level).expect("levels fit a byte"),
+            trace: trace::current(),
             body,
         };
         if to == self.me.addr {

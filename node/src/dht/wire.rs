@@ -13,12 +13,16 @@
 //! | 39 | 1 | level the message is about (0 = global) |
 //! | 40 | 1 | `n`, number of the sender's cluster IDs |
 //! | 41 | 8·n | sender's cluster ID per level, broadest first (0 = none) |
+//! | … | 1 | `t`, length of the trace |
+//! | … | t | trace: the client request served, printable ASCII (see `trace`; an answer echoes it) |
 //! | … | … | body (table below) |
 //! | end−16 | 16 | HMAC-SHA256 of everything before it, truncated to 128 bits |
 //!
-//! The MAC key is HMAC-SHA256(cluster secret, `coral-dht/` ‖ version), so nodes of another
-//! cluster *or* another protocol version can never verify each other's packets; the version is
-//! also checked in clear first so that such packets are counted as what they are. A packet sent
+//! The MAC key is HMAC-SHA256(cluster secret, `coral-dht/` ‖ [`FORMAT`] ‖ `/` ‖ version), so
+//! nodes of another cluster, another configured protocol version *or* another build of the
+//! format (which the configured version need not follow) can never verify each other's packets,
+//! let alone misread them; the version is also checked in clear first so that such packets are
+//! counted as what they are. A packet sent
 //! more than [`MAX_CLOCK_SKEW`] from the receiver's clock is dropped, which bounds how long a
 //! captured packet can be replayed.
 //!
@@ -44,12 +48,14 @@
 //! [`MAX_VALUES`], [`MAX_META`]) so a reply always fits one datagram.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::id::Id;
 use super::locality::{ClusterId, Locality, MAX_LOCAL_LEVELS};
+use super::trace::{MAX_TRACE, is_carriable};
 
 /// Largest packet sent or accepted, well under a typical 1500-byte MTU.
 pub const MAX_PACKET: usize = 1400;
@@ -60,9 +66,12 @@ pub const MAX_VALUES: usize = 8;
 /// Longest metadata of one value, in bytes.
 pub const MAX_META: usize = 64;
 
+/// Revision of this packet layout, part of the MAC key: 2 added the trace.
+pub const FORMAT: u8 = 2;
+
 const MAGIC: &[u8; 2] = b"CD";
 const MAC_LEN: usize = 16;
-const FIXED_HEADER: usize = 41;
+const FIXED_HEADER: usize = 42;
 /// Largest difference between a packet's send time and the receiver's clock.
 pub const MAX_CLOCK_SKEW: u64 = 60;
 
@@ -77,6 +86,8 @@ pub struct Packet {
     pub locality: Locality,
     /// Level of the DHT the message is about.
     pub level: u8,
+    /// The client request this message serves (see [`super::trace`]); empty for upkeep.
+    pub trace: Arc<str>,
     /// What the message says.
     pub body: Body,
 }
@@ -280,6 +291,7 @@ impl Codec {
     pub fn new(secret: &[u8], version: u32) -> Self {
         let mut derive = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
         derive.update(b"coral-dht/");
+        derive.update(&[FORMAT, b'/']);
         derive.update(&version.to_be_bytes());
         let packet_key = derive.finalize().into_bytes();
         Self {
@@ -315,6 +327,15 @@ impl Codec {
         for cluster in clusters {
             out.extend_from_slice(&cluster.0.to_be_bytes());
         }
+        // `trace::traced` never sets a trace that cannot travel; should one appear, it is left
+        // out rather than sent unreadable.
+        let trace = if is_carriable(&packet.trace) {
+            packet.trace.as_bytes()
+        } else {
+            &[]
+        };
+        out.push(trace.len() as u8);
+        out.extend_from_slice(trace);
         encode_body(&packet.body, &mut out);
         let mut mac = self.mac.clone();
         mac.update(&out);
@@ -365,6 +386,11 @@ impl Codec {
         let clusters = (0..cluster_count)
             .map(|_| reader.u64().map(ClusterId))
             .collect::<Result<_, _>>()?;
+        let trace_len = reader.count(MAX_TRACE)?;
+        let trace = std::str::from_utf8(reader.take(trace_len)?)
+            .ok()
+            .filter(|trace| is_carriable(trace))
+            .ok_or(DecodeError::Malformed("trace not printable ASCII"))?;
         let body = decode_body(type_byte, &mut reader)?;
         if reader.pos != signed.len() {
             return Err(DecodeError::Malformed("trailing bytes"));
@@ -374,6 +400,7 @@ impl Codec {
             sender,
             locality: Locality::from_clusters(clusters),
             level,
+            trace: Arc::from(trace),
             body,
         })
     }
@@ -651,6 +678,7 @@ mod tests {
             sender: Id([9; 20]),
             locality: Locality::from_labels(&["zone-a", "region-1"]),
             level: 2,
+            trace: Arc::from("r".repeat(MAX_TRACE)),
             body,
         }
     }
@@ -781,15 +809,51 @@ mod tests {
             accepted: true,
             incumbent: None,
         }));
-        bytes.truncate(bytes.len() - MAC_LEN);
         bytes[6] = 99;
+        assert_eq!(
+            codec().decode(&resigned(bytes)),
+            Err(DecodeError::Malformed("unknown message type"))
+        );
+    }
+
+    #[test]
+    fn a_trace_that_is_not_printable_ascii_is_malformed() {
+        let mut bytes = codec().encode(&packet(Body::Ping));
+        let trace_at = bytes
+            .windows(MAX_TRACE)
+            .position(|window| window.iter().all(|&b| b == b'r'))
+            .expect("the trace is in the packet");
+        bytes[trace_at + 3] = b' ';
+        assert_eq!(
+            codec().decode(&resigned(bytes)),
+            Err(DecodeError::Malformed("trace not printable ASCII"))
+        );
+    }
+
+    #[test]
+    fn a_packet_carries_its_trace_and_upkeep_carries_none() {
+        let traced = packet(Body::Ping);
+        assert_eq!(
+            codec().decode(&codec().encode(&traced)).unwrap().trace,
+            traced.trace
+        );
+        let upkeep = Packet {
+            trace: Arc::from(""),
+            ..packet(Body::Ping)
+        };
+        assert_eq!(
+            &*codec().decode(&codec().encode(&upkeep)).unwrap().trace,
+            ""
+        );
+    }
+
+    /// `bytes`, an encoded packet, with its MAC recomputed after an edit.
+    fn resigned(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes.truncate(bytes.len() - MAC_LEN);
         let mut mac = codec().mac.clone();
         mac.update(&bytes);
         bytes.extend_from_slice(&mac.finalize().into_bytes()[..MAC_LEN]);
-        assert_eq!(
-            codec().decode(&bytes),
-            Err(DecodeError::Malformed("unknown message type"))
-        );
+        bytes
     }
 
     /// Signs arbitrary bytes as a header and body, with a current send time, so the fuzzer

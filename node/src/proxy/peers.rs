@@ -36,7 +36,7 @@ use super::headers::{CACHE_STATUS, REQUEST_ID};
 use crate::dht::node::PutOutcome;
 use crate::dht::udp::UdpNetwork;
 use crate::dht::wire::Value;
-use crate::dht::{Dht, Id};
+use crate::dht::{Dht, Id, traced};
 
 /// The header that authenticates a peer request.
 pub const PEER_HEADER: HeaderName = HeaderName::from_static("x-coral-peer");
@@ -173,11 +173,15 @@ impl Peers {
             .is_ok_and(|token| self.auth.verify(cache_key, token, SystemTime::now()))
     }
 
-    /// Other proxies holding `cache_key`, nearest first.
-    pub async fn holders(&self, cache_key: &str) -> Vec<SocketAddr> {
+    /// Other proxies holding `cache_key`, nearest first. The DHT requests carry `request_id`,
+    /// so the nodes answering them log it.
+    pub async fn holders(&self, cache_key: &str, request_id: &str) -> Vec<SocketAddr> {
         let found = tokio::time::timeout(
             self.response_timeout,
-            self.peering.dht.get(Id::of(cache_key.as_bytes())),
+            traced(
+                request_id,
+                self.peering.dht.get(Id::of(cache_key.as_bytes())),
+            ),
         )
         .await
         .unwrap_or_default();
@@ -192,31 +196,47 @@ impl Peers {
         holders
     }
 
-    /// Puts `cache_key -> this proxy` for `ttl`, kept between 2 s and an hour.
-    fn put_self(&self, cache_key: &str, ttl: Duration) -> impl Future<Output = PutOutcome> + use<> {
+    /// Puts `cache_key -> this proxy` for `ttl`, kept between 2 s and an hour, on behalf of
+    /// the client request `request_id`.
+    fn put_self(
+        &self,
+        cache_key: &str,
+        ttl: Duration,
+        request_id: &str,
+    ) -> impl Future<Output = PutOutcome> + use<> {
         let dht = self.peering.dht.clone();
+        let request_id = request_id.to_owned();
         let key = Id::of(cache_key.as_bytes());
         let value = Value {
             holder: self.peering.advertise,
             meta: Vec::new(),
         };
         let ttl = ttl.clamp(Duration::from_secs(2), MAX_ANNOUNCE);
-        async move { dht.put(key, value, ttl).await }
+        async move { traced(&request_id, dht.put(key, value, ttl)).await }
     }
 
-    /// Puts `cache_key -> this proxy` for `ttl` (at most an hour), in the background.
-    pub fn announce(&self, cache_key: &str, ttl: Duration) {
-        tokio::spawn(self.put_self(cache_key, ttl));
+    /// Puts `cache_key -> this proxy` for `ttl` (at most an hour), in the background, on
+    /// behalf of the client request `request_id`.
+    pub fn announce(&self, cache_key: &str, ttl: Duration, request_id: &str) {
+        tokio::spawn(self.put_self(cache_key, ttl, request_id));
     }
 
     /// Announces this node as fetching `cache_key` for `ttl`, and returns the holder that
     /// announced it first, if another did: the node to wait on instead of the origin. Nodes
     /// that miss the same object at the same moment all store at the key's closest node,
     /// which names the first of them to the others.
-    pub async fn claim(&self, cache_key: &str, ttl: Duration) -> Option<SocketAddr> {
-        let outcome = tokio::time::timeout(self.response_timeout, self.put_self(cache_key, ttl))
-            .await
-            .ok()?;
+    pub async fn claim(
+        &self,
+        cache_key: &str,
+        ttl: Duration,
+        request_id: &str,
+    ) -> Option<SocketAddr> {
+        let outcome = tokio::time::timeout(
+            self.response_timeout,
+            self.put_self(cache_key, ttl, request_id),
+        )
+        .await
+        .ok()?;
         let incumbent = outcome
             .global_incumbent()
             .map(|first| first.holder)

@@ -664,16 +664,23 @@ impl Proxy {
         if stale.is_none()
             && let Some(peers) = &self.peers
         {
-            // The DHT's own log lines for these lookups carry the client's request ID.
+            // The lookups' log lines, here and on the nodes they ask, carry the request ID.
             let span = tracing::info_span!("dht", request_id = %request.request_id);
-            let holders = peers.holders(&request.key).instrument(span.clone()).await;
+            let holders = peers
+                .holders(&request.key, &request.request_id)
+                .instrument(span.clone())
+                .await;
             if self.fill_from_holders(request, transfer, holders).await {
                 return;
             }
             // Others missing the object from now on find this node and wait on its fetch;
             // one that announced first is waited on instead.
             let incumbent = peers
-                .claim(&request.key, self.announce_while_fetching)
+                .claim(
+                    &request.key,
+                    self.announce_while_fetching,
+                    &request.request_id,
+                )
                 .instrument(span)
                 .await;
             if self
@@ -979,7 +986,11 @@ impl Proxy {
                     .insert(request.key.clone(), Arc::new(stored));
             } else if stored.policy.is_storable() {
                 if let Some(peers) = &self.peers {
-                    peers.announce(&request.key, stored.policy.time_to_live(response_time));
+                    peers.announce(
+                        &request.key,
+                        stored.policy.time_to_live(response_time),
+                        &request.request_id,
+                    );
                 }
                 self.cache.insert(
                     &request.key,
