@@ -225,6 +225,48 @@ pub struct DnsConfig {
     /// Name servers published in the zone's NS records; empty means the healthy DNS nodes
     /// publish themselves.
     pub nameservers: Vec<NameServer>,
+    /// File listing the proxies and DNS nodes to check and publish (see `dns::members`); unset
+    /// means the node learns them from the Kubernetes API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_file: Option<PathBuf>,
+    /// Responses per second to one client network (an IPv4 /24, an IPv6 /56): response rate
+    /// limiting, which blunts reflection attacks with spoofed sources.
+    #[serde(default = "DnsConfig::default_response_rate")]
+    pub response_rate: RateLimit,
+    /// Limits of DNS over TCP.
+    #[serde(default)]
+    pub tcp: DnsTcpLimits,
+}
+
+impl DnsConfig {
+    /// 200 responses a second, 400 in a burst, per client network: far above what one
+    /// network's resolvers ask of one zone, far below what makes a useful reflector.
+    pub fn default_response_rate() -> RateLimit {
+        RateLimit {
+            requests_per_second: 200,
+            burst: 400,
+        }
+    }
+}
+
+/// Limits of the DNS server's TCP side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DnsTcpLimits {
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: u32,
+    /// A connection that sends no query for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for DnsTcpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A name server published for the zone.
@@ -459,6 +501,17 @@ impl NodeConfig {
         }
         positive("dns.port", self.dns.port.into())?;
         positive("dns.answersPerQuery", self.dns.answers_per_query.into())?;
+        positive(
+            "dns.responseRate.requestsPerSecond",
+            self.dns.response_rate.requests_per_second.into(),
+        )?;
+        positive(
+            "dns.tcp.maxConnections",
+            self.dns.tcp.max_connections.into(),
+        )?;
+        if self.dns.tcp.idle_timeout.is_zero() {
+            return Err(("dns.tcp.idleTimeout", "must be longer than 0s".to_owned()));
+        }
         positive("dht.port", self.dht.port.into())?;
         let tuning = &self.dht.tuning;
         positive("dht.tuning.bucketSize", tuning.bucket_size.into())?;
@@ -536,7 +589,9 @@ impl Topology {
 }
 
 /// Reads a YAML file, naming the offending field on error.
-fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Loaded<T>, ConfigError> {
+pub(crate) fn load_yaml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Loaded<T>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -607,6 +662,9 @@ mod tests {
                     name: "ns1.nyud.net".into(),
                     addresses: vec!["192.0.2.53".parse().unwrap()],
                 }],
+                members_file: None,
+                response_rate: DnsConfig::default_response_rate(),
+                tcp: DnsTcpLimits::default(),
             },
             locality: LocalityConfig {
                 label_keys: vec!["topology.kubernetes.io/zone".into()],

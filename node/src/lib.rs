@@ -10,5 +10,6 @@
 pub mod admin;
 pub mod config;
 pub mod dht;
+pub mod dns;
 pub mod proxy;
 pub mod roles;

@@ -10,9 +10,11 @@ use clap::{Parser, Subcommand};
 use coral_node::admin::{AdminState, Readiness};
 use coral_node::config::{CONFIG_FILE, NodeConfig, TOPOLOGY_FILE, Topology};
 use coral_node::dht::metrics::DhtMetrics;
+use coral_node::dns::metrics::DnsMetrics;
 use coral_node::proxy::metrics::ProxyMetrics;
 use coral_node::proxy::peers::Peering;
 use coral_node::roles::dht::{DhtPlacement, DhtRole};
+use coral_node::roles::dns::{DnsPlacement, DnsRole};
 use coral_node::roles::proxy::ProxyRole;
 use coral_status_http as http;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +38,7 @@ enum Command {
         config: PathBuf,
     },
     /// Play the given roles until SIGTERM or Ctrl-C.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +67,10 @@ struct RunArgs {
     /// Address the proxy serves clients on; defaults to every address at the configured port.
     #[arg(long)]
     proxy_address: Option<SocketAddr>,
+    /// Address the DNS server answers on (UDP and TCP); defaults to every address at the
+    /// configured port.
+    #[arg(long)]
+    dns_address: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -115,7 +121,8 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // hickory-server logs every query at info: that is a query log, not an event.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
     // Colours only for a person at a terminal, never in a pod's log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -139,7 +146,7 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
     Ok(loaded.value)
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
     let config = load_config(&args.config)?;
     let topology = Topology::load(&args.topology)?.value;
     let shutdown = CancellationToken::new();
@@ -147,6 +154,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut roles = Vec::new();
     let mut dht_role = None;
     let mut proxy_role = None;
+    let mut dns_role = None;
     // The DHT starts first: the proxy cooperates through it.
     let mut requested = dedup(&args.roles);
     requested.sort_by_key(|role| *role != Role::Dht);
@@ -182,10 +190,38 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 roles.push(("proxy".to_owned(), Readiness::Flag(started.readiness())));
                 proxy_role = Some(started);
             }
-            Role::Dns => roles.push((
-                "dns".to_owned(),
-                Readiness::Unavailable("not in this build yet"),
-            )),
+            Role::Dns => match config.dns.members_file.clone() {
+                None => roles.push((
+                    "dns".to_owned(),
+                    Readiness::Unavailable(
+                        "members from the Kubernetes API are not in this build yet: set dns.membersFile",
+                    ),
+                )),
+                Some(members_file) => {
+                    let metrics =
+                        DnsMetrics::register(&registry).context("registering DNS metrics")?;
+                    let placement = DnsPlacement {
+                        node_name: args.node_name.clone(),
+                        address: args
+                            .dns_address
+                            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.dns.port))),
+                        pod_ip: args.pod_ip,
+                        members_file,
+                    };
+                    let dht = dht_role.as_ref().map(DhtRole::dht);
+                    let started = DnsRole::start(
+                        &config,
+                        &topology,
+                        placement,
+                        dht,
+                        metrics,
+                        shutdown.clone(),
+                    )
+                    .await?;
+                    roles.push(("dns".to_owned(), Readiness::Flag(started.readiness())));
+                    dns_role = Some(started);
+                }
+            },
         }
     }
     if roles.is_empty() {
@@ -216,6 +252,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         role.stop().await;
     }
     if let Some(role) = proxy_role {
+        role.stop().await;
+    }
+    if let Some(role) = dns_role {
         role.stop().await;
     }
     Ok(())

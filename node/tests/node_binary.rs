@@ -174,7 +174,10 @@ fn a_pod_asked_for_a_role_this_build_lacks_stays_unready_and_says_why() {
     assert!(body.contains("dht: ready"), "{body}");
     assert!(body.contains("proxy: ready"), "{body}");
     assert_eq!(status, 503);
-    assert!(body.contains("dns: not in this build yet"), "{body}");
+    assert!(
+        body.contains("dns: members from the Kubernetes API are not in this build yet"),
+        "{body}"
+    );
     assert_eq!(
         get(node.admin, "/livez").unwrap().0,
         200,

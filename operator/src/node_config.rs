@@ -7,9 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use coral_node::config::{
-    BandwidthLimits, ClientLimits, ClientNetwork, DhtConfig, DhtTuning, DnsConfig, HealthConfig,
-    KEY_FILE, LocalityConfig, MethodPolicy, NameServer, NodeConfig, OriginAccess, OriginTimeouts,
-    ProxyConfig, RateLimit,
+    BandwidthLimits, ClientLimits, ClientNetwork, DhtConfig, DhtTuning, DnsConfig, DnsTcpLimits,
+    HealthConfig, KEY_FILE, LocalityConfig, MethodPolicy, NameServer, NodeConfig, OriginAccess,
+    OriginTimeouts, ProxyConfig, RateLimit,
 };
 use kube::ResourceExt;
 
@@ -106,6 +106,9 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
                     })
                 })
                 .collect::<Result<_, SpecError>>()?,
+            members_file: None,
+            response_rate: DnsConfig::default_response_rate(),
+            tcp: DnsTcpLimits::default(),
         },
         locality: LocalityConfig {
             label_keys: spec.locality.label_keys.clone(),

@@ -209,6 +209,18 @@ impl<N: Network> Dht<N> {
         }
     }
 
+    /// Whether the node at `to` answers a ping; the answer (or silence) also updates the
+    /// routing tables as any request's does.
+    pub async fn ping(&self, to: SocketAddr) -> bool {
+        matches!(
+            self.rpc(to, None, 0, Body::Ping).await,
+            Ok(Packet {
+                body: Body::Pong,
+                ..
+            })
+        )
+    }
+
     /// Looks up the nodes closest to `target` at `level`.
     pub async fn find_node(&self, level: usize, target: Id) -> FindOutcome {
         let (candidates, hops) = self.lookup(level, target).await;

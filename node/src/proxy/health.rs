@@ -1,14 +1,14 @@
 //! Whether a proxy is able to serve, as its `/healthz` reports it to the DNS nodes that
 //! decide whether to publish it, with the load they weigh it by.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The share of the connection limit above which a proxy calls itself overloaded, so the
 /// DNS sends new clients elsewhere before the proxy has to make them wait.
 const OVERLOADED_AT: f64 = 0.95;
 
 /// A proxy's health and load.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     /// Able to serve: the cache takes writes and the proxy is not overloaded.

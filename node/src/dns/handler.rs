@@ -1,0 +1,355 @@
+//! The DNS server's request handler: hickory-server hands it every parsed query (over UDP and
+//! TCP alike); it places the client, asks the [`Zone`], and sends a response that fits.
+//!
+//! - Only standard queries with one question are answered (NOTIMP, FORMERR otherwise).
+//! - EDNS(0): a query with an OPT record gets one back (1232-byte payload), and an EDNS Client
+//!   Subnet is placed instead of the resolver and echoed with the scope the answer depends on.
+//! - A UDP response that would not fit the client's payload size loses whole records from the
+//!   end and has TC set, so the client retries over TCP; nothing partial goes on the wire.
+//! - Response rate limiting per source network (UDP only: a TCP source cannot be spoofed):
+//!   over the limit, one response in [`SLIP`] is sent empty with TC set (a real client retries
+//!   over TCP), the others are dropped.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_server::proto::rr::{Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use ipnet::IpNet;
+
+use super::answer::{Answer, Published, Zone};
+use super::metrics::DnsMetrics;
+use super::placement::{CLIENT_PREFIX_V4, CLIENT_PREFIX_V6, ClientPlacement};
+use super::select::Reach;
+use crate::config::RateLimit;
+use crate::proxy::ratelimit::RateLimiter;
+
+/// Payload size offered in responses' OPT records (the DNS flag day 2020 value).
+pub const EDNS_PAYLOAD: u16 = 1232;
+/// Largest UDP response to a query without EDNS.
+const PLAIN_UDP_PAYLOAD: usize = 512;
+/// Of the responses withheld by rate limiting, one in this many is sent truncated.
+pub const SLIP: u64 = 2;
+
+/// What the health checks publish, shared with the prober that updates it.
+pub type SharedPublished = Arc<RwLock<Arc<Published>>>;
+
+/// Answers queries for one zone.
+pub struct DnsHandler {
+    zone: Zone,
+    placement: ClientPlacement,
+    published: SharedPublished,
+    limiter: RateLimiter<IpNet>,
+    withheld: AtomicU64,
+    level_names: Vec<String>,
+    metrics: DnsMetrics,
+}
+
+impl DnsHandler {
+    /// A handler for `zone`, placing clients by `placement`, publishing what `published`
+    /// holds, limiting each source network to `response_rate`; `level_names` name the
+    /// locality levels in metrics, most local first.
+    pub fn new(
+        zone: Zone,
+        placement: ClientPlacement,
+        published: SharedPublished,
+        response_rate: RateLimit,
+        level_names: Vec<String>,
+        metrics: DnsMetrics,
+    ) -> Self {
+        Self {
+            zone,
+            placement,
+            published,
+            limiter: RateLimiter::new(response_rate),
+            withheld: AtomicU64::new(0),
+            level_names,
+            metrics,
+        }
+    }
+
+    /// Whether rate limiting withholds this response, and if so whether it slips through
+    /// truncated.
+    fn rate_limit(&self, request: &Request) -> Option<Withheld> {
+        if request.protocol() != Protocol::Udp {
+            return None;
+        }
+        let source = request.src().ip().to_canonical();
+        let bits = if source.is_ipv4() {
+            CLIENT_PREFIX_V4
+        } else {
+            CLIENT_PREFIX_V6
+        };
+        let network = IpNet::new(source, bits)
+            .expect("prefix within length")
+            .trunc();
+        self.limiter
+            .check(network, std::time::Instant::now())
+            .err()?;
+        let slipped = self
+            .withheld
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SLIP);
+        let (withheld, action) = if slipped {
+            (Withheld::Slipped, "slipped")
+        } else {
+            (Withheld::Dropped, "dropped")
+        };
+        self.metrics.rate_limited.with_label_values(&[action]).inc();
+        Some(withheld)
+    }
+
+    fn count(&self, qtype: Option<RecordType>, rcode: ResponseCode, reach: Option<Reach>) {
+        let qtype = match qtype {
+            Some(RecordType::A) => "A",
+            Some(RecordType::AAAA) => "AAAA",
+            Some(RecordType::ANY) => "ANY",
+            Some(RecordType::NS) => "NS",
+            Some(RecordType::SOA) => "SOA",
+            _ => "other",
+        };
+        self.metrics
+            .queries
+            .with_label_values(&[qtype, rcode_label(rcode)])
+            .inc();
+        if let Some(reach) = reach {
+            let level = match reach {
+                Reach::Level(level) => self.level_names.get(level).map_or("local", String::as_str),
+                Reach::Global => "global",
+                Reach::None => "none",
+            };
+            self.metrics.answers.with_label_values(&[level]).inc();
+        }
+    }
+}
+
+/// A [`DnsHandler`] shared by hickory's UDP server and the TCP side.
+#[derive(Clone)]
+pub struct SharedHandler(pub Arc<DnsHandler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
+}
+
+enum Withheld {
+    Dropped,
+    Slipped,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let withheld = self.rate_limit(request);
+        if let Some(Withheld::Dropped) = withheld {
+            return not_sent(request, ResponseCode::Refused);
+        }
+        let query = request.request_info().ok().map(|info| info.query.clone());
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        let (answer, ecs_scope) = match (&query, request.metadata.op_code, withheld) {
+            (_, _, Some(Withheld::Slipped)) => {
+                metadata.truncation = true;
+                (Answer::empty(ResponseCode::NoError, false), 0)
+            }
+            (_, op_code, _) if op_code != OpCode::Query => {
+                (Answer::empty(ResponseCode::NotImp, false), 0)
+            }
+            (None, _, _) => (Answer::empty(ResponseCode::FormErr, false), 0),
+            (Some(query), _, _) => {
+                let ecs = client_subnet(request);
+                let (address, source_prefix) = ecs.map_or_else(
+                    || (request.src().ip(), full_prefix(request.src().ip())),
+                    |subnet| (subnet.addr(), subnet.source_prefix()),
+                );
+                let placed = self.placement.place(address, source_prefix);
+                let published = self
+                    .published
+                    .read()
+                    .expect("published lock poisoned")
+                    .clone();
+                let answer = self.zone.answer(
+                    query.name(),
+                    query.query_type(),
+                    query.query_class(),
+                    &placed,
+                    &published,
+                );
+                // The answer depends on where the client is only when it names proxies.
+                let scope = if answer.reach.is_some() {
+                    placed.scope
+                } else {
+                    0
+                };
+                (answer, scope)
+            }
+        };
+        let mut answer = answer;
+        metadata.response_code = answer.rcode;
+        metadata.authoritative = answer.authoritative;
+        let response_edns = request.edns.as_ref().map(|_| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(EDNS_PAYLOAD);
+            if let Some(subnet) = client_subnet(request) {
+                edns.options_mut()
+                    .insert(EdnsOption::Subnet(ClientSubnet::new(
+                        subnet.addr(),
+                        subnet.source_prefix(),
+                        ecs_scope,
+                    )));
+            }
+            edns
+        });
+        if request.protocol() == Protocol::Udp && fit(&mut answer, request, response_edns.as_ref())
+        {
+            metadata.truncation = true;
+        }
+        self.count(
+            query.as_ref().map(|q| q.query_type()),
+            answer.rcode,
+            answer.reach,
+        );
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &response_edns {
+            builder.edns(edns);
+        }
+        let response = builder.build(
+            metadata,
+            answer.answers.iter(),
+            answer.name_servers.iter(),
+            answer.soa.iter(),
+            answer.additionals.iter(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, src = %request.src(), "cannot send a DNS response");
+                not_sent(request, ResponseCode::ServFail)
+            }
+        }
+    }
+}
+
+/// The EDNS Client Subnet of the query, if it has a usable one.
+fn client_subnet(request: &Request) -> Option<ClientSubnet> {
+    match request.edns.as_ref()?.option(EdnsCode::Subnet)? {
+        EdnsOption::Subnet(subnet) => Some(*subnet),
+        _ => None,
+    }
+}
+
+fn full_prefix(address: IpAddr) -> u8 {
+    if address.to_canonical().is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// The header of a response that was not sent, for hickory's bookkeeping.
+fn not_sent(request: &Request, rcode: ResponseCode) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = rcode;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
+
+/// Removes whole records from the end of the answer until the response fits the client's
+/// UDP payload size (computed without name compression, so it is an upper bound); true when
+/// anything was removed.
+fn fit(answer: &mut Answer, request: &Request, edns: Option<&Edns>) -> bool {
+    let limit = match (&request.edns, edns) {
+        (Some(asked), Some(_)) => usize::from(asked.max_payload().clamp(512, EDNS_PAYLOAD)),
+        _ => PLAIN_UDP_PAYLOAD,
+    };
+    let question: usize = request
+        .queries
+        .queries()
+        .iter()
+        .map(|query| name_length(&query.name().to_string()) + 4)
+        .sum();
+    let opt = edns.map_or(0, |edns| {
+        let options: usize = edns
+            .options()
+            .options
+            .iter()
+            .map(|(_, option)| 4 + usize::from(option.len()))
+            .sum();
+        11 + options
+    });
+    let records = |answer: &Answer| -> usize {
+        [
+            &answer.answers,
+            &answer.name_servers,
+            &answer.soa,
+            &answer.additionals,
+        ]
+        .into_iter()
+        .flatten()
+        .map(record_length)
+        .sum()
+    };
+    let mut trimmed = false;
+    while 12 + question + opt + records(answer) > limit {
+        trimmed = true;
+        if answer.additionals.pop().is_none()
+            && answer.name_servers.pop().is_none()
+            && answer.answers.pop().is_none()
+            && answer.soa.pop().is_none()
+        {
+            break;
+        }
+    }
+    trimmed
+}
+
+/// Wire length of a name written in presentation form, without compression (an upper bound).
+fn name_length(name: &str) -> usize {
+    let trimmed = name.trim_end_matches('.');
+    if trimmed.is_empty() {
+        1
+    } else {
+        trimmed.len() + 2
+    }
+}
+
+fn record_length(record: &Record) -> usize {
+    let rdata = match record.record_type() {
+        RecordType::A => 4,
+        RecordType::AAAA => 16,
+        // NS and SOA hold names: bound them by their presentation form.
+        _ => record.data.to_string().len() + 24,
+    };
+    name_length(&record.name.to_string()) + 10 + rdata
+}
+
+fn rcode_label(rcode: ResponseCode) -> &'static str {
+    match rcode {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        _ => "other",
+    }
+}

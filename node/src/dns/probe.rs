@@ -1,0 +1,264 @@
+//! The health checks: every interval, each member is probed (a proxy's `/healthz`, a DNS
+//! node's `/livez`, on the admin port; and, when this node plays the DHT role, a ping of the
+//! member's DHT node, so a proxy cut off from the DHT is ejected too), and what passes is
+//! published for the [`super::handler::DnsHandler`].
+//!
+//! Members come from the members file, read again every round (a bad file keeps the last good
+//! list). A member is never published before its first probe.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use super::answer::Published;
+use super::handler::SharedPublished;
+use super::health::{MemberHealth, Probe};
+use super::members::{Member, Members};
+use super::metrics::DnsMetrics;
+use super::select::LiveProxy;
+use crate::config::{HealthConfig, Topology};
+use crate::dht::Dht;
+use crate::dht::udp::UdpNetwork;
+use crate::proxy::health::Health;
+
+/// Largest `/healthz` body read.
+const MAX_HEALTH_BODY: usize = 16 << 10;
+
+/// What a member does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A caching proxy, published in answers.
+    Proxy,
+    /// A DNS node, published in NS records.
+    Nameserver,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Proxy => "proxy",
+            Role::Nameserver => "dns",
+        }
+    }
+}
+
+/// A member's DHT node, checked beside its admin port.
+#[derive(Clone)]
+pub struct DhtCheck {
+    /// This node's DHT.
+    pub dht: Arc<Dht<UdpNetwork>>,
+    /// The cluster's DHT port.
+    pub port: u16,
+}
+
+/// Probes members and publishes the healthy ones.
+pub struct Prober {
+    members_file: PathBuf,
+    members: Members,
+    topology: Topology,
+    admin_port: u16,
+    thresholds: HealthConfig,
+    dht: Option<DhtCheck>,
+    own_address: IpAddr,
+    http: Client<HttpConnector, Empty<Bytes>>,
+    health: HashMap<(Role, IpAddr), MemberHealth>,
+    published: SharedPublished,
+    metrics: DnsMetrics,
+}
+
+impl Prober {
+    /// A prober of the members listed in `members_file`, placed by `topology`, probed on
+    /// `admin_port` as `thresholds` say, publishing into `published`. The DNS node at
+    /// `own_address` is this one: answering queries is its proof of life.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        members_file: PathBuf,
+        topology: Topology,
+        admin_port: u16,
+        thresholds: HealthConfig,
+        dht: Option<DhtCheck>,
+        own_address: IpAddr,
+        published: SharedPublished,
+        metrics: DnsMetrics,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(thresholds.timeout));
+        connector.set_nodelay(true);
+        Self {
+            members_file,
+            members: Members::default(),
+            topology,
+            admin_port,
+            thresholds,
+            dht,
+            own_address,
+            http: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(thresholds.interval * 3)
+                .build(connector),
+            health: HashMap::new(),
+            published,
+            metrics,
+        }
+    }
+
+    /// Reads the members again, probes every one of them once (all at once, each within the
+    /// timeout), and publishes the result.
+    pub async fn round(&mut self) {
+        match Members::load(&self.members_file) {
+            Ok(members) => self.members = members,
+            Err(error) => tracing::warn!(%error, "keeping the last members list"),
+        }
+        let targets: Vec<(Role, Member)> = self
+            .members
+            .proxies
+            .iter()
+            .map(|member| (Role::Proxy, member.clone()))
+            .chain(
+                self.members
+                    .nameservers
+                    .iter()
+                    .map(|member| (Role::Nameserver, member.clone())),
+            )
+            .collect();
+        let probes = join_all(
+            targets
+                .iter()
+                .map(|(role, member)| self.probe(*role, member.address)),
+        )
+        .await;
+        let listed: Vec<(Role, IpAddr)> = targets
+            .iter()
+            .map(|(role, member)| (*role, member.address))
+            .collect();
+        self.health.retain(|key, _| listed.contains(key));
+        for ((role, member), probe) in targets.iter().zip(probes) {
+            let health = self.health.entry((*role, member.address)).or_default();
+            let address = member.address.to_string();
+            if let Some(transition) = health.record(probe, &self.thresholds) {
+                tracing::info!(role = role.name(), %address, ?probe, to = transition.name(), "member health changed");
+                self.metrics
+                    .member_transitions
+                    .with_label_values(&[role.name(), &address, transition.name()])
+                    .inc();
+            }
+            self.metrics
+                .member_healthy
+                .with_label_values(&[role.name(), &address])
+                .set(i64::from(health.is_healthy()));
+        }
+        let published = self.published_now(&targets);
+        *self.published.write().expect("published lock poisoned") = Arc::new(published);
+    }
+
+    /// Rounds every interval until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.thresholds.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => self.round().await,
+            }
+        }
+    }
+
+    fn published_now(&self, targets: &[(Role, Member)]) -> Published {
+        let mut published = Published::default();
+        for (role, member) in targets {
+            let Some(health) = self.health.get(&(*role, member.address)) else {
+                continue;
+            };
+            if !health.is_healthy() {
+                continue;
+            }
+            match role {
+                Role::Proxy => published.proxies.push(LiveProxy {
+                    address: member.address,
+                    locality: self
+                        .topology
+                        .nodes
+                        .get(&member.node)
+                        .cloned()
+                        .unwrap_or_default(),
+                    load: health.load(),
+                }),
+                Role::Nameserver => published.nameservers.push(member.address),
+            }
+        }
+        published
+    }
+
+    /// One probe of the member at `address`, within the timeout.
+    async fn probe(&self, role: Role, address: IpAddr) -> Probe {
+        if role == Role::Nameserver && address == self.own_address {
+            return Probe::Passed { load: 0.0 };
+        }
+        let started = Instant::now();
+        let http = tokio::time::timeout(self.thresholds.timeout, self.probe_admin(role, address));
+        let dht = async {
+            match &self.dht {
+                None => true,
+                Some(check) => tokio::time::timeout(
+                    self.thresholds.timeout,
+                    check.dht.ping(SocketAddr::new(address, check.port)),
+                )
+                .await
+                .unwrap_or(false),
+            }
+        };
+        let (http, dht_alive) = tokio::join!(http, dht);
+        self.metrics
+            .probe_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match http {
+            Err(_) => Probe::Failed("timeout"),
+            Ok(Probe::Passed { .. }) if !dht_alive => Probe::Failed("dht_silent"),
+            Ok(probe) => probe,
+        }
+    }
+
+    async fn probe_admin(&self, role: Role, address: IpAddr) -> Probe {
+        let path = match role {
+            Role::Proxy => "/healthz",
+            Role::Nameserver => "/livez",
+        };
+        let uri = format!("http://{}{path}", SocketAddr::new(address, self.admin_port));
+        let Ok(uri) = uri.parse::<http::Uri>() else {
+            return Probe::Failed("bad_address");
+        };
+        let response = match self.http.get(uri).await {
+            Ok(response) => response,
+            Err(_) => return Probe::Failed("unreachable"),
+        };
+        let status = response.status();
+        let body = match http_body_util::Limited::new(response.into_body(), MAX_HEALTH_BODY)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return Probe::Failed("unreadable"),
+        };
+        match role {
+            Role::Nameserver if status.is_success() => Probe::Passed { load: 0.0 },
+            Role::Nameserver => Probe::Failed("unhealthy"),
+            Role::Proxy => match serde_json::from_slice::<Health>(&body) {
+                Ok(health) if status.is_success() && health.healthy => {
+                    Probe::Passed { load: health.load }
+                }
+                Ok(_) => Probe::Failed("unhealthy"),
+                Err(_) => Probe::Failed("not_a_proxy"),
+            },
+        }
+    }
+}

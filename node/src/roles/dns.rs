@@ -1,0 +1,185 @@
+//! The DNS role: checks the members' health once, then binds the DNS port (UDP, one socket
+//! per core with `SO_REUSEPORT`, served by hickory-server; and TCP) and keeps checking.
+//!
+//! Checking before binding means a DNS node never answers before it knows who is alive: it
+//! neither names an unchecked proxy nor fails queries while its first checks run. The first
+//! round takes at most the probe timeout.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hickory_server::Server;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{NodeConfig, Topology};
+use crate::dht::Dht;
+use crate::dht::udp::UdpNetwork;
+use crate::dns::answer::{Zone, ZoneError};
+use crate::dns::handler::{DnsHandler, SharedHandler, SharedPublished};
+use crate::dns::metrics::DnsMetrics;
+use crate::dns::placement::ClientPlacement;
+use crate::dns::probe::{DhtCheck, Prober};
+use crate::dns::tcp;
+
+/// Why the DNS role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsRoleError {
+    /// The zone or a name server is not a valid name.
+    #[error(transparent)]
+    Zone(#[from] ZoneError),
+    /// A DNS socket could not be bound.
+    #[error("cannot bind the DNS port {addr} ({protocol}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `udp` or `tcp`.
+        protocol: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Where the DNS role runs.
+pub struct DnsPlacement {
+    /// The Kubernetes node, which places unplaced clients (they get proxies near it).
+    pub node_name: String,
+    /// Address to serve DNS on.
+    pub address: SocketAddr,
+    /// This pod's address, under which it is listed among the name servers.
+    pub pod_ip: IpAddr,
+    /// The members file.
+    pub members_file: PathBuf,
+}
+
+/// The running DNS role.
+pub struct DnsRole {
+    ready: Arc<AtomicBool>,
+    address: SocketAddr,
+    server: Server<SharedHandler>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl DnsRole {
+    /// Checks every member once, then serves; `dht` (when the node plays that role) adds a
+    /// DHT ping to every check.
+    pub async fn start(
+        config: &NodeConfig,
+        topology: &Topology,
+        placement: DnsPlacement,
+        dht: Option<Arc<Dht<UdpNetwork>>>,
+        metrics: DnsMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Self, DnsRoleError> {
+        let home = topology
+            .nodes
+            .get(&placement.node_name)
+            .cloned()
+            .unwrap_or_default();
+        let serial = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |elapsed| elapsed.as_secs() as u32);
+        let zone = Zone::new(&config.zone, &config.dns, home, serial)?;
+        let published: SharedPublished = Arc::new(RwLock::new(Arc::default()));
+        let mut prober = Prober::new(
+            placement.members_file,
+            topology.clone(),
+            config.admin_port,
+            config.health,
+            dht.map(|dht| DhtCheck {
+                dht,
+                port: config.dht.port,
+            }),
+            placement.pod_ip,
+            published.clone(),
+            metrics.clone(),
+        );
+        prober.round().await;
+        let level_names = config
+            .locality
+            .label_keys
+            .iter()
+            .map(|key| key.rsplit('/').next().unwrap_or(key).to_owned())
+            .collect();
+        let handler = Arc::new(DnsHandler::new(
+            zone,
+            ClientPlacement::new(&config.locality.client_networks),
+            published,
+            config.dns.response_rate,
+            level_names,
+            metrics.clone(),
+        ));
+        let requested = placement.address;
+        let bind_error = |protocol| {
+            move |source| DnsRoleError::Bind {
+                addr: requested,
+                protocol,
+                source,
+            }
+        };
+        let mut server = Server::new(SharedHandler(handler.clone()));
+        let sockets = std::thread::available_parallelism().map_or(1, usize::from);
+        // Port 0 picks a port once; the other sockets and TCP share it.
+        let first = udp_socket(requested).map_err(bind_error("udp"))?;
+        let address = first.local_addr().map_err(bind_error("udp"))?;
+        server.register_socket(first);
+        for _ in 1..sockets {
+            server.register_socket(udp_socket(address).map_err(bind_error("udp"))?);
+        }
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(bind_error("tcp"))?;
+        tracing::info!(%address, zone = config.zone, udp_sockets = sockets, "DNS serving");
+        let tasks = vec![
+            tokio::spawn(tcp::serve(
+                listener,
+                handler,
+                config.dns.tcp,
+                metrics,
+                shutdown.clone(),
+            )),
+            tokio::spawn(prober.run(shutdown)),
+        ];
+        Ok(Self {
+            ready: Arc::new(AtomicBool::new(true)),
+            address,
+            server,
+            tasks,
+        })
+    }
+
+    /// Where the role serves (UDP and TCP).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Set while the role serves.
+    pub fn readiness(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// Stops the UDP server; the TCP side and the checks stop with the shutdown token.
+    pub async fn stop(mut self) {
+        let _ = self.server.shutdown_gracefully().await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A UDP socket on `address` that shares the port with the role's other sockets, so the
+/// kernel spreads queries over one receive loop per core.
+fn udp_socket(address: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
