@@ -485,3 +485,52 @@ async fn a_flood_from_one_network_is_rate_limited_but_tcp_still_answers() {
     shutdown.cancel();
     dns.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_proxy_is_ejected_after_consecutive_timeouts_and_readmitted_when_it_thaws() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxies = [("node-1", "127.0.0.50"), ("node-2", "127.0.0.51")];
+    write_files(dir.path(), &proxies, &[]);
+    let mut running = Vec::new();
+    for (node, ip) in proxies {
+        running.push(start_proxy(dir.path(), node, ip).await);
+    }
+    let shutdown = CancellationToken::new();
+    let dns = start_dns(dir.path(), &config(dir.path()), &shutdown).await;
+    let both = ips(&["127.0.0.50", "127.0.0.51"]);
+    assert_eq!(
+        addresses(&ask(dns.address(), Some("10.1.7.0/24")).await),
+        both
+    );
+
+    // SIGSTOP: the process keeps its sockets, so nothing is refused or closed; only the probes'
+    // timeouts tell, after failureThreshold of them.
+    let signal = |name: &str, pid: u32| {
+        let status = Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let frozen = &running[1];
+    signal("-STOP", frozen.child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while addresses(&ask(dns.address(), Some("10.1.7.0/24")).await).contains(&frozen.ip) {
+        assert!(
+            Instant::now() < deadline,
+            "the frozen proxy is still published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal("-CONT", frozen.child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while addresses(&ask(dns.address(), Some("10.1.7.0/24")).await) != both {
+        assert!(
+            Instant::now() < deadline,
+            "the thawed proxy never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    dns.stop().await;
+}

@@ -1,6 +1,8 @@
 //! The health of one member as the DNS role sees it: consecutive probe failures eject it,
 //! consecutive successes readmit it, and the very first probe decides at once (a node that
-//! has just started publishes what it has checked, neither nothing nor everything).
+//! has just started publishes what it has checked, neither nothing nor everything). A refused
+//! connection ejects at once: a timeout is a suspicion, but a refusal is the member's own
+//! kernel saying nothing listens any more.
 
 use crate::config::HealthConfig;
 
@@ -14,6 +16,8 @@ pub enum Probe {
     },
     /// It did not answer in time, answered that it cannot serve, or its DHT node is silent.
     Failed(&'static str),
+    /// Its address refused the connection: the process is gone.
+    Refused,
 }
 
 /// A change of a member's published state.
@@ -75,6 +79,11 @@ impl MemberHealth {
             Some(healthy) if healthy == passed => {
                 self.streak = 0;
                 None
+            }
+            Some(true) if probe == Probe::Refused => {
+                self.streak = 0;
+                self.healthy = Some(false);
+                Some(Transition::Ejected)
             }
             Some(healthy) => {
                 self.streak += 1;
@@ -147,6 +156,22 @@ mod tests {
         assert!(!health.is_healthy());
         assert_eq!(health.record(UP, &thresholds()), Some(Transition::Admitted));
         assert!(health.is_healthy());
+    }
+
+    #[test]
+    fn a_refused_connection_ejects_at_once_but_readmission_still_takes_the_threshold() {
+        let mut health = MemberHealth::default();
+        health.record(UP, &thresholds());
+        assert_eq!(
+            health.record(Probe::Refused, &thresholds()),
+            Some(Transition::Ejected)
+        );
+        assert_eq!(health.record(UP, &thresholds()), None);
+        assert_eq!(health.record(Probe::Refused, &thresholds()), None);
+        for _ in 0..2 {
+            assert_eq!(health.record(UP, &thresholds()), None);
+        }
+        assert_eq!(health.record(UP, &thresholds()), Some(Transition::Admitted));
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! published for the [`super::handler::DnsHandler`].
 //!
 //! Members come from the members file, read again every round (a bad file keeps the last good
-//! list). A member is never published before its first probe.
+//! list). A member is never published before its first probe. Each proxy also has a watch
+//! connection open to its admin port: when that closes, the proxy is probed at once, so a
+//! crashed or killed proxy (whose refused connection ejects it at once) leaves the answers
+//! within milliseconds, not at the next round.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
@@ -18,6 +21,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::Published;
@@ -33,6 +40,11 @@ use crate::proxy::health::Health;
 
 /// Largest `/healthz` body read.
 const MAX_HEALTH_BODY: usize = 16 << 10;
+/// Closed watch connections waiting for a recheck.
+const CLOSED_QUEUE: usize = 256;
+/// Pause before a watch connection that the proxy closed (its admin port's idle timeout) is
+/// opened again.
+const REWATCH: Duration = Duration::from_millis(50);
 
 /// What a member does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,8 +84,18 @@ pub struct Prober {
     own_address: IpAddr,
     http: Client<HttpConnector, Empty<Bytes>>,
     health: HashMap<(Role, IpAddr), MemberHealth>,
+    watchers: HashMap<IpAddr, JoinHandle<()>>,
+    closed: (mpsc::Sender<IpAddr>, mpsc::Receiver<IpAddr>),
     published: SharedPublished,
     metrics: DnsMetrics,
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        for watcher in self.watchers.values() {
+            watcher.abort();
+        }
+    }
 }
 
 impl Prober {
@@ -106,6 +128,8 @@ impl Prober {
                 .pool_idle_timeout(thresholds.interval * 3)
                 .build(connector),
             health: HashMap::new(),
+            watchers: HashMap::new(),
+            closed: mpsc::channel(CLOSED_QUEUE),
             published,
             metrics,
         }
@@ -118,18 +142,8 @@ impl Prober {
             Ok(members) => self.members = members,
             Err(error) => tracing::warn!(%error, "keeping the last members list"),
         }
-        let targets: Vec<(Role, Member)> = self
-            .members
-            .proxies
-            .iter()
-            .map(|member| (Role::Proxy, member.clone()))
-            .chain(
-                self.members
-                    .nameservers
-                    .iter()
-                    .map(|member| (Role::Nameserver, member.clone())),
-            )
-            .collect();
+        self.watch_proxies();
+        let targets = self.targets();
         let probes = join_all(
             targets
                 .iter()
@@ -142,25 +156,29 @@ impl Prober {
             .collect();
         self.health.retain(|key, _| listed.contains(key));
         for ((role, member), probe) in targets.iter().zip(probes) {
-            let health = self.health.entry((*role, member.address)).or_default();
-            let address = member.address.to_string();
-            if let Some(transition) = health.record(probe, &self.thresholds) {
-                tracing::info!(role = role.name(), %address, ?probe, to = transition.name(), "member health changed");
-                self.metrics
-                    .member_transitions
-                    .with_label_values(&[role.name(), &address, transition.name()])
-                    .inc();
-            }
-            self.metrics
-                .member_healthy
-                .with_label_values(&[role.name(), &address])
-                .set(i64::from(health.is_healthy()));
+            self.record(*role, member.address, probe);
         }
-        let published = self.published_now(&targets);
-        *self.published.write().expect("published lock poisoned") = Arc::new(published);
+        self.publish(&targets);
     }
 
-    /// Rounds every interval until `shutdown`.
+    /// Probes the proxy at `address` now (its watch connection closed) and publishes.
+    async fn recheck(&mut self, address: IpAddr) {
+        if !self
+            .members
+            .proxies
+            .iter()
+            .any(|member| member.address == address)
+        {
+            return;
+        }
+        let probe = self.probe(Role::Proxy, address).await;
+        self.record(Role::Proxy, address, probe);
+        let targets = self.targets();
+        self.publish(&targets);
+    }
+
+    /// Rounds every interval, and rechecks a proxy whose watch connection closed, until
+    /// `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(self.thresholds.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -169,7 +187,74 @@ impl Prober {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = ticks.tick() => self.round().await,
+                Some(address) = self.closed.1.recv() => self.recheck(address).await,
             }
+        }
+    }
+
+    fn targets(&self) -> Vec<(Role, Member)> {
+        self.members
+            .proxies
+            .iter()
+            .map(|member| (Role::Proxy, member.clone()))
+            .chain(
+                self.members
+                    .nameservers
+                    .iter()
+                    .map(|member| (Role::Nameserver, member.clone())),
+            )
+            .collect()
+    }
+
+    fn record(&mut self, role: Role, address: IpAddr, probe: Probe) {
+        let health = self.health.entry((role, address)).or_default();
+        let label = address.to_string();
+        if let Some(transition) = health.record(probe, &self.thresholds) {
+            tracing::info!(
+                role = role.name(),
+                address = label,
+                ?probe,
+                to = transition.name(),
+                "member health changed"
+            );
+            self.metrics
+                .member_transitions
+                .with_label_values(&[role.name(), &label, transition.name()])
+                .inc();
+        }
+        self.metrics
+            .member_healthy
+            .with_label_values(&[role.name(), &label])
+            .set(i64::from(health.is_healthy()));
+    }
+
+    fn publish(&self, targets: &[(Role, Member)]) {
+        let published = self.published_now(targets);
+        *self.published.write().expect("published lock poisoned") = Arc::new(published);
+    }
+
+    /// Keeps one watch connection per listed proxy.
+    fn watch_proxies(&mut self) {
+        let listed: Vec<IpAddr> = self
+            .members
+            .proxies
+            .iter()
+            .map(|member| member.address)
+            .collect();
+        self.watchers.retain(|address, watcher| {
+            let keep = listed.contains(address);
+            if !keep {
+                watcher.abort();
+            }
+            keep
+        });
+        for address in listed {
+            let admin = SocketAddr::new(address, self.admin_port);
+            let closed = self.closed.0.clone();
+            let retry = self.thresholds.interval;
+            self.watchers
+                .entry(address)
+                .or_insert_with(|| tokio::spawn(watch(admin, closed, retry)));
         }
     }
 
@@ -239,6 +324,7 @@ impl Prober {
         };
         let response = match self.http.get(uri).await {
             Ok(response) => response,
+            Err(error) if is_refused(&error) => return Probe::Refused,
             Err(_) => return Probe::Failed("unreachable"),
         };
         let status = response.status();
@@ -261,4 +347,39 @@ impl Prober {
             },
         }
     }
+}
+
+/// Holds an idle connection to a proxy's admin port and reports when it closes: a process
+/// that dies, however abruptly, has its sockets closed by its kernel, so the DNS node learns
+/// of it at once instead of at the next probe. The proxy's admin port also closes idle
+/// connections now and then; that costs one extra probe.
+async fn watch(admin: SocketAddr, closed: mpsc::Sender<IpAddr>, retry: Duration) {
+    loop {
+        let pause = match TcpStream::connect(admin).await {
+            Ok(mut stream) => {
+                let mut byte = [0u8; 1];
+                let _ = stream.read(&mut byte).await;
+                if closed.send(admin.ip()).await.is_err() {
+                    return;
+                }
+                REWATCH
+            }
+            Err(_) => retry,
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Whether a probe failed because the address refused the connection.
+fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
