@@ -4,7 +4,7 @@
 # same run, with dnsperf as the load generator; then the failover time after a proxy is killed with SIGKILL,
 # Coral against PowerDNS's ifurlup.
 #
-#   bench/dns.sh [seconds per run, default 15] [dnsperf clients, default 8]
+#   bench/dns.sh [seconds per run, default 10] [dnsperf clients, default 8]
 #
 # Three real coral-node proxies (127.0.0.61-63: zones z1, z1, z2) are the published addresses; each server answers
 # `*.nyud.net` with the healthy ones in the client's zone (127.0.0.0/8 is placed in z1), falling back to the rest.
@@ -14,7 +14,7 @@
 # (its default is 5 s). The queries are 20,000 distinct names, asked in random order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${1:-15}
+seconds=${1:-10}
 clients=${2:-8}
 
 missing=()
@@ -34,7 +34,6 @@ chmod 755 "$work"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [[ -f $work/nsd.pid ]] && kill "$(cat "$work/nsd.pid")" 2>/dev/null || true
   pkill -f "pdns_server.*$work" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -109,15 +108,16 @@ RUST_LOG=warn target/release/coral-node run --roles dns --config "$work/node.yam
   --dns-address "$server:$coral_port" >"$work/coral-dns.log" 2>&1 &
 pids+=($!)
 
-# PowerDNS: the same answer as a LUA record. ifurlup returns the up addresses of the first set that has any.
+# PowerDNS: the same answer as a LUA record. ifurlup returns the up addresses of the first set that has any
+# (all of them, as Coral does with answersPerQuery 2, rather than its default of one picked at random).
 health_url="http://health.test:$admin_port/healthz"
-z1="{'${proxies[0]}','${proxies[1]}'}" z2="{'${proxies[2]}'}"
+z1="{'${proxies[0]}','${proxies[1]}'}" z2="{'${proxies[2]}'}" all="{selector='all'}"
 cat >"$work/nyud.net.zone" <<EOF
 \$ORIGIN nyud.net.
 @ 3600 IN SOA ns1.nyud.net. hostmaster.nyud.net. 1 3600 600 86400 20
 @ 3600 IN NS ns1.nyud.net.
 ns1 3600 IN A $server
-* 20 IN LUA A ";if netmask({'127.0.0.0/8'}) then return ifurlup('$health_url', {$z1, $z2}) else return ifurlup('$health_url', {$z2, $z1}) end"
+* 20 IN LUA A ";if netmask({'127.0.0.0/8'}) then return ifurlup('$health_url', {$z1, $z2}, $all) else return ifurlup('$health_url', {$z2, $z1}, $all) end"
 EOF
 echo "zone \"nyud.net\" { type master; file \"$work/nyud.net.zone\"; };" >"$work/named.conf"
 cat >"$work/pdns.conf" <<EOF
@@ -199,11 +199,24 @@ check() { # PORT: the answer names z1's proxies
 for port in $coral_port $pdns_port $nsd_port; do check "$port"; done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
-echo "| server | queries/s | average latency (ms) | lost | vs PowerDNS LUA | vs NSD |"
+# median of three: the machine is shared, so each server runs three times, interleaved with the others.
+median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+declare -A qps latency lost
+for round in 1 2 3; do
+  for name in nsd pdns coral; do
+    port_var="${name}_port"
+    read -r q l x < <(perf "${!port_var}")
+    qps[$name]+="$q " latency[$name]+="$l " lost[$name]+="$x "
+  done
+done
+for name in nsd pdns coral; do
+  # shellcheck disable=SC2086
+  read -r "${name}_qps" "${name}_lat" "${name}_lost" <<<"$(median ${qps[$name]}) $(median ${latency[$name]}) $(median ${lost[$name]})"
+done
+echo "Queries/s per run: NSD ${qps[nsd]}; PowerDNS ${qps[pdns]}; Coral ${qps[coral]}."
+echo
+echo "| server | queries/s (median of 3) | average latency (ms) | lost | vs PowerDNS LUA | vs NSD |"
 echo "|---|---|---|---|---|---|"
-read -r nsd_qps nsd_lat nsd_lost < <(perf $nsd_port)
-read -r pdns_qps pdns_lat pdns_lost < <(perf $pdns_port)
-read -r coral_qps coral_lat coral_lost < <(perf $coral_port)
 echo "| NSD 4.6, static zone | $nsd_qps | $nsd_lat | $nsd_lost | $(ratio "$nsd_qps" "$pdns_qps") | 1.00x |"
 echo "| PowerDNS 4.7, LUA ifurlup + netmask | $pdns_qps | $pdns_lat | $pdns_lost | 1.00x | $(ratio "$pdns_qps" "$nsd_qps") |"
 echo "| Coral | $coral_qps | $coral_lat | $coral_lost | $(ratio "$coral_qps" "$pdns_qps") | $(ratio "$coral_qps" "$nsd_qps") |"

@@ -170,8 +170,11 @@ impl Zone {
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
             return Answer::empty(ResponseCode::Refused, true);
         }
-        let nameservers = self.nameservers(published);
+        // Name servers are worked out only for the answers that show them: not for the
+        // common case, a proxy's address.
+        let nameservers = || self.nameservers(published);
         if *name == self.apex_lower {
+            let nameservers = nameservers();
             return match qtype {
                 RecordType::SOA => Answer {
                     answers: vec![self.soa(&nameservers)],
@@ -186,7 +189,16 @@ impl Zone {
             };
         }
         let owner = Name::from(name);
-        if let Some((_, addresses)) = nameservers.iter().find(|(ns, _)| *ns == owner) {
+        let self_published = owner
+            .iter()
+            .next()
+            .is_some_and(|label| label.starts_with(NS_PREFIX.as_bytes()))
+            && self.is_directly_below_apex(&owner);
+        if self_published || self.configured_ns.iter().any(|(ns, _)| *ns == owner) {
+            let nameservers = nameservers();
+            let Some((_, addresses)) = nameservers.iter().find(|(ns, _)| *ns == owner) else {
+                return self.negative(ResponseCode::NXDomain, &nameservers);
+            };
             let records = self.address_records(&owner, addresses, qtype, self.ns_ttl());
             return if records.is_empty() {
                 self.negative(ResponseCode::NoError, &nameservers)
@@ -197,17 +209,13 @@ impl Zone {
                 }
             };
         }
-        let text = owner.to_ascii();
-        let first_label = text.split('.').next().unwrap_or_default();
-        if first_label.starts_with(NS_PREFIX) && self.is_directly_below_apex(&owner)
-            || Origin::from_zone_host(&text, &self.zone_text).is_err()
-        {
-            return self.negative(ResponseCode::NXDomain, &nameservers);
+        if Origin::from_zone_host(&owner.to_ascii(), &self.zone_text).is_err() {
+            return self.negative(ResponseCode::NXDomain, &nameservers());
         }
         let ipv6 = match qtype {
             RecordType::A | RecordType::ANY => false,
             RecordType::AAAA => true,
-            _ => return self.negative(ResponseCode::NoError, &nameservers),
+            _ => return self.negative(ResponseCode::NoError, &nameservers()),
         };
         if published.proxies.is_empty() {
             return Answer::empty(ResponseCode::ServFail, true);
@@ -221,7 +229,7 @@ impl Zone {
             ipv6,
         );
         let mut answer = if chosen.is_empty() {
-            self.negative(ResponseCode::NoError, &nameservers)
+            self.negative(ResponseCode::NoError, &nameservers())
         } else {
             Answer {
                 answers: self.address_records(&owner, &chosen, qtype, self.answer_ttl),

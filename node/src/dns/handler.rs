@@ -1,5 +1,6 @@
-//! The DNS server's request handler: hickory-server hands it every parsed query (over UDP and
-//! TCP alike); it places the client, asks the [`Zone`], and sends a response that fits.
+//! The DNS server's request handler (hickory-server's [`RequestHandler`]): given a parsed query
+//! (from UDP or TCP alike), it places the client, asks the [`Zone`], and sends a response that
+//! fits.
 //!
 //! - Only standard queries with one question are answered (NOTIMP, FORMERR otherwise).
 //! - EDNS(0): a query with an OPT record gets one back (1232-byte payload), and an EDNS Client
@@ -18,10 +19,11 @@ use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
-use hickory_server::proto::rr::{Record, RecordType};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
+use prometheus::IntCounter;
 
 use super::answer::{Answer, Published, Zone};
 use super::metrics::DnsMetrics;
@@ -47,7 +49,7 @@ pub struct DnsHandler {
     published: SharedPublished,
     limiter: RateLimiter<IpNet>,
     withheld: AtomicU64,
-    level_names: Vec<String>,
+    counters: Counters,
     metrics: DnsMetrics,
 }
 
@@ -69,7 +71,7 @@ impl DnsHandler {
             published,
             limiter: RateLimiter::new(response_rate),
             withheld: AtomicU64::new(0),
-            level_names,
+            counters: Counters::new(&metrics, &level_names),
             metrics,
         }
     }
@@ -107,42 +109,70 @@ impl DnsHandler {
 
     fn count(&self, qtype: Option<RecordType>, rcode: ResponseCode, reach: Option<Reach>) {
         let qtype = match qtype {
-            Some(RecordType::A) => "A",
-            Some(RecordType::AAAA) => "AAAA",
-            Some(RecordType::ANY) => "ANY",
-            Some(RecordType::NS) => "NS",
-            Some(RecordType::SOA) => "SOA",
-            _ => "other",
+            Some(RecordType::A) => 0,
+            Some(RecordType::AAAA) => 1,
+            Some(RecordType::ANY) => 2,
+            Some(RecordType::NS) => 3,
+            Some(RecordType::SOA) => 4,
+            _ => 5,
         };
-        self.metrics
-            .queries
-            .with_label_values(&[qtype, rcode_label(rcode)])
-            .inc();
+        let rcode = RCODES
+            .iter()
+            .position(|(code, _)| *code == rcode)
+            .unwrap_or(RCODES.len());
+        self.counters.queries[qtype * (RCODES.len() + 1) + rcode].inc();
         if let Some(reach) = reach {
-            let level = match reach {
-                Reach::Level(level) => self.level_names.get(level).map_or("local", String::as_str),
-                Reach::Global => "global",
-                Reach::None => "none",
+            let levels = self.counters.answers.len() - 2;
+            let index = match reach {
+                Reach::Level(level) => level.min(levels - 1),
+                Reach::Global => levels,
+                Reach::None => levels + 1,
             };
-            self.metrics.answers.with_label_values(&[level]).inc();
+            self.counters.answers[index].inc();
         }
     }
 }
 
-/// A [`DnsHandler`] shared by hickory's UDP server and the TCP side.
-#[derive(Clone)]
-pub struct SharedHandler(pub Arc<DnsHandler>);
+/// The query and answer counters, looked up once: a labelled lookup per query costs a hash
+/// and a lock.
+struct Counters {
+    /// By question type (the order of `QTYPES`), then response code (`RCODES`, then other).
+    queries: Vec<IntCounter>,
+    /// By level (most local first), then global, then none.
+    answers: Vec<IntCounter>,
+}
 
-#[async_trait::async_trait]
-impl RequestHandler for SharedHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        self.0
-            .handle_request::<R, T>(request, response_handle)
-            .await
+const QTYPES: [&str; 6] = ["A", "AAAA", "ANY", "NS", "SOA", "other"];
+const RCODES: [(ResponseCode, &str); 6] = [
+    (ResponseCode::NoError, "NOERROR"),
+    (ResponseCode::FormErr, "FORMERR"),
+    (ResponseCode::ServFail, "SERVFAIL"),
+    (ResponseCode::NXDomain, "NXDOMAIN"),
+    (ResponseCode::NotImp, "NOTIMP"),
+    (ResponseCode::Refused, "REFUSED"),
+];
+
+impl Counters {
+    fn new(metrics: &DnsMetrics, level_names: &[String]) -> Self {
+        let rcodes = RCODES.iter().map(|(_, name)| *name).chain(["other"]);
+        let queries = QTYPES
+            .iter()
+            .flat_map(|qtype| {
+                rcodes
+                    .clone()
+                    .map(move |rcode| metrics.queries.with_label_values(&[*qtype, rcode]))
+            })
+            .collect();
+        let mut levels: Vec<&str> = level_names.iter().map(String::as_str).collect();
+        if levels.is_empty() {
+            levels.push("local");
+        }
+        let answers = levels
+            .into_iter()
+            .chain(["global", "none"])
+            .map(|level| metrics.answers.with_label_values(&[level]))
+            .collect();
+        Self { queries, answers }
     }
 }
 
@@ -285,7 +315,7 @@ fn fit(answer: &mut Answer, request: &Request, edns: Option<&Edns>) -> bool {
         .queries
         .queries()
         .iter()
-        .map(|query| name_length(&query.name().to_string()) + 4)
+        .map(|query| wire_length(&Name::from(query.name())) + 4)
         .sum();
     let opt = edns.map_or(0, |edns| {
         let options: usize = edns
@@ -322,34 +352,19 @@ fn fit(answer: &mut Answer, request: &Request, edns: Option<&Edns>) -> bool {
     trimmed
 }
 
-/// Wire length of a name written in presentation form, without compression (an upper bound).
-fn name_length(name: &str) -> usize {
-    let trimmed = name.trim_end_matches('.');
-    if trimmed.is_empty() {
-        1
-    } else {
-        trimmed.len() + 2
-    }
+/// Wire length of a name without compression (an upper bound of what is sent).
+fn wire_length(name: &Name) -> usize {
+    name.iter().map(|label| label.len() + 1).sum::<usize>() + 1
 }
 
 fn record_length(record: &Record) -> usize {
-    let rdata = match record.record_type() {
-        RecordType::A => 4,
-        RecordType::AAAA => 16,
-        // NS and SOA hold names: bound them by their presentation form.
-        _ => record.data.to_string().len() + 24,
+    let rdata = match &record.data {
+        RData::A(_) => 4,
+        RData::AAAA(_) => 16,
+        RData::NS(ns) => wire_length(&ns.0),
+        RData::SOA(soa) => wire_length(&soa.mname) + wire_length(&soa.rname) + 20,
+        // The zone sends no other kind.
+        other => other.to_string().len() + 24,
     };
-    name_length(&record.name.to_string()) + 10 + rdata
-}
-
-fn rcode_label(rcode: ResponseCode) -> &'static str {
-    match rcode {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        _ => "other",
-    }
+    wire_length(&record.name) + 10 + rdata
 }

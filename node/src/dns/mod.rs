@@ -5,11 +5,12 @@
 //! - [`health`], [`probe`]: the health checks and their state machine;
 //! - [`placement`], [`select`]: where a client is, and which proxies it gets;
 //! - [`answer`]: the zone's answers, a pure function;
-//! - [`handler`], [`tcp`]: hickory-server's request handler (UDP and TCP) and the TCP side
-//!   with its limits;
+//! - [`handler`]: the hickory-server request handler; [`exchange`]: one message in, its
+//!   responses out; [`udp`], [`tcp`]: the transports (TCP with its limits);
 //! - [`metrics`]: the Prometheus metrics.
 
 pub mod answer;
+pub mod exchange;
 pub mod handler;
 pub mod health;
 pub mod members;
@@ -18,3 +19,4 @@ pub mod placement;
 pub mod probe;
 pub mod select;
 pub mod tcp;
+pub mod udp;

@@ -1,5 +1,5 @@
 //! The DNS role: checks the members' health once, then binds the DNS port (UDP, one socket
-//! per core with `SO_REUSEPORT`, served by hickory-server; and TCP) and keeps checking.
+//! per core with `SO_REUSEPORT` and a receive loop on each; and TCP) and keeps checking.
 //!
 //! Checking before binding means a DNS node never answers before it knows who is alive: it
 //! neither names an unchecked proxy nor fails queries while its first checks run. The first
@@ -11,7 +11,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hickory_server::Server;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,11 +18,14 @@ use crate::config::{NodeConfig, Topology};
 use crate::dht::Dht;
 use crate::dht::udp::UdpNetwork;
 use crate::dns::answer::{Zone, ZoneError};
-use crate::dns::handler::{DnsHandler, SharedHandler, SharedPublished};
+use crate::dns::handler::{DnsHandler, SharedPublished};
 use crate::dns::metrics::DnsMetrics;
 use crate::dns::placement::ClientPlacement;
 use crate::dns::probe::{DhtCheck, Prober};
-use crate::dns::tcp;
+use crate::dns::{tcp, udp};
+
+/// Receive buffer asked for each UDP socket.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Why the DNS role could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +61,6 @@ pub struct DnsPlacement {
 pub struct DnsRole {
     ready: Arc<AtomicBool>,
     address: SocketAddr,
-    server: Server<SharedHandler>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -120,20 +121,23 @@ impl DnsRole {
                 source,
             }
         };
-        let mut server = Server::new(SharedHandler(handler.clone()));
         let sockets = std::thread::available_parallelism().map_or(1, usize::from);
         // Port 0 picks a port once; the other sockets and TCP share it.
         let first = udp_socket(requested).map_err(bind_error("udp"))?;
         let address = first.local_addr().map_err(bind_error("udp"))?;
-        server.register_socket(first);
+        let mut udp_sockets = vec![first];
         for _ in 1..sockets {
-            server.register_socket(udp_socket(address).map_err(bind_error("udp"))?);
+            udp_sockets.push(udp_socket(address).map_err(bind_error("udp"))?);
         }
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(bind_error("tcp"))?;
         tracing::info!(%address, zone = config.zone, udp_sockets = sockets, "DNS serving");
-        let tasks = vec![
+        let mut tasks: Vec<JoinHandle<()>> = udp_sockets
+            .into_iter()
+            .map(|socket| tokio::spawn(udp::serve(socket, handler.clone(), shutdown.clone())))
+            .collect();
+        tasks.extend([
             tokio::spawn(tcp::serve(
                 listener,
                 handler,
@@ -142,11 +146,10 @@ impl DnsRole {
                 shutdown.clone(),
             )),
             tokio::spawn(prober.run(shutdown)),
-        ];
+        ]);
         Ok(Self {
             ready: Arc::new(AtomicBool::new(true)),
             address,
-            server,
             tasks,
         })
     }
@@ -161,9 +164,8 @@ impl DnsRole {
         self.ready.clone()
     }
 
-    /// Stops the UDP server; the TCP side and the checks stop with the shutdown token.
-    pub async fn stop(mut self) {
-        let _ = self.server.shutdown_gracefully().await;
+    /// Waits for the transports and the checks, which stop with the shutdown token.
+    pub async fn stop(self) {
         for task in self.tasks {
             let _ = task.await;
         }
@@ -179,6 +181,9 @@ fn udp_socket(address: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
         Some(socket2::Protocol::UDP),
     )?;
     socket.set_reuse_port(true)?;
+    // Room for bursts while the loop answers the previous batch (the kernel caps it at
+    // net.core.rmem_max).
+    socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     tokio::net::UdpSocket::from_std(socket.into())
