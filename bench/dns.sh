@@ -227,7 +227,12 @@ failover() {
   while ((n < 1000)); do
     n=$((n + 1))
     # A new name every time: the health checks are measured, not the servers' answer caches.
-    if ! dig +short +time=1 +tries=1 @"$server" -p "$1" "poll$n-$RANDOM.example.com.nyud.net" A | grep -qx "${proxies[1]}"; then
+    # Only an answer naming some proxy counts (a timeout or an empty answer says nothing).
+    local answer
+    answer=$(dig +short +time=1 +tries=1 @"$server" -p "$1" "poll$n-$RANDOM.example.com.nyud.net" A || true)
+    echo "$(date +%s.%N) $answer" | tr '\n' ' ' >>"$work/failover-$1.log"
+    echo >>"$work/failover-$1.log"
+    if grep -q . <<<"$answer" && ! grep -qx "${proxies[1]}" <<<"$answer"; then
       awk -v start="$killed_at" -v now="$(date +%s.%N)" 'BEGIN { printf "%.2f", now - start }'
       return
     fi
@@ -249,6 +254,9 @@ stays_gone() {
 echo
 echo "| server | killed proxy gone from answers after (s) | never named again (50 answers over 2 s) |"
 echo "|---|---|---|"
+# Let the load settle, and make sure both servers name both z1 proxies before the kill.
+sleep 3
+for port in $coral_port $pdns_port; do check "$port"; done
 kill -9 "${proxy_pids[1]}"
 killed_at=$(date +%s.%N)
 # Both servers are polled at once, so both see the same kill at the same moment.
@@ -259,3 +267,5 @@ pdns_poll=$!
 wait "$coral_poll" "$pdns_poll"
 echo "| Coral (interval 1 s, 2 failures) | $(cat "$work/coral-failover") | $(stays_gone $coral_port) |"
 echo "| PowerDNS ifurlup (interval 1 s) | $(cat "$work/pdns-failover") | $(stays_gone $pdns_port) |"
+echo "==> answers polled after the kill (time, addresses):" >&2
+head -n 5 "$work/failover-$coral_port.log" "$work/failover-$pdns_port.log" >&2

@@ -124,8 +124,10 @@ impl Prober {
             thresholds,
             dht,
             own_address,
+            // A new connection per probe: it checks that the proxy still accepts, and a
+            // refusal is seen as such rather than as a pooled connection that broke.
             http: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(thresholds.interval * 3)
+                .pool_max_idle_per_host(0)
                 .build(connector),
             health: HashMap::new(),
             watchers: HashMap::new(),
