@@ -240,6 +240,7 @@ async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
         registry,
         dht: dht_role.as_ref().map(DhtRole::dht),
         proxy: proxy_role.as_ref().map(ProxyRole::proxy),
+        dns_members: dns_role.as_ref().map(DnsRole::members),
         roles,
         level_names: config.locality.label_keys.iter().rev().cloned().collect(),
     };

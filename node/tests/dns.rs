@@ -522,6 +522,19 @@ async fn a_frozen_proxy_is_ejected_after_consecutive_timeouts_and_readmitted_whe
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The admin port's view says the same.
+    let views = dns.members().read().unwrap().clone();
+    let view = |ip: IpAddr| {
+        views
+            .iter()
+            .find(|view| view.address == ip)
+            .unwrap()
+            .clone()
+    };
+    assert!(!view(frozen.ip).healthy);
+    assert!(view(running[0].ip).healthy);
+    assert_eq!(view(running[0].ip).locality, ["z1", "r1"]);
+    assert_eq!(view(running[0].ip).role, "proxy");
     signal("-CONT", frozen.child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     while addresses(&ask(dns.address(), Some("10.1.7.0/24")).await) != both {

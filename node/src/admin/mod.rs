@@ -1,7 +1,8 @@
 //! The node's admin port: `/livez` (the process answers: the liveness probe), `/healthz`
 //! (able to serve, and the load: what the DNS nodes check before publishing a proxy),
-//! `/readyz`, `/metrics`, and the DHT's live state and the cache's (tiers, most asked URLs) as
-//! JSON (`/dht`, `/cache`) and as a page for people (`/`).
+//! `/readyz`, `/metrics`, and the DHT's live state, the cache's (tiers, most asked URLs) and the
+//! DNS role's members with their health as JSON (`/dht`, `/cache`, `/dns`) and as a page for
+//! people (`/`).
 //!
 //! The admin port reads the roles through small read-only views (a readiness flag, the DHT's
 //! snapshot); the roles do not know it exists. `/readyz` is ready only when every role the pod
@@ -22,6 +23,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::dht::Dht;
 use crate::dht::udp::UdpNetwork;
+use crate::dns::probe::SharedMembers;
 use crate::proxy::service::Proxy;
 
 /// URLs listed on the admin page and in `/cache`.
@@ -44,6 +46,8 @@ pub struct AdminState {
     pub dht: Option<Arc<Dht<UdpNetwork>>>,
     /// The proxy, when the node plays that role.
     pub proxy: Option<Arc<Proxy>>,
+    /// The members the DNS role checks, when the node plays that role.
+    pub dns_members: Option<SharedMembers>,
     /// Each requested role and its readiness.
     pub roles: Vec<(String, Readiness)>,
     /// What each DHT level above the global one is, broadest first (the node label keys).
@@ -90,6 +94,18 @@ impl AdminState {
                     "this node does not play the proxy role\n",
                 ),
             },
+            "/dns" => match &self.dns_members {
+                Some(members) => http::respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec_pretty(&*members.read().expect("members lock poisoned"))
+                        .expect("members serialise"),
+                ),
+                None => http::text(
+                    StatusCode::NOT_FOUND,
+                    "this node does not play the DNS role\n",
+                ),
+            },
             "/dht" => match &self.dht {
                 Some(dht) => http::respond(
                     StatusCode::OK,
@@ -107,13 +123,16 @@ impl AdminState {
                 page::render(
                     self.dht.as_ref().map(|dht| dht.snapshot()),
                     self.proxy.as_ref().map(|proxy| proxy.cache_view(TOP_URLS)),
+                    self.dns_members
+                        .as_ref()
+                        .map(|members| members.read().expect("members lock poisoned").clone()),
                     &self.role_states(),
                     &self.level_names,
                 ),
             ),
             _ => http::text(
                 StatusCode::NOT_FOUND,
-                "not found: try /, /dht, /cache, /livez, /healthz, /readyz or /metrics\n",
+                "not found: try /, /dht, /dns, /cache, /livez, /healthz, /readyz or /metrics\n",
             ),
         }
     }

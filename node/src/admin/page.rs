@@ -4,12 +4,14 @@
 use std::fmt::Write;
 
 use crate::dht::snapshot::DhtSnapshot;
+use crate::dns::probe::MemberView;
 use crate::proxy::service::CacheView;
 
 /// Renders the page.
 pub fn render(
     dht: Option<DhtSnapshot>,
     cache: Option<CacheView>,
+    dns_members: Option<Vec<MemberView>>,
     roles: &[(String, Result<(), String>)],
     level_names: &[String],
 ) -> String {
@@ -29,6 +31,9 @@ pub fn render(
     html.push_str("</table>\n");
     if let Some(cache) = cache {
         render_cache(&mut html, &cache);
+    }
+    if let Some(members) = dns_members {
+        render_dns(&mut html, &members);
     }
     let Some(dht) = dht else {
         html.push_str("<p>This node does not play the DHT role.</p></body></html>\n");
@@ -99,6 +104,31 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+fn render_dns(html: &mut String, members: &[MemberView]) {
+    html.push_str(
+        "<h2>DNS: members</h2><p>Who this node may publish, and whether its checks publish them now. \
+         <a href=\"/dns\">JSON</a></p>\n<table><tr><th>role</th><th>address</th><th>node</th>\
+         <th>locality</th><th>health</th><th>load</th></tr>\n",
+    );
+    for member in members {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
+            member.role,
+            member.address,
+            escape(&member.node),
+            escape(&member.locality.join(" / ")),
+            if member.healthy {
+                "published"
+            } else {
+                "ejected"
+            },
+            member.load
+        );
+    }
+    html.push_str("</table>\n");
 }
 
 fn render_cache(html: &mut String, cache: &CacheView) {

@@ -64,6 +64,26 @@ impl Role {
     }
 }
 
+/// A member as the admin port shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MemberView {
+    /// `proxy` or `dns`.
+    pub role: &'static str,
+    /// Its address.
+    pub address: IpAddr,
+    /// Its Kubernetes node.
+    pub node: String,
+    /// Its locality, most local first (empty when the topology does not know its node).
+    pub locality: Vec<String>,
+    /// Published now.
+    pub healthy: bool,
+    /// Load from its last passing probe.
+    pub load: f64,
+}
+
+/// The members and their health, for the admin port.
+pub type SharedMembers = Arc<std::sync::RwLock<Vec<MemberView>>>;
+
 /// A member's DHT node, checked beside its admin port.
 #[derive(Clone)]
 pub struct DhtCheck {
@@ -87,6 +107,7 @@ pub struct Prober {
     watchers: HashMap<IpAddr, JoinHandle<()>>,
     closed: (mpsc::Sender<IpAddr>, mpsc::Receiver<IpAddr>),
     published: SharedPublished,
+    views: SharedMembers,
     metrics: DnsMetrics,
 }
 
@@ -133,6 +154,7 @@ impl Prober {
             watchers: HashMap::new(),
             closed: mpsc::channel(CLOSED_QUEUE),
             published,
+            views: SharedMembers::default(),
             metrics,
         }
     }
@@ -230,9 +252,41 @@ impl Prober {
             .set(i64::from(health.is_healthy()));
     }
 
+    /// The members and their health, kept current for the admin port.
+    pub fn views(&self) -> SharedMembers {
+        self.views.clone()
+    }
+
     fn publish(&self, targets: &[(Role, Member)]) {
         let published = self.published_now(targets);
         *self.published.write().expect("published lock poisoned") = Arc::new(published);
+        let views = targets
+            .iter()
+            .map(|(role, member)| {
+                let health = self
+                    .health
+                    .get(&(*role, member.address))
+                    .copied()
+                    .unwrap_or_default();
+                MemberView {
+                    role: role.name(),
+                    address: member.address,
+                    node: member.node.clone(),
+                    locality: self.locality(member),
+                    healthy: health.is_healthy(),
+                    load: health.load(),
+                }
+            })
+            .collect();
+        *self.views.write().expect("views lock poisoned") = views;
+    }
+
+    fn locality(&self, member: &Member) -> Vec<String> {
+        self.topology
+            .nodes
+            .get(&member.node)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Keeps one watch connection per listed proxy.
@@ -272,12 +326,7 @@ impl Prober {
             match role {
                 Role::Proxy => published.proxies.push(LiveProxy {
                     address: member.address,
-                    locality: self
-                        .topology
-                        .nodes
-                        .get(&member.node)
-                        .cloned()
-                        .unwrap_or_default(),
+                    locality: self.locality(member),
                     load: health.load(),
                 }),
                 Role::Nameserver => published.nameservers.push(member.address),

@@ -21,7 +21,7 @@ use crate::dns::answer::{Zone, ZoneError};
 use crate::dns::handler::{DnsHandler, SharedPublished};
 use crate::dns::metrics::DnsMetrics;
 use crate::dns::placement::ClientPlacement;
-use crate::dns::probe::{DhtCheck, Prober};
+use crate::dns::probe::{DhtCheck, Prober, SharedMembers};
 use crate::dns::{tcp, udp};
 
 /// Receive buffer asked for each UDP socket.
@@ -61,6 +61,7 @@ pub struct DnsPlacement {
 pub struct DnsRole {
     ready: Arc<AtomicBool>,
     address: SocketAddr,
+    members: SharedMembers,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -99,6 +100,7 @@ impl DnsRole {
             metrics.clone(),
         );
         prober.round().await;
+        let members = prober.views();
         let level_names = config
             .locality
             .label_keys
@@ -150,8 +152,14 @@ impl DnsRole {
         Ok(Self {
             ready: Arc::new(AtomicBool::new(true)),
             address,
+            members,
             tasks,
         })
+    }
+
+    /// The members and their health, for the admin port.
+    pub fn members(&self) -> SharedMembers {
+        self.members.clone()
     }
 
     /// Where the role serves (UDP and TCP).
