@@ -13,7 +13,6 @@
 //! - Negative answers carry the SOA, whose TTL and minimum are the answer TTL.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
@@ -145,16 +144,6 @@ impl Zone {
         })
     }
 
-    /// The zone's apex.
-    pub fn apex(&self) -> &Name {
-        &self.apex
-    }
-
-    /// The TTL of negative answers (the SOA's TTL and minimum).
-    pub fn negative_ttl(&self) -> Duration {
-        Duration::from_secs(self.answer_ttl.into())
-    }
-
     /// Answers `qtype` `qclass` questions about `name` from a client placed at `placed`.
     pub fn answer(
         &self,
@@ -180,7 +169,9 @@ impl Zone {
                     answers: vec![self.soa(&nameservers)],
                     ..Answer::empty(ResponseCode::NoError, true)
                 },
-                RecordType::NS => Answer {
+                // No name server known (none configured, none healthy): NODATA, not an
+                // empty NOERROR without a SOA.
+                RecordType::NS if !nameservers.is_empty() => Answer {
                     answers: self.ns_records(&nameservers),
                     additionals: self.glue(&nameservers),
                     ..Answer::empty(ResponseCode::NoError, true)
@@ -196,8 +187,9 @@ impl Zone {
             && self.is_directly_below_apex(&owner);
         if self_published || self.configured_ns.iter().any(|(ns, _)| *ns == owner) {
             let nameservers = nameservers();
+            // A name server that is gone leaves an empty name: names below it may be origins.
             let Some((_, addresses)) = nameservers.iter().find(|(ns, _)| *ns == owner) else {
-                return self.negative(ResponseCode::NXDomain, &nameservers);
+                return self.negative(ResponseCode::NoError, &nameservers);
             };
             let records = self.address_records(&owner, addresses, qtype, self.ns_ttl());
             return if records.is_empty() {
@@ -210,7 +202,15 @@ impl Zone {
             };
         }
         if Origin::from_zone_host(&owner.to_ascii(), &self.zone_text).is_err() {
-            return self.negative(ResponseCode::NXDomain, &nameservers());
+            // NXDOMAIN denies every name below (RFC 8020), so it is only for a label no origin
+            // can have; `8080.<zone>` or `4.<zone>` are above origins (`host.8080.<zone>`,
+            // `1.2.3.4.<zone>`) that a resolver minimising its queries asks for first.
+            let rcode = if owner.iter().all(is_host_label) {
+                ResponseCode::NoError
+            } else {
+                ResponseCode::NXDomain
+            };
+            return self.negative(rcode, &nameservers());
         }
         let ipv6 = match qtype {
             RecordType::A | RecordType::ANY => false,
@@ -355,9 +355,22 @@ impl Zone {
     }
 }
 
+/// Whether a label can be part of a host name: letters, digits and inner hyphens, 1 to 63
+/// bytes.
+fn is_host_label(label: &[u8]) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        && label.first() != Some(&b'-')
+        && label.last() != Some(&b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use std::str::FromStr;
+    use std::time::Duration;
 
     use ipnet::IpNet;
 
@@ -456,6 +469,16 @@ mod tests {
         let nxdomain = ask(&zone, "_sip._tcp.nyud.net.", RecordType::A, &published());
         assert_eq!(nxdomain.rcode, ResponseCode::NXDomain);
         assert_eq!(nxdomain.soa.len(), 1);
+        // Names above origins (a port label, the tail of an IPv4 address) exist, empty.
+        for above in ["8080.nyud.net.", "4.nyud.net.", "3.4.nyud.net."] {
+            let empty = ask(&zone, above, RecordType::A, &published());
+            assert_eq!(
+                (empty.rcode, empty.answers.len()),
+                (ResponseCode::NoError, 0),
+                "{above}"
+            );
+            assert_eq!(empty.soa.len(), 1);
+        }
         let outside = ask(&zone, "www.example.com.", RecordType::A, &published());
         assert_eq!(
             (outside.rcode, outside.authoritative),
@@ -505,7 +528,14 @@ mod tests {
             RecordType::A,
             &published(),
         );
-        assert_eq!(gone.rcode, ResponseCode::NXDomain);
+        assert_eq!((gone.rcode, gone.answers.len()), (ResponseCode::NoError, 0));
+        let mut no_dns_node = published();
+        no_dns_node.nameservers.clear();
+        let none = ask(&zone, "nyud.net.", RecordType::NS, &no_dns_node);
+        assert_eq!(
+            (none.rcode, none.answers.len(), none.soa.len()),
+            (ResponseCode::NoError, 0, 1)
+        );
         let soa = ask(&zone, "nyud.net.", RecordType::SOA, &published());
         let RData::SOA(soa) = &soa.answers[0].data else {
             panic!()

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::MessageType;
 use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -34,7 +33,6 @@ pub async fn exchange(
     }
     let header: [u8; HEADER_LEN] = message[..HEADER_LEN].try_into().expect("length checked");
     match Request::from_bytes(message, peer, protocol) {
-        Ok(request) if request.metadata.message_type == MessageType::Response => None,
         Ok(request) => {
             let collector = Collector::default();
             handler
@@ -94,7 +92,7 @@ mod tests {
     use std::sync::RwLock;
     use std::time::Duration;
 
-    use hickory_server::proto::op::{Message, Query, ResponseCode};
+    use hickory_server::proto::op::{Message, MessageType, Query, ResponseCode};
     use hickory_server::proto::rr::{Name, RData, RecordType};
     use proptest::prelude::*;
 

@@ -305,7 +305,7 @@ fn not_sent(request: &Request, rcode: ResponseCode) -> ResponseInfo {
 
 /// Removes whole records from the end of the answer until the response fits the client's
 /// UDP payload size (computed without name compression, so it is an upper bound); true when
-/// anything was removed.
+/// more than glue was removed.
 fn fit(answer: &mut Answer, request: &Request, edns: Option<&Edns>) -> bool {
     let limit = match (&request.edns, edns) {
         (Some(asked), Some(_)) => usize::from(asked.max_payload().clamp(512, EDNS_PAYLOAD)),
@@ -338,18 +338,21 @@ fn fit(answer: &mut Answer, request: &Request, edns: Option<&Edns>) -> bool {
         .map(record_length)
         .sum()
     };
-    let mut trimmed = false;
+    // Glue may go without notice (RFC 2181 9); anything else dropped sets TC.
+    let mut truncated = false;
     while 12 + question + opt + records(answer) > limit {
-        trimmed = true;
-        if answer.additionals.pop().is_none()
-            && answer.name_servers.pop().is_none()
+        if answer.additionals.pop().is_some() {
+            continue;
+        }
+        truncated = true;
+        if answer.name_servers.pop().is_none()
             && answer.answers.pop().is_none()
             && answer.soa.pop().is_none()
         {
             break;
         }
     }
-    trimmed
+    truncated
 }
 
 /// Wire length of a name without compression (an upper bound of what is sent).

@@ -45,6 +45,13 @@ const CLOSED_QUEUE: usize = 256;
 /// Pause before a watch connection that the proxy closed (its admin port's idle timeout) is
 /// opened again.
 const REWATCH: Duration = Duration::from_millis(50);
+/// A watch connection that lived less than this was closed at once (not by an idle timeout):
+/// the next one waits a probe interval, so a proxy refusing to keep connections does not
+/// cause a probe every [`REWATCH`].
+const SHORT_WATCH: Duration = Duration::from_secs(1);
+/// A watch connection is renewed after this long even if nothing closed it: a host that
+/// vanished without a word would otherwise hold it forever.
+const RENEW_WATCH: Duration = Duration::from_secs(60);
 
 /// What a member does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -162,8 +169,10 @@ impl Prober {
     /// Reads the members again, probes every one of them once (all at once, each within the
     /// timeout), and publishes the result.
     pub async fn round(&mut self) {
-        match Members::load(&self.members_file) {
-            Ok(members) => self.members = members,
+        let file = self.members_file.clone();
+        match tokio::task::spawn_blocking(move || Members::load(&file)).await {
+            Ok(Ok(members)) => self.members = members,
+            Ok(Err(error)) => tracing::warn!(%error, "keeping the last members list"),
             Err(error) => tracing::warn!(%error, "keeping the last members list"),
         }
         self.watch_proxies();
@@ -178,7 +187,25 @@ impl Prober {
             .iter()
             .map(|(role, member)| (*role, member.address))
             .collect();
-        self.health.retain(|key, _| listed.contains(key));
+        let metrics = &self.metrics;
+        self.health.retain(|(role, address), _| {
+            let keep = listed.contains(&(*role, *address));
+            if !keep {
+                // Pod addresses change with every restart: a member gone takes its series.
+                let address = address.to_string();
+                let _ = metrics
+                    .member_healthy
+                    .remove_label_values(&[role.name(), &address]);
+                for to in ["admitted", "ejected"] {
+                    let _ = metrics.member_transitions.remove_label_values(&[
+                        role.name(),
+                        &address,
+                        to,
+                    ]);
+                }
+            }
+            keep
+        });
         for ((role, member), probe) in targets.iter().zip(probes) {
             self.record(*role, member.address, probe);
         }
@@ -408,12 +435,22 @@ async fn watch(admin: SocketAddr, closed: mpsc::Sender<IpAddr>, retry: Duration)
     loop {
         let pause = match TcpStream::connect(admin).await {
             Ok(mut stream) => {
+                let opened = Instant::now();
                 let mut byte = [0u8; 1];
-                let _ = stream.read(&mut byte).await;
+                if tokio::time::timeout(RENEW_WATCH, stream.read(&mut byte))
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
                 if closed.send(admin.ip()).await.is_err() {
                     return;
                 }
-                REWATCH
+                if opened.elapsed() < SHORT_WATCH {
+                    retry
+                } else {
+                    REWATCH
+                }
             }
             Err(_) => retry,
         };

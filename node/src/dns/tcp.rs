@@ -78,7 +78,11 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, handler: &DnsHandle
             let mut framed = Vec::with_capacity(response.len() + 2);
             framed.extend_from_slice(&length.to_be_bytes());
             framed.extend_from_slice(&response);
-            if stream.write_all(&framed).await.is_err() {
+            // A client that does not read its answers loses its connection like an idle one.
+            if !matches!(
+                tokio::time::timeout(idle, stream.write_all(&framed)).await,
+                Ok(Ok(()))
+            ) {
                 return;
             }
         }
