@@ -23,7 +23,9 @@ pub struct Placed<'a> {
     /// The client's network, at most [`CLIENT_PREFIX_V4`] / [`CLIENT_PREFIX_V6`] bits long:
     /// the key that keeps its answers stable.
     pub network: IpNet,
-    /// How many leading bits of the client address the answer depends on (the ECS scope).
+    /// How many leading bits of the client address the answer depends on (the ECS scope): the
+    /// client network's, or more when a configured network inside it places part of it
+    /// elsewhere.
     pub scope: u8,
 }
 
@@ -55,12 +57,24 @@ impl ClientPlacement {
         let matched = self.networks.iter().find(|candidate| {
             candidate.cidr.prefix_len() <= source_prefix && candidate.cidr.contains(&address)
         });
+        // A longer network inside the client's places some of its addresses elsewhere: the
+        // answer then depends on those bits too.
+        let finer = self
+            .networks
+            .iter()
+            .filter(|candidate| {
+                candidate.cidr.prefix_len() > key_bits && network.contains(&candidate.cidr.addr())
+            })
+            .map(|candidate| candidate.cidr.prefix_len().min(source_prefix))
+            .max()
+            .unwrap_or(0);
         Placed {
             locality: matched.map(|network| network.locality.as_slice()),
             network,
             scope: matched
                 .map_or(0, |network| network.cidr.prefix_len())
-                .max(key_bits),
+                .max(key_bits)
+                .max(finer),
         }
     }
 }
@@ -104,6 +118,23 @@ mod tests {
         assert_eq!(placed.network, "192.0.2.0/24".parse::<IpNet>().unwrap());
         let mapped = placement.place("::ffff:10.1.2.3".parse().unwrap(), 128);
         assert_eq!(mapped.locality.unwrap(), ["zone-b", "region-1"]);
+    }
+
+    #[test]
+    fn a_finer_network_inside_the_clients_narrows_the_scope() {
+        let network = |cidr: &str, zone: &str| ClientNetwork {
+            cidr: cidr.parse().unwrap(),
+            locality: vec![zone.to_owned()],
+        };
+        let placement =
+            ClientPlacement::new(&[network("10.0.0.0/8", "a"), network("10.1.2.128/25", "b")]);
+        let outside_the_finer = placement.place("10.1.2.7".parse().unwrap(), 32);
+        assert_eq!(outside_the_finer.locality.unwrap(), ["a"]);
+        assert_eq!(outside_the_finer.scope, 25);
+        let inside = placement.place("10.1.2.200".parse().unwrap(), 32);
+        assert_eq!(inside.locality.unwrap(), ["b"]);
+        assert_eq!(inside.scope, 25);
+        assert_eq!(placement.place("10.9.9.9".parse().unwrap(), 32).scope, 24);
     }
 
     #[test]

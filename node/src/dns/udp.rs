@@ -29,7 +29,10 @@ pub async fn serve(socket: UdpSocket, handler: Arc<DnsHandler>, shutdown: Cancel
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            ready = socket.readable() => if ready.is_err() { continue },
+            ready = socket.readable() => if let Err(error) = ready {
+                tracing::error!(%error, "DNS socket failed; this receive loop stops");
+                return;
+            },
         }
         let received = match socket.try_io(Interest::READABLE, || receive(&socket, &mut buffers)) {
             Ok(received) => received,
