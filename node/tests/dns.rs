@@ -124,6 +124,15 @@ async fn start_proxy(dir: &Path, node: &str, ip: &str) -> ProxyProcess {
     }
 }
 
+/// Starts a proxy for every `(node, address)`, one after another.
+async fn start_proxies(dir: &Path, proxies: &[(&str, &str)]) -> Vec<ProxyProcess> {
+    let mut running = Vec::new();
+    for (node, ip) in proxies {
+        running.push(start_proxy(dir, node, ip).await);
+    }
+    running
+}
+
 async fn start_dns(dir: &Path, config: &NodeConfig, shutdown: &CancellationToken) -> DnsRole {
     DnsRole::start(
         config,
@@ -231,10 +240,7 @@ async fn clients_get_healthy_proxies_near_them_and_a_killed_one_disappears() {
         ("node-4", "127.0.0.44"),
     ];
     write_files(dir.path(), &proxies, &[("node-dns", "127.0.0.40")]);
-    let mut running = Vec::new();
-    for (node, ip) in proxies {
-        running.push(start_proxy(dir.path(), node, ip).await);
-    }
+    let mut running = start_proxies(dir.path(), &proxies).await;
     let shutdown = CancellationToken::new();
     let config = config(dir.path());
     let dns = start_dns(dir.path(), &config, &shutdown).await;
@@ -418,10 +424,7 @@ async fn a_long_name_over_udp_is_truncated_to_whole_records_and_tcp_has_it_all()
     let dir = tempfile::tempdir().unwrap();
     let proxies = [("node-1", "127.0.0.47"), ("node-2", "127.0.0.48")];
     write_files(dir.path(), &proxies, &[]);
-    let mut running = Vec::new();
-    for (node, ip) in proxies {
-        running.push(start_proxy(dir.path(), node, ip).await);
-    }
+    let _running = start_proxies(dir.path(), &proxies).await;
     let shutdown = CancellationToken::new();
     let dns = start_dns(dir.path(), &config(dir.path()), &shutdown).await;
     let label = "a".repeat(60);
@@ -491,10 +494,7 @@ async fn a_frozen_proxy_is_ejected_after_consecutive_timeouts_and_readmitted_whe
     let dir = tempfile::tempdir().unwrap();
     let proxies = [("node-1", "127.0.0.50"), ("node-2", "127.0.0.51")];
     write_files(dir.path(), &proxies, &[]);
-    let mut running = Vec::new();
-    for (node, ip) in proxies {
-        running.push(start_proxy(dir.path(), node, ip).await);
-    }
+    let running = start_proxies(dir.path(), &proxies).await;
     let shutdown = CancellationToken::new();
     let dns = start_dns(dir.path(), &config(dir.path()), &shutdown).await;
     let both = ips(&["127.0.0.50", "127.0.0.51"]);
