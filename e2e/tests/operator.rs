@@ -220,7 +220,12 @@ async fn minimal_cluster_gets_every_owned_object_and_is_ready_only_when_all_pods
         .get("minimal-node")
         .await
         .unwrap();
-    for name in ["minimal-dns", "minimal-dht", "minimal-metrics"] {
+    for name in [
+        "minimal-proxy",
+        "minimal-dns",
+        "minimal-dht",
+        "minimal-metrics",
+    ] {
         api::<Service>(client).get(name).await.unwrap();
     }
     let config = api::<ConfigMap>(client)
@@ -658,6 +663,7 @@ async fn objects_deleted_by_hand_come_back_and_a_restarted_operator_changes_noth
             resource_version::<RoleBinding>(client, "minimal-node").await,
             resource_version::<DaemonSet>(client, "minimal-proxy").await,
             resource_version::<DaemonSet>(client, "minimal-dns").await,
+            resource_version::<Service>(client, "minimal-proxy").await,
             resource_version::<Service>(client, "minimal-dns").await,
             resource_version::<Service>(client, "minimal-dht").await,
             resource_version::<Service>(client, "minimal-metrics").await,

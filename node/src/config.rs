@@ -225,10 +225,14 @@ pub struct DnsConfig {
     /// Name servers published in the zone's NS records; empty means the healthy DNS nodes
     /// publish themselves.
     pub nameservers: Vec<NameServer>,
-    /// File listing the proxies and DNS nodes to check and publish (see `dns::members`); unset
-    /// means the node learns them from the Kubernetes API.
+    /// File listing the proxies and DNS nodes to check and publish (see `dns::members`), read
+    /// again every probe interval. Set this or `memberServices`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members_file: Option<PathBuf>,
+    /// Services whose EndpointSlices (in the pod's namespace) list the proxies and DNS nodes
+    /// to check and publish. Set this or `membersFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_services: Option<MemberServices>,
     /// Responses per second to one client network (an IPv4 /24, an IPv6 /56): response rate
     /// limiting, which blunts reflection attacks with spoofed sources.
     #[serde(default = "DnsConfig::default_response_rate")]
@@ -247,6 +251,19 @@ impl DnsConfig {
             burst: 400,
         }
     }
+}
+
+/// The Services whose EndpointSlices list a DNS node's members, and where it keeps the last
+/// list it saw so that a restarted node serves while the API server is down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberServices {
+    /// The Service selecting the proxy pods.
+    pub proxies: String,
+    /// The Service selecting the DNS pods.
+    pub nameservers: String,
+    /// File holding the last members list seen (on a volume that outlives the container).
+    pub cache_file: PathBuf,
 }
 
 /// Limits of the DNS server's TCP side.
@@ -663,6 +680,11 @@ mod tests {
                     addresses: vec!["192.0.2.53".parse().unwrap()],
                 }],
                 members_file: None,
+                member_services: Some(MemberServices {
+                    proxies: "demo-proxy".into(),
+                    nameservers: "demo-dns".into(),
+                    cache_file: "/tmp/dns-members.yaml".into(),
+                }),
                 response_rate: DnsConfig::default_response_rate(),
                 tcp: DnsTcpLimits::default(),
             },

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use coral_node::admin::{AdminState, Readiness};
+use coral_node::admin::AdminState;
 use coral_node::config::{CONFIG_FILE, NodeConfig, TOPOLOGY_FILE, Topology};
 use coral_node::dht::metrics::DhtMetrics;
+use coral_node::dns::endpoint_slices;
+use coral_node::dns::members::{self, MembersFeed};
 use coral_node::dns::metrics::DnsMetrics;
 use coral_node::proxy::metrics::ProxyMetrics;
 use coral_node::proxy::peers::Peering;
@@ -176,7 +178,7 @@ async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
                 let started =
                     DhtRole::start(&config, &topology, placement, metrics, shutdown.clone())
                         .await?;
-                roles.push(("dht".to_owned(), Readiness::Flag(started.readiness())));
+                roles.push(("dht".to_owned(), started.readiness()));
                 dht_role = Some(started);
             }
             Role::Proxy => {
@@ -192,41 +194,32 @@ async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
                 });
                 let started =
                     ProxyRole::start(&config, address, metrics, peering, shutdown.clone()).await?;
-                roles.push(("proxy".to_owned(), Readiness::Flag(started.readiness())));
+                roles.push(("proxy".to_owned(), started.readiness()));
                 proxy_role = Some(started);
             }
-            Role::Dns => match config.dns.members_file.clone() {
-                None => roles.push((
-                    "dns".to_owned(),
-                    Readiness::Unavailable(
-                        "members from the Kubernetes API are not in this build yet: set dns.membersFile",
-                    ),
-                )),
-                Some(members_file) => {
-                    let metrics =
-                        DnsMetrics::register(&registry).context("registering DNS metrics")?;
-                    let placement = DnsPlacement {
-                        node_name: args.node_name.clone(),
-                        address: args
-                            .dns_address
-                            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.dns.port))),
-                        pod_ip: args.pod_ip,
-                        members_file,
-                    };
-                    let dht = dht_role.as_ref().map(DhtRole::dht);
-                    let started = DnsRole::start(
-                        &config,
-                        &topology,
-                        placement,
-                        dht,
-                        metrics,
-                        shutdown.clone(),
-                    )
-                    .await?;
-                    roles.push(("dns".to_owned(), Readiness::Flag(started.readiness())));
-                    dns_role = Some(started);
-                }
-            },
+            Role::Dns => {
+                let metrics = DnsMetrics::register(&registry).context("registering DNS metrics")?;
+                let placement = DnsPlacement {
+                    node_name: args.node_name.clone(),
+                    address: args
+                        .dns_address
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.dns.port))),
+                    pod_ip: args.pod_ip,
+                    members: members_feed(&config, shutdown.clone()).await?,
+                };
+                let dht = dht_role.as_ref().map(DhtRole::dht);
+                let started = DnsRole::start(
+                    &config,
+                    &topology,
+                    placement,
+                    dht,
+                    metrics,
+                    shutdown.clone(),
+                )
+                .await?;
+                roles.push(("dns".to_owned(), started.readiness()));
+                dns_role = Some(started);
+            }
         }
     }
     if roles.is_empty() {
@@ -264,6 +257,31 @@ async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
         role.stop().await;
     }
     Ok(())
+}
+
+/// Where the DNS role learns its members: the members file, or the EndpointSlices of the
+/// configured Services through the API server the pod's service account reaches.
+async fn members_feed(
+    config: &NodeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<MembersFeed> {
+    match (&config.dns.members_file, &config.dns.member_services) {
+        (Some(file), None) => Ok(members::watch_file(
+            file.clone(),
+            config.health.interval,
+            shutdown,
+        )),
+        (None, Some(services)) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("dns.memberServices: connecting to the Kubernetes API")?;
+            Ok(endpoint_slices::watch(client, services.clone(), shutdown))
+        }
+        (None, None) => bail!("the DNS role needs dns.membersFile or dns.memberServices"),
+        (Some(_), Some(_)) => {
+            bail!("dns.membersFile and dns.memberServices are both set: set only one")
+        }
+    }
 }
 
 fn dedup(roles: &[Role]) -> Vec<Role> {

@@ -6,9 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use coral_node::config::{ClientNetwork, HealthConfig, NodeConfig, RateLimit, Topology};
+use coral_node::dns::members;
 use coral_node::dns::metrics::DnsMetrics;
 use coral_node::roles::dns::{DnsPlacement, DnsRole};
 use hickory_server::proto::op::{Edns, Message, MessageType, Query, ResponseCode};
@@ -133,22 +135,35 @@ async fn start_proxies(dir: &Path, proxies: &[(&str, &str)]) -> Vec<ProxyProcess
     running
 }
 
+/// Starts the DNS role on the members file in `dir` and waits until it is ready.
 async fn start_dns(dir: &Path, config: &NodeConfig, shutdown: &CancellationToken) -> DnsRole {
-    DnsRole::start(
+    let members = members::watch_file(
+        dir.join("members.yaml"),
+        config.health.interval,
+        shutdown.clone(),
+    );
+    let dns = DnsRole::start(
         config,
         &topology(),
         DnsPlacement {
             node_name: "node-dns".into(),
             address: "127.0.0.40:0".parse().unwrap(),
             pod_ip: "127.0.0.40".parse().unwrap(),
-            members_file: dir.join("members.yaml"),
+            members,
         },
         None,
         DnsMetrics::unregistered(),
         shutdown.clone(),
     )
     .await
-    .unwrap()
+    .unwrap();
+    let ready = dns.readiness();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the DNS role never became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    dns
 }
 
 /// A query for `name`, with EDNS (and a client subnet) when `subnet` is given.

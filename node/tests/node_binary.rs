@@ -1,6 +1,6 @@
 //! The shipped `coral-node run` on loopback: two nodes form a DHT through `--dht-peer`, the
-//! admin port shows it, readiness is honest about roles this build lacks, and bad input is
-//! refused with the file named.
+//! admin port shows it, a DNS node cut off from the API server is honest about it and serves
+//! from its cache after a restart, and bad input is refused with the file named.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use coral_node::config::{DhtTuning, NodeConfig, Topology};
+use coral_node::config::{DhtTuning, MemberServices, NodeConfig, Topology};
+use hickory_server::proto::op::{Message, Query};
+use hickory_server::proto::rr::{Name, RData, RecordType};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_coral-node");
 const DHT_PORT: u16 = 19410;
+const ADMIN_PORT: u16 = 19090;
+const DNS_PORT: u16 = 15353;
 
 struct Node {
     child: Child,
@@ -34,6 +38,18 @@ fn sample_config(dir: &Path, key: &[u8]) -> PathBuf {
     config.dht.key_file = key_file;
     config.proxy.cache_disk_bytes = 1 << 20;
     config.proxy.cache_dir = dir.join("cache");
+    config.admin_port = ADMIN_PORT;
+    config.dns.member_services = Some(MemberServices {
+        proxies: "demo-proxy".into(),
+        nameservers: "demo-dns".into(),
+        cache_file: dir.join("members.yaml"),
+    });
+    // An API server that is not there: nothing listens on port 9.
+    std::fs::write(
+        dir.join("kubeconfig"),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: down\n  cluster: { server: 'https://127.0.0.1:9', insecure-skip-tls-verify: true }\nusers:\n- name: u\n  user: { token: t }\ncontexts:\n- name: c\n  context: { cluster: down, user: u, namespace: demo }\ncurrent-context: c\n",
+    )
+    .unwrap();
     // The fixture's bootstrap name is `localhost`, which /etc/hosts answers: the test never
     // asks the machine's resolver.
     config.dht.tuning = DhtTuning {
@@ -53,7 +69,7 @@ fn sample_config(dir: &Path, key: &[u8]) -> PathBuf {
 }
 
 fn start(dir: &Path, node: &str, ip: [u8; 4], roles: &str, peers: &[&str]) -> Node {
-    let admin = SocketAddr::from((ip, 19090));
+    let admin = SocketAddr::from((ip, ADMIN_PORT));
     let mut command = Command::new(BINARY);
     command
         .args(["run", "--roles", roles, "--config"])
@@ -67,6 +83,11 @@ fn start(dir: &Path, node: &str, ip: [u8; 4], roles: &str, peers: &[&str]) -> No
             &std::net::Ipv4Addr::from(ip).to_string(),
         ])
         .args(["--admin-address", &admin.to_string()])
+        .args([
+            "--dns-address",
+            &SocketAddr::from((ip, DNS_PORT)).to_string(),
+        ])
+        .env("KUBECONFIG", dir.join("kubeconfig"))
         .args([
             "--proxy-address",
             &SocketAddr::from((ip, 18080)).to_string(),
@@ -166,17 +187,18 @@ fn two_nodes_form_a_dht_and_the_admin_port_shows_it() {
 }
 
 #[test]
-fn a_pod_asked_for_a_role_this_build_lacks_stays_unready_and_says_why() {
+fn a_dns_node_cut_off_from_the_api_server_waits_unready_then_serves_from_its_cache() {
     let dir = tempfile::tempdir().unwrap();
     sample_config(dir.path(), b"a test key of at least thirty-two bytes....");
-    let node = start(dir.path(), "node-a", [127, 0, 0, 23], "proxy,dns,dht", &[]);
-    let (status, body) = wait_for(node.admin, "/readyz", |_, body| body.contains("dht: ready"));
-    assert!(body.contains("dht: ready"), "{body}");
-    assert!(body.contains("proxy: ready"), "{body}");
+    let ip = [127, 0, 0, 23];
+    let node = start(dir.path(), "node-a", ip, "proxy,dns,dht", &[]);
+    let (status, body) = wait_for(node.admin, "/readyz", |_, body| {
+        body.contains("dht: ready") && body.contains("proxy: ready")
+    });
     assert_eq!(status, 503);
     assert!(
-        body.contains("dns: members from the Kubernetes API are not in this build yet"),
-        "{body}"
+        body.contains("dns: starting"),
+        "no members list yet: {body}"
     );
     assert_eq!(
         get(node.admin, "/livez").unwrap().0,
@@ -192,6 +214,44 @@ fn a_pod_asked_for_a_role_this_build_lacks_stays_unready_and_says_why() {
     assert_eq!(status, 200);
     assert!(cache.contains(r#""diskObjects": 0"#), "{cache}");
     assert!(cache.contains(r#""topUrls": []"#), "{cache}");
+    drop(node);
+
+    // The list the node saved from the API server before its restart.
+    std::fs::write(
+        dir.path().join("members.yaml"),
+        "proxies: [{ node: node-a, address: 127.0.0.23 }]\nnameservers: []\n",
+    )
+    .unwrap();
+    let node = start(dir.path(), "node-a", ip, "proxy,dns,dht", &[]);
+    let (status, body) = wait_for(node.admin, "/readyz", |status, _| status == 200);
+    assert_eq!(status, 200, "{body}");
+    let answer = ask(
+        SocketAddr::from((ip, DNS_PORT)),
+        "www.example.com.nyud.net.",
+    );
+    assert_eq!(answer, ["127.0.0.23"]);
+}
+
+/// The A records the DNS server at `server` gives for `name`, over UDP.
+fn ask(server: SocketAddr, name: &str) -> Vec<String> {
+    let mut query = Message::query();
+    query.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    socket.send_to(&query.to_vec().unwrap(), server).unwrap();
+    let mut buffer = [0; 1232];
+    let length = socket.recv(&mut buffer).unwrap();
+    let response = Message::from_vec(&buffer[..length]).unwrap();
+    response
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(address) => Some(address.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use coral_node::config::{
     BandwidthLimits, ClientLimits, ClientNetwork, DhtConfig, DhtTuning, DnsConfig, DnsTcpLimits,
-    HealthConfig, KEY_FILE, LocalityConfig, MethodPolicy, NameServer, NodeConfig, OriginAccess,
-    OriginTimeouts, ProxyConfig, RateLimit,
+    HealthConfig, KEY_FILE, LocalityConfig, MemberServices, MethodPolicy, NameServer, NodeConfig,
+    OriginAccess, OriginTimeouts, ProxyConfig, RateLimit,
 };
 use kube::ResourceExt;
 
@@ -24,6 +24,9 @@ pub const CONFIG_DIR: &str = "/etc/coral";
 pub const KEY_DIR: &str = "/etc/coral-key";
 /// Where the pod mounts the disk cache volume.
 pub const CACHE_DIR: &str = "/var/cache/coral";
+/// Where a DNS pod keeps the last members list it read from the API server: on the pod's
+/// `/tmp` emptyDir, which outlives a container restart.
+pub const MEMBERS_CACHE_FILE: &str = "/tmp/dns-members.yaml";
 
 /// The node configuration for a CoralCluster.
 pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
@@ -107,6 +110,11 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
                 })
                 .collect::<Result<_, SpecError>>()?,
             members_file: None,
+            member_services: Some(MemberServices {
+                proxies: names.proxy_service(),
+                nameservers: names.dns_service(),
+                cache_file: MEMBERS_CACHE_FILE.into(),
+            }),
             response_rate: DnsConfig::default_response_rate(),
             tcp: DnsTcpLimits::default(),
         },
@@ -240,6 +248,12 @@ mod tests {
         assert_eq!(config.health.interval, Duration::from_secs(1));
         assert_eq!(config.dht.bootstrap_name, "demo-dht.edge.svc");
         assert_eq!(config.dht.key_file.to_str(), Some("/etc/coral-key/key"));
+        let members = config.dns.member_services.as_ref().unwrap();
+        assert_eq!(
+            (members.proxies.as_str(), members.nameservers.as_str()),
+            ("demo-proxy", "demo-dns"),
+            "the Services whose EndpointSlices list the DNS nodes' members"
+        );
 
         let dir = std::env::temp_dir().join(format!("coral-node-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

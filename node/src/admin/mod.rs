@@ -29,15 +29,6 @@ use crate::proxy::service::Proxy;
 /// URLs listed on the admin page and in `/cache`.
 const TOP_URLS: usize = 20;
 
-/// Whether one role is ready.
-#[derive(Clone, Debug)]
-pub enum Readiness {
-    /// Ready once the flag is set.
-    Flag(Arc<AtomicBool>),
-    /// The role cannot become ready, for this reason.
-    Unavailable(&'static str),
-}
-
 /// What the admin port shows.
 pub struct AdminState {
     /// Every metric of the node.
@@ -49,7 +40,7 @@ pub struct AdminState {
     /// The members the DNS role checks, when the node plays that role.
     pub dns_members: Option<SharedMembers>,
     /// Each requested role and its readiness.
-    pub roles: Vec<(String, Readiness)>,
+    pub roles: Vec<(String, Arc<AtomicBool>)>,
     /// What each DHT level above the global one is, broadest first (the node label keys).
     pub level_names: Vec<String>,
 }
@@ -140,11 +131,11 @@ impl AdminState {
     fn role_states(&self) -> Vec<(String, Result<(), String>)> {
         self.roles
             .iter()
-            .map(|(name, readiness)| {
-                let state = match readiness {
-                    Readiness::Flag(flag) if flag.load(Ordering::Relaxed) => Ok(()),
-                    Readiness::Flag(_) => Err("starting".to_owned()),
-                    Readiness::Unavailable(reason) => Err((*reason).to_owned()),
+            .map(|(name, ready)| {
+                let state = if ready.load(Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("starting".to_owned())
                 };
                 (name.clone(), state)
             })

@@ -384,6 +384,7 @@ mod tests {
             answers_per_query: 2,
             nameservers,
             members_file: None,
+            member_services: None,
             response_rate: DnsConfig::default_response_rate(),
             tcp: DnsTcpLimits::default(),
         }

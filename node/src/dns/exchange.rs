@@ -112,6 +112,7 @@ mod tests {
             answers_per_query: 2,
             nameservers: vec![],
             members_file: None,
+            member_services: None,
             response_rate: DnsConfig::default_response_rate(),
             tcp: DnsTcpLimits::default(),
         };

@@ -2,8 +2,9 @@
 //!
 //! A member is a pod: the Kubernetes node it runs on (which places it, through the topology)
 //! and its address (published in A/AAAA records; its admin port is probed). The list comes from
-//! a file (this module) or from the Kubernetes API; either way it only says who *might* be
-//! published: nothing is published before the health checks say so.
+//! a file (this module) or from EndpointSlices ([`super::endpoint_slices`]), as a
+//! [`MembersFeed`]; either way it only says who *might* be published: nothing is published
+//! before the health checks say so.
 //!
 //! The file is YAML:
 //!
@@ -16,14 +17,21 @@
 //! ```
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
 
+/// The latest members list from its source; `None` until the source has given one.
+pub type MembersFeed = watch::Receiver<Option<Arc<Members>>>;
+
 /// One pod the DNS role may publish.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
     /// The Kubernetes node it runs on, which the topology places.
@@ -33,7 +41,7 @@ pub struct Member {
 }
 
 /// The proxies and DNS nodes of the cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Members {
     /// Proxies, published in answers for origin names.
@@ -51,13 +59,47 @@ impl Members {
     }
 
     /// The same members, each once, in a stable order.
-    fn deduplicated(mut self) -> Self {
+    pub(crate) fn deduplicated(mut self) -> Self {
         for list in [&mut self.proxies, &mut self.nameservers] {
             list.sort();
             list.dedup();
         }
         self
     }
+}
+
+/// A feed of the members listed in `path`, read now and again every `interval` until
+/// `shutdown`. A file that cannot be read or parsed keeps the last good list (and is logged).
+pub fn watch_file(path: PathBuf, interval: Duration, shutdown: CancellationToken) -> MembersFeed {
+    let (sender, feed) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let file = path.clone();
+            match tokio::task::spawn_blocking(move || Members::load(&file)).await {
+                Ok(Ok(members)) => {
+                    sender.send_if_modified(|current| replace_if_changed(current, members));
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "keeping the last members list"),
+                Err(error) => tracing::warn!(%error, "keeping the last members list"),
+            }
+        }
+    });
+    feed
+}
+
+/// Puts `members` in `current` unless it already holds the same list; says whether it did.
+pub(crate) fn replace_if_changed(current: &mut Option<Arc<Members>>, members: Members) -> bool {
+    if current.as_deref() == Some(&members) {
+        return false;
+    }
+    *current = Some(Arc::new(members));
+    true
 }
 
 #[cfg(test)]
@@ -95,5 +137,47 @@ mod tests {
         std::fs::write(&path, "proxies:\n  - { node: b, adress: 10.0.0.2 }\n").unwrap();
         let error = Members::load(&path).unwrap_err().to_string();
         assert!(error.contains("adress"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_file_feed_follows_changes_and_keeps_the_last_good_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members.yaml");
+        std::fs::write(&path, "proxies: [{ node: a, address: 10.0.0.1 }]\n").unwrap();
+        let shutdown = CancellationToken::new();
+        let mut feed = watch_file(path.clone(), Duration::from_millis(10), shutdown.clone());
+        let wait = Duration::from_secs(5);
+        let first = tokio::time::timeout(wait, feed.wait_for(Option::is_some))
+            .await
+            .unwrap()
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!(first.proxies.len(), 1);
+
+        std::fs::write(
+            &path,
+            "proxies: []\nnameservers: [{ node: a, address: 10.0.0.9 }]\n",
+        )
+        .unwrap();
+        let second = tokio::time::timeout(
+            wait,
+            feed.wait_for(|members| members.as_ref().is_some_and(|m| m.proxies.is_empty())),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .clone()
+        .unwrap();
+        assert_eq!(second.nameservers.len(), 1);
+
+        std::fs::write(&path, "proxies: [").unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            feed.borrow().as_deref(),
+            Some(&*second),
+            "a broken file changes nothing"
+        );
+        shutdown.cancel();
     }
 }

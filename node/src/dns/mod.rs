@@ -1,7 +1,8 @@
 //! The authoritative DNS role: answers `<origin>.<zone>` with the addresses of healthy
 //! proxies near the client.
 //!
-//! - [`members`]: who may be published (a members file; the Kubernetes API later);
+//! - [`members`], [`endpoint_slices`]: who may be published (a members file, or the
+//!   EndpointSlices of the cluster's Services);
 //! - [`health`], [`probe`]: the health checks and their state machine;
 //! - [`placement`], [`select`]: where a client is, and which proxies it gets;
 //! - [`answer`]: the zone's answers, a pure function;
@@ -10,6 +11,7 @@
 //! - [`metrics`]: the Prometheus metrics.
 
 pub mod answer;
+pub mod endpoint_slices;
 pub mod exchange;
 pub mod handler;
 pub mod health;

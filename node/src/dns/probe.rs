@@ -3,15 +3,14 @@
 //! member's DHT node, so a proxy cut off from the DHT is ejected too), and what passes is
 //! published for the [`super::handler::DnsHandler`].
 //!
-//! Members come from the members file, read again every round (a bad file keeps the last good
-//! list). A member is never published before its first probe. Each proxy also has a watch
+//! Members come from a [`MembersFeed`]; a new list is probed at once. A member is never
+//! published before its first probe. Each proxy also has a watch
 //! connection open to its admin port: when that closes, the proxy is probed at once, so a
 //! crashed or killed proxy (whose refused connection ejects it at once) leaves the answers
 //! within milliseconds, not at the next round.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::answer::Published;
 use super::handler::SharedPublished;
 use super::health::{MemberHealth, Probe};
-use super::members::{Member, Members};
+use super::members::{Member, Members, MembersFeed};
 use super::metrics::DnsMetrics;
 use super::select::LiveProxy;
 use crate::config::{HealthConfig, Topology};
@@ -102,8 +101,8 @@ pub struct DhtCheck {
 
 /// Probes members and publishes the healthy ones.
 pub struct Prober {
-    members_file: PathBuf,
-    members: Members,
+    feed: MembersFeed,
+    members: Arc<Members>,
     topology: Topology,
     admin_port: u16,
     thresholds: HealthConfig,
@@ -127,12 +126,12 @@ impl Drop for Prober {
 }
 
 impl Prober {
-    /// A prober of the members listed in `members_file`, placed by `topology`, probed on
+    /// A prober of the members `feed` lists, placed by `topology`, probed on
     /// `admin_port` as `thresholds` say, publishing into `published`. The DNS node at
     /// `own_address` is this one: answering queries is its proof of life.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        members_file: PathBuf,
+        feed: MembersFeed,
         topology: Topology,
         admin_port: u16,
         thresholds: HealthConfig,
@@ -145,8 +144,8 @@ impl Prober {
         connector.set_connect_timeout(Some(thresholds.timeout));
         connector.set_nodelay(true);
         Self {
-            members_file,
-            members: Members::default(),
+            feed,
+            members: Arc::default(),
             topology,
             admin_port,
             thresholds,
@@ -166,14 +165,19 @@ impl Prober {
         }
     }
 
-    /// Reads the members again, probes every one of them once (all at once, each within the
-    /// timeout), and publishes the result.
+    /// Waits until the feed has given a members list, or `shutdown`; says whether it has.
+    pub async fn first_members(&mut self, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            listed = self.feed.wait_for(Option::is_some) => listed.is_ok(),
+        }
+    }
+
+    /// Takes the feed's latest members, probes every one of them once (all at once, each
+    /// within the timeout), and publishes the result.
     pub async fn round(&mut self) {
-        let file = self.members_file.clone();
-        match tokio::task::spawn_blocking(move || Members::load(&file)).await {
-            Ok(Ok(members)) => self.members = members,
-            Ok(Err(error)) => tracing::warn!(%error, "keeping the last members list"),
-            Err(error) => tracing::warn!(%error, "keeping the last members list"),
+        if let Some(members) = self.feed.borrow_and_update().clone() {
+            self.members = members;
         }
         self.watch_proxies();
         let targets = self.targets();
@@ -228,16 +232,22 @@ impl Prober {
         self.publish(&targets);
     }
 
-    /// Rounds every interval, and rechecks a proxy whose watch connection closed, until
-    /// `shutdown`.
+    /// Rounds every interval and whenever the members change, and rechecks a proxy whose
+    /// watch connection closed, until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(self.thresholds.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
+        let mut feed_open = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = ticks.tick() => self.round().await,
+                changed = self.feed.changed(), if feed_open => match changed {
+                    Ok(()) => self.round().await,
+                    // The source stopped (at shutdown): keep the last list.
+                    Err(_) => feed_open = false,
+                },
                 Some(address) = self.closed.1.recv() => self.recheck(address).await,
             }
         }

@@ -1,13 +1,13 @@
-//! The DNS role: checks the members' health once, then binds the DNS port (UDP, one socket
-//! per core with `SO_REUSEPORT` and a receive loop on each; and TCP) and keeps checking.
+//! The DNS role: binds the DNS port (UDP, one socket per core with `SO_REUSEPORT`; and TCP),
+//! waits for the first members list, checks every member once, and only then reads queries
+//! (a receive loop on each UDP socket, and TCP) and becomes ready, while it keeps checking.
 //!
-//! Checking before binding means a DNS node never answers before it knows who is alive: it
-//! neither names an unchecked proxy nor fails queries while its first checks run. The first
-//! round takes at most the probe timeout.
+//! Checking before answering means a DNS node never answers before it knows who is alive: it
+//! neither names an unchecked proxy nor fails queries while its first checks run (they wait
+//! in the sockets' queues; the first round takes at most the probe timeout).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +19,7 @@ use crate::dht::Dht;
 use crate::dht::udp::UdpNetwork;
 use crate::dns::answer::{Zone, ZoneError};
 use crate::dns::handler::{DnsHandler, SharedPublished};
+use crate::dns::members::MembersFeed;
 use crate::dns::metrics::DnsMetrics;
 use crate::dns::placement::ClientPlacement;
 use crate::dns::probe::{DhtCheck, Prober, SharedMembers};
@@ -53,8 +54,8 @@ pub struct DnsPlacement {
     pub address: SocketAddr,
     /// This pod's address, under which it is listed among the name servers.
     pub pod_ip: IpAddr,
-    /// The members file.
-    pub members_file: PathBuf,
+    /// Who may be published: the members file's or the EndpointSlices' list.
+    pub members: MembersFeed,
 }
 
 /// The running DNS role.
@@ -62,12 +63,12 @@ pub struct DnsRole {
     ready: Arc<AtomicBool>,
     address: SocketAddr,
     members: SharedMembers,
-    tasks: Vec<JoinHandle<()>>,
+    task: JoinHandle<()>,
 }
 
 impl DnsRole {
-    /// Checks every member once, then serves; `dht` (when the node plays that role) adds a
-    /// DHT ping to every check.
+    /// Binds the DNS port and starts serving as the module says; `dht` (when the node plays
+    /// that role) adds a DHT ping to every check.
     pub async fn start(
         config: &NodeConfig,
         topology: &Topology,
@@ -87,7 +88,7 @@ impl DnsRole {
         let zone = Zone::new(&config.zone, &config.dns, home, serial)?;
         let published: SharedPublished = Arc::new(RwLock::new(Arc::default()));
         let mut prober = Prober::new(
-            placement.members_file,
+            placement.members,
             topology.clone(),
             config.admin_port,
             config.health,
@@ -99,7 +100,6 @@ impl DnsRole {
             published.clone(),
             metrics.clone(),
         );
-        prober.round().await;
         let members = prober.views();
         let level_names = config
             .locality
@@ -134,26 +134,38 @@ impl DnsRole {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(bind_error("tcp"))?;
-        tracing::info!(%address, zone = config.zone, udp_sockets = sockets, "DNS serving");
-        let mut tasks: Vec<JoinHandle<()>> = udp_sockets
-            .into_iter()
-            .map(|socket| tokio::spawn(udp::serve(socket, handler.clone(), shutdown.clone())))
-            .collect();
-        tasks.extend([
-            tokio::spawn(tcp::serve(
+        let ready = Arc::new(AtomicBool::new(false));
+        let serving = ready.clone();
+        let tcp_limits = config.dns.tcp;
+        let zone_name = config.zone.clone();
+        let task = tokio::spawn(async move {
+            if !prober.first_members(&shutdown).await {
+                return;
+            }
+            prober.round().await;
+            tracing::info!(%address, zone = zone_name, udp_sockets = sockets, "DNS serving");
+            let mut tasks: Vec<JoinHandle<()>> = udp_sockets
+                .into_iter()
+                .map(|socket| tokio::spawn(udp::serve(socket, handler.clone(), shutdown.clone())))
+                .collect();
+            tasks.push(tokio::spawn(tcp::serve(
                 listener,
                 handler,
-                config.dns.tcp,
+                tcp_limits,
                 metrics,
                 shutdown.clone(),
-            )),
-            tokio::spawn(prober.run(shutdown)),
-        ]);
+            )));
+            serving.store(true, Ordering::Relaxed);
+            prober.run(shutdown).await;
+            for task in tasks {
+                let _ = task.await;
+            }
+        });
         Ok(Self {
-            ready: Arc::new(AtomicBool::new(true)),
+            ready,
             address,
             members,
-            tasks,
+            task,
         })
     }
 
@@ -167,16 +179,14 @@ impl DnsRole {
         self.address
     }
 
-    /// Set while the role serves.
+    /// Set once the role reads queries (after its first round of checks).
     pub fn readiness(&self) -> Arc<AtomicBool> {
         self.ready.clone()
     }
 
     /// Waits for the transports and the checks, which stop with the shutdown token.
     pub async fn stop(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        let _ = self.task.await;
     }
 }
 

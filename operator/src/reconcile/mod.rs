@@ -310,6 +310,7 @@ async fn apply_all(
         &config_map::config_map(cluster, config, &topology),
     )
     .await?;
+    apply(client, &namespace, &services::proxy_service(cluster)).await?;
     apply(client, &namespace, &services::dht_service(cluster)).await?;
     apply(client, &namespace, &services::metrics_service(cluster)).await?;
     let dns_service = apply(client, &namespace, &services::dns_service(cluster)).await?;

@@ -76,6 +76,12 @@ impl ClusterNames {
         format!("{}-dns", self.base)
     }
 
+    /// Headless Service listing the proxy pods; its EndpointSlices are the DNS nodes' list of
+    /// proxies to check and publish.
+    pub fn proxy_service(&self) -> String {
+        format!("{}-proxy", self.base)
+    }
+
     /// Headless Service listing DHT peers for bootstrap.
     pub fn dht_service(&self) -> String {
         format!("{}-dht", self.base)

@@ -1,5 +1,5 @@
-//! The Services of a CoralCluster: DNS for resolvers, a headless one for DHT bootstrap, and one
-//! for metrics scraping.
+//! The Services of a CoralCluster: DNS for resolvers, headless ones listing the proxies (for
+//! the DNS nodes) and the DHT nodes (for bootstrap), and one for metrics scraping.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -49,6 +49,19 @@ pub fn dns_service(cluster: &CoralCluster) -> Service {
     }
 }
 
+/// The headless Service selecting the proxy pods, whose EndpointSlices tell the DNS nodes
+/// which proxies to check and publish (the DNS Service's slices list the DNS nodes).
+pub fn proxy_service(cluster: &CoralCluster) -> Service {
+    let port = cluster.spec.proxy.http_port;
+    headless(
+        cluster,
+        ClusterNames::of(cluster).proxy_service(),
+        Some(Component::Proxy),
+        false,
+        port_to("http", "TCP", port, "http"),
+    )
+}
+
 /// The headless Service whose DNS name lists every DHT node (proxy and DNS pods), including
 /// pods not yet ready, so that a starting node can bootstrap.
 pub fn dht_service(cluster: &CoralCluster) -> Service {
@@ -56,6 +69,7 @@ pub fn dht_service(cluster: &CoralCluster) -> Service {
     headless(
         cluster,
         ClusterNames::of(cluster).dht_service(),
+        None,
         true,
         port_to("dht", "UDP", port, "dht"),
     )
@@ -67,24 +81,26 @@ pub fn metrics_service(cluster: &CoralCluster) -> Service {
     headless(
         cluster,
         ClusterNames::of(cluster).metrics_service(),
+        None,
         false,
         port_to("metrics", "TCP", port, "admin"),
     )
 }
 
-/// A headless Service selecting every pod of the cluster.
+/// A headless Service selecting the cluster's pods of `component`, or all of them.
 fn headless(
     cluster: &CoralCluster,
     name: String,
+    component: Option<Component>,
     publish_not_ready: bool,
     port: ServicePort,
 ) -> Service {
     Service {
-        metadata: owned_meta(cluster, name, None),
+        metadata: owned_meta(cluster, name, component),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
             publish_not_ready_addresses: publish_not_ready.then_some(true),
-            selector: Some(ClusterNames::of(cluster).selector(None)),
+            selector: Some(ClusterNames::of(cluster).selector(component)),
             ports: Some(vec![port]),
             ..ServiceSpec::default()
         }),
@@ -180,6 +196,21 @@ mod tests {
                 .contains_key("app.kubernetes.io/component")
         );
         assert_eq!(spec.ports.unwrap()[0].protocol.as_deref(), Some("UDP"));
+    }
+
+    #[test]
+    fn proxy_service_is_headless_and_selects_only_proxy_pods() {
+        let service = proxy_service(&demo());
+        assert_eq!(service.metadata.name.as_deref(), Some("demo-proxy"));
+        let spec = spec_of(service);
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(
+            spec.selector.unwrap()["app.kubernetes.io/component"],
+            "proxy"
+        );
+        let port = spec.ports.unwrap().remove(0);
+        assert_eq!(port.port, 8080);
+        assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! Coral's DNS under a real control plane: the operator turns a CoralCluster into proxy and
+//! DNS pods (run by the e2e kubelet as coral-node processes), the DNS pods learn the proxies
+//! from the EndpointSlices the controller-manager writes, and answer with the proxies in the
+//! client's zone; with the operator and the API server gone they keep answering, and still
+//! eject a proxy that is cut off.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use coral_e2e::binaries::workspace_binary;
+use coral_e2e::cluster::LocalCluster;
+use coral_e2e::kubelet::{Kubelet, KubeletConfig, network};
+use coral_e2e::nodes::standard_topology;
+use coral_e2e::operator::{RunningOperator, install_crd};
+use coral_e2e::wait::eventually;
+use coral_operator::api::CoralCluster;
+use hickory_server::proto::op::{Edns, Message, Query};
+use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_server::proto::rr::{Name, RData, RecordType};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const NAMESPACE: &str = "coral-dns";
+const WAIT: Duration = Duration::from_secs(90);
+/// Clients the cluster places in zone `eu-1a` and in zone `us-1a`.
+const EU_1A_CLIENTS: &str = "10.77.1.0/24";
+const US_1A_CLIENTS: &str = "10.77.3.0/24";
+
+/// The A records a DNS server gives for `name` to a client in `subnet`, sorted; an error
+/// when it does not answer.
+async fn ask(server: IpAddr, name: &str, subnet: &str) -> Result<Vec<IpAddr>, String> {
+    let mut query = Message::query();
+    query.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
+    let mut edns = Edns::new();
+    edns.options_mut()
+        .insert(EdnsOption::Subnet(ClientSubnet::from_str(subnet).unwrap()));
+    query.set_edns(edns);
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    socket
+        .send_to(&query.to_vec().unwrap(), SocketAddr::new(server, 53))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buffer = [0; 1232];
+    let length = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buffer))
+        .await
+        .map_err(|_| format!("{server} did not answer"))?
+        .map_err(|e| e.to_string())?;
+    let response = Message::from_vec(&buffer[..length]).map_err(|e| e.to_string())?;
+    let mut addresses: Vec<IpAddr> = response
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(address) => Some(IpAddr::V4(address.0)),
+            _ => None,
+        })
+        .collect();
+    addresses.sort();
+    Ok(addresses)
+}
+
+/// The pod addresses of `component` pods, by node name.
+async fn pod_addresses(client: &Client, component: &str) -> Vec<(String, IpAddr)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
+        .await
+        .unwrap();
+    list.items
+        .iter()
+        .filter_map(|pod| {
+            let node = pod.spec.as_ref()?.node_name.clone()?;
+            let ip = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+            Some((node, ip))
+        })
+        .collect()
+}
+
+/// Waits until `server` answers `subnet`'s clients with exactly `expected`.
+async fn wait_for_answer(server: IpAddr, subnet: &str, expected: &[IpAddr], why: &str) {
+    let mut expected = expected.to_vec();
+    expected.sort();
+    eventually(why, WAIT, || async {
+        let answer = ask(server, "www.example.com.nyud.net.", subnet).await?;
+        if answer == expected {
+            Ok(())
+        } else {
+            Err(format!("answered {answer:?}, want {expected:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_it() {
+    let started = std::time::Instant::now();
+    let local = LocalCluster::start(NAMESPACE).await.unwrap();
+    let client = local.client.clone();
+    install_crd(&client).await.unwrap();
+    let node_binary = workspace_binary("coral-node", "coral-node").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let kubelet = Kubelet::start(
+        client.clone(),
+        KubeletConfig {
+            nodes: standard_topology(),
+            images: vec![("coral-node".to_owned(), node_binary)],
+            state_dir: state.path().to_owned(),
+            api_server: Some(local.control_plane.api_address().unwrap()),
+        },
+    )
+    .await
+    .unwrap();
+    let operator = RunningOperator::start(&client, "operator-0", None)
+        .await
+        .unwrap();
+    let cluster: CoralCluster = serde_json::from_value(json!({
+        "apiVersion": "coral.nyud.net/v1alpha1",
+        "kind": "CoralCluster",
+        "metadata": {"name": "cdn"},
+        "spec": {
+            "locality": {"clientNetworks": [
+                {"cidr": EU_1A_CLIENTS, "zone": "eu-1a", "region": "eu-1"},
+                {"cidr": US_1A_CLIENTS, "zone": "us-1a", "region": "us-1"},
+            ]},
+        },
+    }))
+    .unwrap();
+    let clusters: Api<CoralCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap();
+    eventually("every node and DNS pod ready", WAIT, || async {
+        let cluster = clusters.get("cdn").await.map_err(|e| e.to_string())?;
+        let status = cluster.status.unwrap_or_default();
+        let all = status.desired_nodes == 6
+            && status.ready_nodes == 6
+            && status.desired_dns_nodes == 6
+            && status.ready_dns_nodes == 6;
+        if all {
+            Ok(())
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await;
+
+    eprintln!("dns: every pod ready after {:?}", started.elapsed());
+    let proxies = pod_addresses(&client, "proxy").await;
+    let in_zone = |zone: &str| -> Vec<IpAddr> {
+        proxies
+            .iter()
+            .filter(|(node, _)| node.starts_with(&format!("node-{zone}-")))
+            .map(|(_, ip)| *ip)
+            .collect()
+    };
+    let (eu_1a, us_1a) = (in_zone("eu-1a"), in_zone("us-1a"));
+    assert_eq!((eu_1a.len(), us_1a.len()), (2, 2), "{proxies:?}");
+    let dns = pod_addresses(&client, "dns").await;
+    assert_eq!(dns.len(), 6, "{dns:?}");
+    for (_, server) in &dns {
+        wait_for_answer(*server, EU_1A_CLIENTS, &eu_1a, "eu-1a proxies for eu-1a").await;
+        wait_for_answer(*server, US_1A_CLIENTS, &us_1a, "us-1a proxies for us-1a").await;
+    }
+
+    // The control plane goes away: the operator first, then the API server, etcd and the
+    // controllers. The pods keep running under the kubelet.
+    eprintln!("dns: answers checked after {:?}", started.elapsed());
+    operator.stop().await.unwrap();
+    drop(local.heartbeats);
+    local.control_plane.stop();
+    let server = dns[0].1;
+    wait_for_answer(server, EU_1A_CLIENTS, &eu_1a, "answers with no API server").await;
+
+    // A proxy cut off from the network is ejected by the health checks alone.
+    let IpAddr::V4(cut) = eu_1a[0] else {
+        unreachable!("pod addresses are IPv4")
+    };
+    network::set_connected(cut, false).unwrap();
+    let cut_at = std::time::Instant::now();
+    wait_for_answer(
+        server,
+        EU_1A_CLIENTS,
+        &eu_1a[1..],
+        "the cut-off proxy ejected",
+    )
+    .await;
+    eprintln!(
+        "dns: the cut-off proxy ejected after {:?}",
+        cut_at.elapsed()
+    );
+    network::set_connected(cut, true).unwrap();
+    wait_for_answer(
+        server,
+        EU_1A_CLIENTS,
+        &eu_1a,
+        "the reconnected proxy readmitted",
+    )
+    .await;
+    kubelet.stop().await;
+}
