@@ -5,19 +5,16 @@
 //! eject a proxy that is cut off.
 
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
 use coral_e2e::binaries::workspace_binary;
 use coral_e2e::cluster::LocalCluster;
+use coral_e2e::dns::a_records;
 use coral_e2e::kubelet::{Kubelet, KubeletConfig, network};
 use coral_e2e::nodes::standard_topology;
 use coral_e2e::operator::{RunningOperator, install_crd};
 use coral_e2e::wait::eventually;
 use coral_operator::api::CoralCluster;
-use hickory_server::proto::op::{Edns, Message, Query};
-use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-use hickory_server::proto::rr::{Name, RData, RecordType};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
@@ -28,40 +25,6 @@ const WAIT: Duration = Duration::from_secs(90);
 /// Clients the cluster places in zone `eu-1a` and in zone `us-1a`.
 const EU_1A_CLIENTS: &str = "10.77.1.0/24";
 const US_1A_CLIENTS: &str = "10.77.3.0/24";
-
-/// The A records a DNS server gives for `name` to a client in `subnet`, sorted; an error
-/// when it does not answer.
-async fn ask(server: IpAddr, name: &str, subnet: &str) -> Result<Vec<IpAddr>, String> {
-    let mut query = Message::query();
-    query.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
-    let mut edns = Edns::new();
-    edns.options_mut()
-        .insert(EdnsOption::Subnet(ClientSubnet::from_str(subnet).unwrap()));
-    query.set_edns(edns);
-    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    socket
-        .send_to(&query.to_vec().unwrap(), SocketAddr::new(server, 53))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buffer = [0; 1232];
-    let length = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buffer))
-        .await
-        .map_err(|_| format!("{server} did not answer"))?
-        .map_err(|e| e.to_string())?;
-    let response = Message::from_vec(&buffer[..length]).map_err(|e| e.to_string())?;
-    let mut addresses: Vec<IpAddr> = response
-        .answers
-        .iter()
-        .filter_map(|record| match &record.data {
-            RData::A(address) => Some(IpAddr::V4(address.0)),
-            _ => None,
-        })
-        .collect();
-    addresses.sort();
-    Ok(addresses)
-}
 
 /// The pod addresses of `component` pods, by node name.
 async fn pod_addresses(client: &Client, component: &str) -> Vec<(String, IpAddr)> {
@@ -85,7 +48,12 @@ async fn wait_for_answer(server: IpAddr, subnet: &str, expected: &[IpAddr], why:
     let mut expected = expected.to_vec();
     expected.sort();
     eventually(why, WAIT, || async {
-        let answer = ask(server, "www.example.com.nyud.net.", subnet).await?;
+        let answer = a_records(
+            SocketAddr::new(server, 53),
+            "www.example.com.nyud.net.",
+            Some(subnet),
+        )
+        .await?;
         if answer == expected {
             Ok(())
         } else {

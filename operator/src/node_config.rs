@@ -115,8 +115,11 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
                 nameservers: names.dns_service(),
                 cache_file: MEMBERS_CACHE_FILE.into(),
             }),
-            response_rate: DnsConfig::default_response_rate(),
-            tcp: DnsTcpLimits::default(),
+            response_rate: rate_limit(&spec.dns.response_rate_limit),
+            tcp: DnsTcpLimits {
+                max_connections: spec.dns.tcp.max_connections,
+                idle_timeout: duration("spec.dns.tcp.idleTimeout", spec.dns.tcp.idle_timeout)?,
+            },
         },
         locality: LocalityConfig {
             label_keys: spec.locality.label_keys.clone(),
@@ -261,6 +264,19 @@ mod tests {
         std::fs::write(&path, config.to_yaml()).unwrap();
         assert_eq!(NodeConfig::load(&path).unwrap().value, config);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dns_rate_limit_and_tcp_limits_reach_the_nodes() {
+        let mut spec = CoralClusterSpec::default();
+        spec.dns.response_rate_limit.requests_per_second = 50;
+        spec.dns.tcp.max_connections = 7;
+        spec.dns.tcp.idle_timeout = Duration::from_secs(3).into();
+        let config = node_config(&cluster(spec)).unwrap();
+        assert_eq!(config.dns.response_rate.requests_per_second, 50);
+        assert_eq!(config.dns.response_rate.burst, 400);
+        assert_eq!(config.dns.tcp.max_connections, 7);
+        assert_eq!(config.dns.tcp.idle_timeout, Duration::from_secs(3));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use coral_e2e::binaries::workspace_binary;
 use coral_e2e::cluster::LocalCluster;
+use coral_e2e::dns::a_records;
 use coral_e2e::kubelet::network::reclaim_abandoned;
 use coral_e2e::kubelet::{Kubelet, KubeletConfig};
 use coral_e2e::nodes::standard_topology;
@@ -136,20 +137,26 @@ async fn up(once: bool) -> anyhow::Result<()> {
     )?;
 
     let clusters: Api<CoralCluster> = Api::namespaced(client.clone(), NAMESPACE);
-    let cluster = wait_for_status(&clusters).await?;
+    wait_for_status(&clusters).await?;
     wait_for_pod_states(&client).await?;
+    eprintln!(
+        "==> waiting for the DNS pods to read the proxies from the API server and check them"
+    );
+    let cluster = wait_for_dns_pods(&clusters).await?;
     show(&client, &cluster).await?;
+    let dig = show_dns(&client, &cluster).await?;
     println!();
     println!(
-        "The proxy pods run coral-node with the proxy and DHT roles and become ready. The DNS role is"
+        "The proxy pods run coral-node with the proxy and DHT roles; the DNS pods learn the proxies from"
     );
     println!(
-        "issue 6, so the DNS pods stay alive but unready (their /readyz names the missing role) and the"
+        "the EndpointSlices of the {}-proxy Service, probe them, and answer with the healthy ones nearest",
+        cluster.name_any()
     );
     println!(
-        "CoralCluster honestly stays Ready=False. The local kubelet has no cluster DNS yet, so the DHT"
+        "the client. The local kubelet has no cluster DNS yet, so the DHT nodes cannot resolve the"
     );
-    println!("nodes cannot resolve the headless Service and each runs alone.");
+    println!("headless Service and each runs alone.");
     if !once {
         println!();
         println!(
@@ -157,6 +164,9 @@ async fn up(once: bool) -> anyhow::Result<()> {
             kubeconfig.display()
         );
         println!("Operator metrics: http://127.0.0.1:{metrics}/metrics");
+        if let Some(dig) = dig {
+            println!("Ask a DNS pod:  {dig}");
+        }
         eprintln!(
             "==> running; Ctrl-C stops everything (if this is killed instead, `coral down` cleans up)"
         );
@@ -311,6 +321,70 @@ async fn wait_for_status(clusters: &Api<CoralCluster>) -> anyhow::Result<CoralCl
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("the operator wrote no status within 30 s")
+}
+
+/// Waits until every DNS pod is ready (at most 60 s): they become ready once they have read
+/// the proxies from the API server and checked each one. Returns the cluster as it is then.
+async fn wait_for_dns_pods(clusters: &Api<CoralCluster>) -> anyhow::Result<CoralCluster> {
+    for _ in 0..300 {
+        let cluster = clusters.get("minimal").await?;
+        if let Some(status) = &cluster.status
+            && status.desired_dns_nodes > 0
+            && status.ready_dns_nodes == status.desired_dns_nodes
+        {
+            return Ok(cluster);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("==> not every DNS pod became ready within 60 s; showing what there is");
+    Ok(clusters.get("minimal").await?)
+}
+
+/// Asks every DNS pod for `www.example.com.<zone>` as a resolver the cluster cannot place
+/// would (such clients get proxies near the DNS node), and prints the answers with the nodes
+/// of the addresses. Returns a `dig` command to try.
+async fn show_dns(client: &Client, cluster: &CoralCluster) -> anyhow::Result<Option<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut nodes = std::collections::BTreeMap::new();
+    let mut servers = Vec::new();
+    for pod in pods.list(&ListParams::default()).await? {
+        let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else {
+            continue;
+        };
+        let (Some(node), Some(ip)) = (&spec.node_name, &status.pod_ip) else {
+            continue;
+        };
+        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        nodes.insert(ip, node.clone());
+        if pod
+            .labels()
+            .get("app.kubernetes.io/component")
+            .map(String::as_str)
+            == Some("dns")
+        {
+            servers.push(ip);
+        }
+    }
+    servers.sort();
+    let name = format!("www.example.com.{}", cluster.spec.zone);
+    let port = cluster.spec.dns.port;
+    let placed =
+        |ip: &std::net::IpAddr| format!("{ip} ({})", nodes.get(ip).map_or("?", String::as_str));
+    println!();
+    println!("DNS: {name} asked of each DNS pod:");
+    for server in &servers {
+        let answer = match a_records(std::net::SocketAddr::new(*server, port), &name, None).await {
+            Ok(addresses) if addresses.is_empty() => "no address".to_owned(),
+            Ok(addresses) => addresses.iter().map(placed).collect::<Vec<_>>().join(", "),
+            Err(error) => error,
+        };
+        println!("  {:<28} -> {answer}", placed(server));
+    }
+    Ok(servers
+        .first()
+        .map(|server| format!("dig @{server} -p {port} {name}")))
 }
 
 /// Waits until the kubelet has reported a container state for every pod (at most 30 s).

@@ -2,9 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use coral_node::config::{DnsConfig, DnsTcpLimits};
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::core::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use super::proxy::RateLimitSpec;
 
 /// Settings of the authoritative DNS servers that answer `<origin>.<zone>` with nearby,
 /// healthy proxies.
@@ -52,10 +56,42 @@ pub struct DnsSpec {
     pub resources: Option<ResourceRequirements>,
 
     /// Name servers published in the zone's NS records. Empty: the healthy DNS pods publish
-    /// themselves as `ns<N>.<zone>` with their addresses as glue.
+    /// themselves as `ns-<address>.<zone>` with their addresses as glue.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub nameservers: Vec<NameServerSpec>,
+
+    /// Responses per second, and burst, to one client network (an IPv4 /24, an IPv6 /56) over
+    /// UDP: response rate limiting, which blunts reflection attacks with spoofed sources.
+    /// Over the limit one withheld response in two is sent empty and truncated, so a real
+    /// client retries over TCP (not limited: its source cannot be spoofed).
+    pub response_rate_limit: RateLimitSpec,
+
+    /// Limits of DNS over TCP.
+    pub tcp: DnsTcpSpec,
+}
+
+/// Limits of DNS over TCP, where each client holds a connection.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DnsTcpSpec {
+    /// Connections open at once on each DNS pod; more are closed as they arrive.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: u32,
+    /// A connection that sends no query, or does not read its answer, for this long is closed.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) > duration('0s')", "message": "idleTimeout must be longer than 0s"}]))]
+    pub idle_timeout: Duration,
+}
+
+/// The node's own defaults.
+impl Default for DnsTcpSpec {
+    fn default() -> Self {
+        let limits = DnsTcpLimits::default();
+        Self {
+            max_connections: limits.max_connections,
+            idle_timeout: limits.idle_timeout.into(),
+        }
+    }
 }
 
 /// How resolvers reach the DNS pods.
@@ -97,6 +133,14 @@ impl Default for DnsSpec {
             node_selector: BTreeMap::new(),
             resources: None,
             nameservers: Vec::new(),
+            response_rate_limit: {
+                let rate = DnsConfig::default_response_rate();
+                RateLimitSpec {
+                    requests_per_second: rate.requests_per_second,
+                    burst: rate.burst,
+                }
+            },
+            tcp: DnsTcpSpec::default(),
         }
     }
 }
