@@ -65,6 +65,11 @@ struct RunArgs {
     /// This pod's IP: the DHT binds it and peers reach the node there.
     #[arg(long, env = "POD_IP")]
     pod_ip: IpAddr,
+    /// The address clients reach this node's proxy at, when not its pod IP: the node's
+    /// address, when a host port forwards to the proxy. `/healthz` reports it, and the DNS
+    /// nodes publish it instead of the pod IP.
+    #[arg(long, env = "PUBLIC_IP")]
+    public_ip: Option<IpAddr>,
     /// A DHT peer to bootstrap from besides the configured DNS name (`host:port`; repeatable).
     #[arg(long = "dht-peer")]
     dht_peers: Vec<String>,
@@ -233,6 +238,7 @@ async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
         registry,
         dht: dht_role.as_ref().map(DhtRole::dht),
         proxy: proxy_role.as_ref().map(ProxyRole::proxy),
+        public_address: args.public_ip,
         dns_members: dns_role.as_ref().map(DnsRole::members),
         roles,
         level_names: config.locality.label_keys.iter().rev().cloned().collect(),

@@ -100,9 +100,24 @@ fn write_files(dir: &Path, proxies: &[(&str, &str)], nameservers: &[(&str, &str)
     .unwrap();
 }
 
-/// Starts a proxy on `ip` and waits until its `/healthz` says it is healthy.
+/// Starts a proxy on `ip` and waits until its admin port accepts connections.
 async fn start_proxy(dir: &Path, node: &str, ip: &str) -> ProxyProcess {
-    let child = Command::new(BINARY)
+    start_proxy_reporting(dir, node, ip, None).await
+}
+
+/// Starts a proxy on `ip` that reports `public_ip` (as `PUBLIC_IP`), and waits until its admin
+/// port accepts connections.
+async fn start_proxy_reporting(
+    dir: &Path,
+    node: &str,
+    ip: &str,
+    public_ip: Option<&str>,
+) -> ProxyProcess {
+    let mut command = Command::new(BINARY);
+    if let Some(public_ip) = public_ip {
+        command.env("PUBLIC_IP", public_ip);
+    }
+    let child = command
         .args(["run", "--roles", "proxy", "--config"])
         .arg(dir.join("node.yaml"))
         .arg("--topology")
@@ -559,6 +574,23 @@ async fn a_frozen_proxy_is_ejected_after_consecutive_timeouts_and_readmitted_whe
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    shutdown.cancel();
+    dns.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_behind_a_host_port_is_published_at_the_address_it_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), &[("node-1", "127.0.0.52")], &[]);
+    let _proxy =
+        start_proxy_reporting(dir.path(), "node-1", "127.0.0.52", Some("127.0.0.53")).await;
+    let shutdown = CancellationToken::new();
+    let dns = start_dns(dir.path(), &config(dir.path()), &shutdown).await;
+    let response = ask(dns.address(), Some("10.1.7.0/24")).await;
+    assert_eq!(addresses(&response), ips(&["127.0.0.53"]));
+    let members = dns.members().read().unwrap().clone();
+    assert_eq!(members[0].address, ips(&["127.0.0.52"])[0], "probed at");
+    assert_eq!(members[0].public_address, Some(ips(&["127.0.0.53"])[0]));
     shutdown.cancel();
     dns.stop().await;
 }

@@ -13,6 +13,7 @@ mod page;
 
 use coral_status_http as http;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,6 +25,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use crate::dht::Dht;
 use crate::dht::udp::UdpNetwork;
 use crate::dns::probe::SharedMembers;
+use crate::proxy::health::Health;
 use crate::proxy::service::Proxy;
 
 /// URLs listed on the admin page and in `/cache`.
@@ -37,6 +39,9 @@ pub struct AdminState {
     pub dht: Option<Arc<Dht<UdpNetwork>>>,
     /// The proxy, when the node plays that role.
     pub proxy: Option<Arc<Proxy>>,
+    /// Where clients reach this node's proxy when not at its pod address (reported in
+    /// `/healthz` for the DNS nodes to publish).
+    pub public_address: Option<IpAddr>,
     /// The members the DNS role checks, when the node plays that role.
     pub dns_members: Option<SharedMembers>,
     /// Each requested role and its readiness.
@@ -152,7 +157,10 @@ impl AdminState {
                 b"{\"healthy\":true}\n".to_vec(),
             );
         };
-        let health = proxy.health();
+        let health = Health {
+            public_address: self.public_address,
+            ..proxy.health()
+        };
         let status = if health.healthy {
             StatusCode::OK
         } else {

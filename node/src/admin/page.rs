@@ -117,7 +117,10 @@ fn render_dns(html: &mut String, members: &[MemberView]) {
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
             member.role,
-            member.address,
+            match member.public_address {
+                Some(public) => format!("{} (published as {public})", member.address),
+                None => member.address.to_string(),
+            },
             escape(&member.node),
             escape(&member.locality.join(" / ")),
             if member.healthy {

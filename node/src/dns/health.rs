@@ -4,6 +4,8 @@
 //! connection ejects at once: a timeout is a suspicion, but a refusal is the member's own
 //! kernel saying nothing listens any more.
 
+use std::net::IpAddr;
+
 use crate::config::HealthConfig;
 
 /// What one probe found.
@@ -13,6 +15,8 @@ pub enum Probe {
     Passed {
         /// Its load.
         load: f64,
+        /// Where clients reach it, when not at the probed address.
+        public_address: Option<IpAddr>,
     },
     /// It did not answer in time, answered that it cannot serve, or its DHT node is silent.
     Failed(&'static str),
@@ -48,6 +52,8 @@ pub struct MemberHealth {
     streak: u32,
     /// Load from the last probe that passed.
     load: f64,
+    /// Public address from the last probe that passed.
+    public_address: Option<IpAddr>,
 }
 
 impl MemberHealth {
@@ -61,11 +67,21 @@ impl MemberHealth {
         self.load
     }
 
+    /// The public address reported by the last probe that passed, if any.
+    pub fn public_address(&self) -> Option<IpAddr> {
+        self.public_address
+    }
+
     /// Takes a probe's result into account; returns the change of state it caused, if any.
     pub fn record(&mut self, probe: Probe, thresholds: &HealthConfig) -> Option<Transition> {
         let passed = matches!(probe, Probe::Passed { .. });
-        if let Probe::Passed { load } = probe {
+        if let Probe::Passed {
+            load,
+            public_address,
+        } = probe
+        {
             self.load = load.clamp(0.0, 1.0);
+            self.public_address = public_address;
         }
         match self.healthy {
             None => {
@@ -122,7 +138,10 @@ mod tests {
         }
     }
 
-    const UP: Probe = Probe::Passed { load: 0.25 };
+    const UP: Probe = Probe::Passed {
+        load: 0.25,
+        public_address: None,
+    };
     const DOWN: Probe = Probe::Failed("refused");
 
     #[test]
@@ -175,13 +194,47 @@ mod tests {
     }
 
     #[test]
+    fn the_public_address_comes_from_the_last_passing_probe() {
+        let mut health = MemberHealth::default();
+        let public = "192.0.2.7".parse().unwrap();
+        health.record(
+            Probe::Passed {
+                load: 0.0,
+                public_address: Some(public),
+            },
+            &thresholds(),
+        );
+        assert_eq!(health.public_address(), Some(public));
+        health.record(DOWN, &thresholds());
+        assert_eq!(health.public_address(), Some(public));
+        health.record(UP, &thresholds());
+        assert_eq!(
+            health.public_address(),
+            None,
+            "the proxy stopped reporting it"
+        );
+    }
+
+    #[test]
     fn load_is_kept_from_the_last_passing_probe_and_bounded() {
         let mut health = MemberHealth::default();
-        health.record(Probe::Passed { load: 7.0 }, &thresholds());
+        health.record(
+            Probe::Passed {
+                load: 7.0,
+                public_address: None,
+            },
+            &thresholds(),
+        );
         assert_eq!(health.load(), 1.0);
         health.record(DOWN, &thresholds());
         assert_eq!(health.load(), 1.0);
-        health.record(Probe::Passed { load: 0.5 }, &thresholds());
+        health.record(
+            Probe::Passed {
+                load: 0.5,
+                public_address: None,
+            },
+            &thresholds(),
+        );
         assert_eq!(health.load(), 0.5);
     }
 }

@@ -85,6 +85,9 @@ pub struct MemberView {
     pub healthy: bool,
     /// Load from its last passing probe.
     pub load: f64,
+    /// The address published for it instead of `address`, when it reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<IpAddr>,
 }
 
 /// The members and their health, for the admin port.
@@ -312,6 +315,7 @@ impl Prober {
                     locality: self.locality(member),
                     healthy: health.is_healthy(),
                     load: health.load(),
+                    public_address: health.public_address(),
                 }
             })
             .collect();
@@ -362,7 +366,7 @@ impl Prober {
             }
             match role {
                 Role::Proxy => published.proxies.push(LiveProxy {
-                    address: member.address,
+                    address: health.public_address().unwrap_or(member.address),
                     locality: self.locality(member),
                     load: health.load(),
                 }),
@@ -375,7 +379,10 @@ impl Prober {
     /// One probe of the member at `address`, within the timeout.
     async fn probe(&self, role: Role, address: IpAddr) -> Probe {
         if role == Role::Nameserver && address == self.own_address {
-            return Probe::Passed { load: 0.0 };
+            return Probe::Passed {
+                load: 0.0,
+                public_address: None,
+            };
         }
         let started = Instant::now();
         let http = tokio::time::timeout(self.thresholds.timeout, self.probe_admin(role, address));
@@ -424,12 +431,16 @@ impl Prober {
             Err(_) => return Probe::Failed("unreadable"),
         };
         match role {
-            Role::Nameserver if status.is_success() => Probe::Passed { load: 0.0 },
+            Role::Nameserver if status.is_success() => Probe::Passed {
+                load: 0.0,
+                public_address: None,
+            },
             Role::Nameserver => Probe::Failed("unhealthy"),
             Role::Proxy => match serde_json::from_slice::<Health>(&body) {
-                Ok(health) if status.is_success() && health.healthy => {
-                    Probe::Passed { load: health.load }
-                }
+                Ok(health) if status.is_success() && health.healthy => Probe::Passed {
+                    load: health.load,
+                    public_address: health.public_address,
+                },
                 Ok(_) => Probe::Failed("unhealthy"),
                 Err(_) => Probe::Failed("not_a_proxy"),
             },

@@ -1,6 +1,8 @@
 //! Whether a proxy is able to serve, as its `/healthz` reports it to the DNS nodes that
 //! decide whether to publish it, with the load they weigh it by.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
 /// The share of the connection limit above which a proxy calls itself overloaded, so the
@@ -23,6 +25,10 @@ pub struct Health {
     pub fetches_in_flight: u64,
     /// Whether the cache's last write succeeded.
     pub cache_writable: bool,
+    /// Where clients reach this proxy when that is not where it was probed: its node's
+    /// address, when a host port forwards to it. The DNS nodes publish this address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<IpAddr>,
 }
 
 impl Health {
@@ -45,6 +51,7 @@ impl Health {
             max_connections,
             fetches_in_flight,
             cache_writable,
+            public_address: None,
         }
     }
 }

@@ -190,13 +190,7 @@ fn container(
             .map(str::to_owned)
             .to_vec(),
         ),
-        env: Some(vec![
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            field_env("NODE_NAME", "spec.nodeName"),
-            field_env("POD_IP", "status.podIP"),
-            field_env("HOST_IP", "status.hostIP"),
-        ]),
+        env: Some(env(cluster, component)),
         ports: Some(ports),
         resources: Some(resources(cluster, component, config)),
         volume_mounts: Some(mounts),
@@ -215,6 +209,22 @@ fn container(
         }),
         ..Container::default()
     }
+}
+
+/// The downward-API environment of the node container. A proxy behind a host port is reached
+/// at its node's address, so it reports that address (`PUBLIC_IP`) for the DNS nodes to publish.
+fn env(cluster: &CoralCluster, component: Component) -> Vec<EnvVar> {
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("NODE_NAME", "spec.nodeName"),
+        field_env("POD_IP", "status.podIP"),
+        field_env("HOST_IP", "status.hostIP"),
+    ];
+    if component == Component::Proxy && cluster.spec.proxy.host_port.is_some() {
+        env.push(field_env("PUBLIC_IP", "status.hostIP"));
+    }
+    env
 }
 
 fn ports(cluster: &CoralCluster, component: Component) -> Vec<ContainerPort> {
@@ -603,6 +613,22 @@ mod tests {
             .find(|p| p.name.as_deref() == Some("http"))
             .unwrap();
         assert_eq!(http.host_port, Some(80));
+        let public_ip = |ds: &DaemonSet| {
+            container_of(ds)
+                .env
+                .unwrap()
+                .into_iter()
+                .find(|var| var.name == "PUBLIC_IP")
+                .and_then(|var| var.value_from?.field_ref)
+                .map(|field| field.field_path)
+        };
+        assert_eq!(
+            public_ip(&proxy).as_deref(),
+            Some("status.hostIP"),
+            "published at the node's address"
+        );
+        assert_eq!(public_ip(&build(&cluster, Component::Dns)), None);
+        assert_eq!(public_ip(&build(&demo(), Component::Proxy)), None);
         assert!(
             pod(&proxy)
                 .volumes
