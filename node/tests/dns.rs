@@ -6,12 +6,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use coral_node::config::{ClientNetwork, HealthConfig, NodeConfig, RateLimit, Topology};
+use coral_node::dht::Dht;
+use coral_node::dht::metrics::DhtMetrics;
+use coral_node::dht::udp::UdpNetwork;
 use coral_node::dns::members;
 use coral_node::dns::metrics::DnsMetrics;
+use coral_node::roles::dht::{DhtPlacement, DhtRole};
 use coral_node::roles::dns::{DnsPlacement, DnsRole};
 use hickory_server::proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
@@ -23,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 const BINARY: &str = env!("CARGO_BIN_EXE_coral-node");
 const ADMIN_PORT: u16 = 19390;
 const HTTP_PORT: u16 = 19380;
+const DHT_PORT: u16 = 19411;
 const ORIGIN: &str = "www.example.com.nyud.net.";
+const CLUSTER_KEY: &[u8] = b"the DNS tests' cluster key, 32 bytes or more";
 
 /// A proxy process on its own loopback address.
 struct ProxyProcess {
@@ -77,11 +84,14 @@ fn config(dir: &Path) -> NodeConfig {
     ];
     config.dns.answers_per_query = 2;
     config.dns.members_file = Some(dir.join("members.yaml"));
+    config.dht.key_file = dir.join("key");
+    config.dht.port = DHT_PORT;
     config
 }
 
 fn write_files(dir: &Path, proxies: &[(&str, &str)], nameservers: &[(&str, &str)]) {
     std::fs::write(dir.join("node.yaml"), config(dir).to_yaml()).unwrap();
+    std::fs::write(dir.join("key"), CLUSTER_KEY).unwrap();
     std::fs::write(dir.join("topology.yaml"), topology().to_yaml()).unwrap();
     let list = |members: &[(&str, &str)]| {
         members
@@ -102,22 +112,19 @@ fn write_files(dir: &Path, proxies: &[(&str, &str)], nameservers: &[(&str, &str)
 
 /// Starts a proxy on `ip` and waits until its admin port accepts connections.
 async fn start_proxy(dir: &Path, node: &str, ip: &str) -> ProxyProcess {
-    start_proxy_reporting(dir, node, ip, None).await
+    start_proxy_with(dir, node, ip, |_| {}).await
 }
 
-/// Starts a proxy on `ip` that reports `public_ip` (as `PUBLIC_IP`), and waits until its admin
-/// port accepts connections.
-async fn start_proxy_reporting(
+/// Starts a proxy on `ip` with the files in `dir`, its command adjusted by `adjust` (more
+/// roles, environment), and waits until its admin port accepts connections.
+async fn start_proxy_with(
     dir: &Path,
     node: &str,
     ip: &str,
-    public_ip: Option<&str>,
+    adjust: impl FnOnce(&mut Command),
 ) -> ProxyProcess {
     let mut command = Command::new(BINARY);
-    if let Some(public_ip) = public_ip {
-        command.env("PUBLIC_IP", public_ip);
-    }
-    let child = command
+    command
         .args(["run", "--roles", "proxy", "--config"])
         .arg(dir.join("node.yaml"))
         .arg("--topology")
@@ -126,9 +133,9 @@ async fn start_proxy_reporting(
         .args(["--admin-address", &format!("{ip}:{ADMIN_PORT}")])
         .args(["--proxy-address", &format!("{ip}:{HTTP_PORT}")])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{node}.log"))).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(dir.join(format!("{node}.log"))).unwrap());
+    adjust(&mut command);
+    let child = command.spawn().unwrap();
     let admin = SocketAddr::new(ip.parse().unwrap(), ADMIN_PORT);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(admin).await.is_err() {
@@ -152,6 +159,16 @@ async fn start_proxies(dir: &Path, proxies: &[(&str, &str)]) -> Vec<ProxyProcess
 
 /// Starts the DNS role on the members file in `dir` and waits until it is ready.
 async fn start_dns(dir: &Path, config: &NodeConfig, shutdown: &CancellationToken) -> DnsRole {
+    start_dns_with_dht(dir, config, None, shutdown).await
+}
+
+/// Starts the DNS role as [`start_dns`] does; with `dht`, its checks ping members' DHT nodes.
+async fn start_dns_with_dht(
+    dir: &Path,
+    config: &NodeConfig,
+    dht: Option<Arc<Dht<UdpNetwork>>>,
+    shutdown: &CancellationToken,
+) -> DnsRole {
     let members = members::watch_file(
         dir.join("members.yaml"),
         config.health.interval,
@@ -166,7 +183,7 @@ async fn start_dns(dir: &Path, config: &NodeConfig, shutdown: &CancellationToken
             pod_ip: "127.0.0.40".parse().unwrap(),
             members,
         },
-        None,
+        dht,
         DnsMetrics::unregistered(),
         shutdown.clone(),
     )
@@ -582,8 +599,10 @@ async fn a_frozen_proxy_is_ejected_after_consecutive_timeouts_and_readmitted_whe
 async fn a_proxy_behind_a_host_port_is_published_at_the_address_it_reports() {
     let dir = tempfile::tempdir().unwrap();
     write_files(dir.path(), &[("node-1", "127.0.0.52")], &[]);
-    let _proxy =
-        start_proxy_reporting(dir.path(), "node-1", "127.0.0.52", Some("127.0.0.53")).await;
+    let _proxy = start_proxy_with(dir.path(), "node-1", "127.0.0.52", |command| {
+        command.env("PUBLIC_IP", "127.0.0.53");
+    })
+    .await;
     let shutdown = CancellationToken::new();
     let dns = start_dns(dir.path(), &config(dir.path()), &shutdown).await;
     let response = ask(dns.address(), Some("10.1.7.0/24")).await;
@@ -593,4 +612,58 @@ async fn a_proxy_behind_a_host_port_is_published_at_the_address_it_reports() {
     assert_eq!(members[0].public_address, Some(ips(&["127.0.0.53"])[0]));
     shutdown.cancel();
     dns.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_dht_role_a_proxy_whose_dht_node_is_silent_or_foreign_is_not_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = tempfile::tempdir().unwrap();
+    let proxies = [
+        ("node-1", "127.0.0.54"),
+        ("node-2", "127.0.0.55"),
+        ("node-3", "127.0.0.56"),
+    ];
+    write_files(dir.path(), &proxies, &[]);
+    write_files(foreign.path(), &[], &[]);
+    std::fs::write(
+        foreign.path().join("key"),
+        b"another cluster's key, 32 bytes or more",
+    )
+    .unwrap();
+    let with_dht = |command: &mut Command| {
+        command.args(["--roles", "dht"]);
+    };
+    let _member = start_proxy_with(dir.path(), "node-1", "127.0.0.54", with_dht).await;
+    let _no_dht = start_proxy(dir.path(), "node-2", "127.0.0.55").await;
+    let _stranger = start_proxy_with(foreign.path(), "node-3", "127.0.0.56", with_dht).await;
+
+    let config = config(dir.path());
+    let shutdown = CancellationToken::new();
+    let dht = DhtRole::start(
+        &config,
+        &topology(),
+        DhtPlacement {
+            node_name: "node-dns".into(),
+            bind: SocketAddr::from(([127, 0, 0, 40], DHT_PORT)),
+            advertise: SocketAddr::from(([127, 0, 0, 40], DHT_PORT)),
+            peers: Vec::new(),
+        },
+        DhtMetrics::unregistered(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let dns = start_dns_with_dht(dir.path(), &config, Some(dht.dht()), &shutdown).await;
+    // Every proxy's HTTP health check passes; only node-1's DHT node answers this cluster.
+    for _ in 0..5 {
+        let response = ask(dns.address(), Some("10.9.7.0/24")).await;
+        assert_eq!(addresses(&response), ips(&["127.0.0.54"]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let members = dns.members().read().unwrap().clone();
+    let healthy: Vec<bool> = members.iter().map(|member| member.healthy).collect();
+    assert_eq!(healthy, [true, false, false], "{members:?}");
+    shutdown.cancel();
+    dns.stop().await;
+    dht.stop().await;
 }
