@@ -412,6 +412,13 @@ async fn the_zone_answers_refuses_and_survives_garbage() {
         ips(&["127.0.0.45"]),
         "ANY gets what A gets, no more"
     );
+    let mut future_edns = query(ORIGIN, RecordType::A, Some(None));
+    future_edns.edns.as_mut().unwrap().set_version(1);
+    let badvers = udp(server, &future_edns.to_vec().unwrap()).await.unwrap();
+    // Extended code 16 (hickory decodes it as BADSIG, which shares the number).
+    assert_eq!(u16::from(badvers.metadata.response_code), 16);
+    assert_eq!(badvers.edns.as_ref().map(Edns::version), Some(0));
+    assert!(badvers.answers.is_empty());
 
     // Garbage: short packets get nothing, a broken question gets FORMERR; the server keeps
     // answering good queries throughout.

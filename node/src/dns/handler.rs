@@ -143,13 +143,14 @@ struct Counters {
 }
 
 const QTYPES: [&str; 6] = ["A", "AAAA", "ANY", "NS", "SOA", "other"];
-const RCODES: [(ResponseCode, &str); 6] = [
+const RCODES: [(ResponseCode, &str); 7] = [
     (ResponseCode::NoError, "NOERROR"),
     (ResponseCode::FormErr, "FORMERR"),
     (ResponseCode::ServFail, "SERVFAIL"),
     (ResponseCode::NXDomain, "NXDOMAIN"),
     (ResponseCode::NotImp, "NOTIMP"),
     (ResponseCode::Refused, "REFUSED"),
+    (ResponseCode::BADVERS, "BADVERS"),
 ];
 
 impl Counters {
@@ -202,6 +203,10 @@ impl RequestHandler for DnsHandler {
             (_, op_code, _) if op_code != OpCode::Query => {
                 (Answer::empty(ResponseCode::NotImp, false), 0)
             }
+            // RFC 6891 6.1.3: this server speaks EDNS version 0 only.
+            _ if request.edns.as_ref().is_some_and(|edns| edns.version() > 0) => {
+                (Answer::empty(ResponseCode::BADVERS, false), 0)
+            }
             (None, _, _) => (Answer::empty(ResponseCode::FormErr, false), 0),
             (Some(query), _, _) => {
                 let ecs = client_subnet(request);
@@ -237,6 +242,8 @@ impl RequestHandler for DnsHandler {
         let response_edns = request.edns.as_ref().map(|_| {
             let mut edns = Edns::new();
             edns.set_max_payload(EDNS_PAYLOAD);
+            // Extended response codes (BADVERS) carry their upper bits in the OPT record.
+            edns.set_rcode_high(answer.rcode.high());
             if let Some(subnet) = client_subnet(request) {
                 edns.options_mut()
                     .insert(EdnsOption::Subnet(ClientSubnet::new(
