@@ -12,27 +12,10 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 connections=${2:-64}
 
-missing=()
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v varnishd >/dev/null || missing+=(varnish)
-command -v wrk >/dev/null || missing+=(wrk)
-if ((${#missing[@]})); then
-  echo "==> installing ${missing[*]}" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-fi
-echo "==> building coral-node (release)" >&2
-cargo build --release -q -p coral-node
-
-work=$(mktemp -d)
-chmod 755 "$work"  # nginx and varnishd read their files as unprivileged users
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [[ -f $work/nginx.pid ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source bench/lib.sh
+need nginx=nginx-light varnishd=varnish wrk=wrk
+build_coral_node
+make_work
 
 origin_port=18081 nginx_port=18082 varnish_port=18083 coral_port=18084 admin_port=18090
 mkdir -p "$work/www" "$work/nginx-cache" "$work/varnish"
@@ -76,30 +59,15 @@ varnishd -a "127.0.0.1:$varnish_port" -f "$work/default.vcl" -n "$work/varnish" 
   >"$work/varnish.log" 2>&1 &
 pids+=($!)
 
-cat >"$work/node.yaml" <<EOF
-zone: nyud.net
-adminPort: $admin_port
-proxy:
-  httpPort: $coral_port
-  cacheMemoryBytes: 268435456
-  cacheDiskBytes: 0
-  cacheDir: $work/coral-cache
-  maxObjectBytes: 52428800
-  originTimeouts: { connect: 5s, firstByte: 15s, idle: 30s }
-  serveStale: 1h
-  originAllow: []
-  originDeny: []
-  perClientRate: { requestsPerSecond: 1000000, burst: 1000000 }
-  perOriginRate: { requestsPerSecond: 1000000, burst: 1000000 }
-  originAccess:
-    internalNetworks: [127.0.0.0/8]
-    addresses: { origin.test: [127.0.0.1] }
-    resolvers: [127.0.0.1:9]
+{
+  proxy_config "$admin_port" "$coral_port"
+  cat <<EOF
 dns: { port: 5353, answerTtl: 20s, answersPerQuery: 2, nameservers: [] }
 locality: { labelKeys: [topology.kubernetes.io/zone], clientNetworks: [] }
 dht: { port: 9410, keyFile: /nonexistent, protocolVersion: 1, bootstrapName: localhost }
 health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
 EOF
+} >"$work/node.yaml"
 echo "nodes: {}" >"$work/topology.yaml"
 RUST_LOG=warn target/release/coral-node run --roles proxy --config "$work/node.yaml" \
   --topology "$work/topology.yaml" --node-name bench --pod-ip 127.0.0.1 \

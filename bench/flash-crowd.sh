@@ -10,26 +10,10 @@ cd "$(dirname "$0")/.."
 connections=${1:-170}
 seconds=${2:-3}
 
-missing=()
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v wrk >/dev/null || missing+=(wrk)
-if ((${#missing[@]})); then
-  echo "==> installing ${missing[*]}" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-fi
-echo "==> building coral-node (release)" >&2
-cargo build --release -q -p coral-node
-
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [[ -f $work/nginx.pid ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source bench/lib.sh
+need nginx=nginx-light wrk=wrk
+build_coral_node
+make_work
 
 origin_port=18281
 cat >"$work/origin.py" <<'EOF'
@@ -74,30 +58,15 @@ nodes:
   n2: [z2, r1]
   n3: [z3, r2]
 EOF
-cat >"$work/node.yaml" <<EOF
-zone: nyud.net
-adminPort: 18290
-proxy:
-  httpPort: 18284
-  cacheMemoryBytes: 268435456
-  cacheDiskBytes: 0
-  cacheDir: $work/coral-cache
-  maxObjectBytes: 52428800
-  originTimeouts: { connect: 5s, firstByte: 15s, idle: 30s }
-  serveStale: 1h
-  originAllow: []
-  originDeny: []
-  perClientRate: { requestsPerSecond: 1000000, burst: 1000000 }
-  perOriginRate: { requestsPerSecond: 1000000, burst: 1000000 }
-  originAccess:
-    internalNetworks: [127.0.0.0/8]
-    addresses: { origin.test: [127.0.0.1] }
-    resolvers: [127.0.0.1:9]
+{
+  proxy_config 18290 18284
+  cat <<EOF
 dns: { port: 5353, answerTtl: 20s, answersPerQuery: 2, nameservers: [] }
 locality: { labelKeys: [topology.kubernetes.io/zone, topology.kubernetes.io/region], clientNetworks: [] }
 dht: { port: 18210, keyFile: $work/key, protocolVersion: 1, bootstrapName: localhost }
 health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
 EOF
+} >"$work/node.yaml"
 for i in 1 2 3; do
   peers=()
   for j in 1 2 3; do [[ $i == "$j" ]] || peers+=(--dht-peer "127.0.0.1$j:18210"); done

@@ -9,20 +9,10 @@ cd "$(dirname "$0")/.."
 connections=${1:-10000}
 ulimit -n $((connections + 1024))
 
-command -v nginx >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >&2
-echo "==> building coral-node (release)" >&2
-cargo build --release -q -p coral-node
-
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [[ -f $work/nginx.pid ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source bench/lib.sh
+need nginx=nginx-light
+build_coral_node
+make_work
 
 mkdir -p "$work/www"
 head -c 1024 /dev/urandom >"$work/www/1k"
@@ -40,31 +30,16 @@ http {
 EOF
 nginx -c "$work/nginx.conf"
 
-cat >"$work/node.yaml" <<EOF
-zone: nyud.net
-adminPort: 18390
-proxy:
-  httpPort: 18384
-  cacheMemoryBytes: 268435456
-  cacheDiskBytes: 0
-  cacheDir: $work/coral-cache
-  maxObjectBytes: 52428800
-  originTimeouts: { connect: 5s, firstByte: 15s, idle: 30s }
-  serveStale: 1h
-  originAllow: []
-  originDeny: []
-  perClientRate: { requestsPerSecond: 1000000, burst: 1000000 }
-  perOriginRate: { requestsPerSecond: 1000000, burst: 1000000 }
-  originAccess:
-    internalNetworks: [127.0.0.0/8]
-    addresses: { origin.test: [127.0.0.1] }
-    resolvers: [127.0.0.1:9]
+{
+  proxy_config 18390 18384
+  cat <<EOF
   clientLimits: { headerTimeout: 60s }
 dns: { port: 5353, answerTtl: 20s, answersPerQuery: 2, nameservers: [] }
 locality: { labelKeys: [topology.kubernetes.io/zone], clientNetworks: [] }
 dht: { port: 9410, keyFile: /nonexistent, protocolVersion: 1, bootstrapName: localhost }
 health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
 EOF
+} >"$work/node.yaml"
 echo "nodes: {}" >"$work/topology.yaml"
 RUST_LOG=warn target/release/coral-node run --roles proxy --config "$work/node.yaml" \
   --topology "$work/topology.yaml" --node-name idle --pod-ip 127.0.0.1 \
