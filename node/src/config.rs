@@ -272,6 +272,9 @@ pub struct MemberServices {
 pub struct DnsTcpLimits {
     /// Connections open at once; more are closed as they arrive.
     pub max_connections: u32,
+    /// Connections open at once from one client network (an IPv4 /24, an IPv6 /56), so that
+    /// one client cannot take every connection.
+    pub max_connections_per_client: u32,
     /// A connection that sends no query for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -281,6 +284,7 @@ impl Default for DnsTcpLimits {
     fn default() -> Self {
         Self {
             max_connections: 1000,
+            max_connections_per_client: 100,
             idle_timeout: Duration::from_secs(10),
         }
     }

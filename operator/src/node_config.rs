@@ -118,6 +118,7 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
             response_rate: rate_limit(&spec.dns.response_rate_limit),
             tcp: DnsTcpLimits {
                 max_connections: spec.dns.tcp.max_connections,
+                max_connections_per_client: spec.dns.tcp.max_connections_per_client,
                 idle_timeout: duration("spec.dns.tcp.idleTimeout", spec.dns.tcp.idle_timeout)?,
             },
         },
@@ -271,11 +272,13 @@ mod tests {
         let mut spec = CoralClusterSpec::default();
         spec.dns.response_rate_limit.requests_per_second = 50;
         spec.dns.tcp.max_connections = 7;
+        spec.dns.tcp.max_connections_per_client = 3;
         spec.dns.tcp.idle_timeout = Duration::from_secs(3).into();
         let config = node_config(&cluster(spec)).unwrap();
         assert_eq!(config.dns.response_rate.requests_per_second, 50);
         assert_eq!(config.dns.response_rate.burst, 400);
         assert_eq!(config.dns.tcp.max_connections, 7);
+        assert_eq!(config.dns.tcp.max_connections_per_client, 3);
         assert_eq!(config.dns.tcp.idle_timeout, Duration::from_secs(3));
     }
 

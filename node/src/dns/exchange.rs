@@ -1,8 +1,8 @@
 //! One DNS message in, its responses out: the part UDP and TCP share. hickory-server parses
 //! the query and the [`DnsHandler`] answers it through a [`ResponseHandler`] that keeps the
-//! encoded response for the transport to send; a query that cannot be parsed gets FORMERR,
-//! and what is not a query at all (too short for a header, or a response: reflection) gets
-//! nothing.
+//! encoded response for the transport to send; a query that cannot be parsed gets FORMERR
+//! (within response rate limiting, like any response), and what is not a query at all (too
+//! short for a header, or a response: reflection) gets nothing.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -40,7 +40,8 @@ pub async fn exchange(
                 .await;
             Some(collector.take())
         }
-        Err(_) => Some(vec![format_error(&header)]),
+        Err(_) if handler.admit_format_error(peer, protocol) => Some(vec![format_error(&header)]),
+        Err(_) => None,
     }
 }
 
@@ -106,6 +107,13 @@ mod tests {
     const PROXIES: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
 
     fn handler() -> DnsHandler {
+        handler_limited_to(RateLimit {
+            requests_per_second: u32::MAX,
+            burst: u32::MAX,
+        })
+    }
+
+    fn handler_limited_to(response_rate: RateLimit) -> DnsHandler {
         let dns = DnsConfig {
             port: 53,
             answer_ttl: Duration::from_secs(20),
@@ -131,10 +139,7 @@ mod tests {
             Zone::new("nyud.net", &dns, vec![], 1).unwrap(),
             ClientPlacement::new(&[]),
             Arc::new(RwLock::new(Arc::new(published))),
-            RateLimit {
-                requests_per_second: u32::MAX,
-                burst: u32::MAX,
-            },
+            response_rate,
             vec![],
             DnsMetrics::unregistered(),
         )
@@ -197,6 +202,25 @@ mod tests {
         let message = Message::from_vec(&answered[0]).unwrap();
         assert_eq!(message.metadata.response_code, ResponseCode::NoError);
         assert_eq!(message.answers.len(), 2);
+    }
+
+    #[test]
+    fn format_errors_are_rate_limited_like_answers() {
+        let handler = handler_limited_to(RateLimit {
+            requests_per_second: 1,
+            burst: 2,
+        });
+        let mut broken = query("www.example.com.nyud.net.", RecordType::A);
+        broken.truncate(20);
+        let sent: Vec<bool> = (0..6)
+            .map(|_| run(&handler, broken.clone(), Protocol::Udp).is_some())
+            .collect();
+        assert!(sent[0], "the first FORMERR goes out");
+        assert!(sent.iter().filter(|sent| **sent).count() <= 3, "{sent:?}");
+        assert!(
+            run(&handler, broken, Protocol::Tcp).is_some(),
+            "TCP is not limited"
+        );
     }
 
     proptest! {

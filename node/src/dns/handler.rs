@@ -11,7 +11,7 @@
 //!   over the limit, one response in [`SLIP`] is sent empty with TC set (a real client retries
 //!   over TCP), the others are dropped.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -27,7 +27,7 @@ use prometheus::IntCounter;
 
 use super::answer::{Answer, Published, Zone};
 use super::metrics::DnsMetrics;
-use super::placement::{CLIENT_PREFIX_V4, CLIENT_PREFIX_V6, ClientPlacement};
+use super::placement::{ClientPlacement, client_network};
 use super::select::Reach;
 use crate::config::RateLimit;
 use crate::proxy::ratelimit::RateLimiter;
@@ -78,21 +78,23 @@ impl DnsHandler {
 
     /// Whether rate limiting withholds this response, and if so whether it slips through
     /// truncated.
-    fn rate_limit(&self, request: &Request) -> Option<Withheld> {
-        if request.protocol() != Protocol::Udp {
+    /// Whether a FORMERR for an unparseable query from `source` may go out: response rate
+    /// limiting applies to it as to any response (a withheld one is dropped, never slipped:
+    /// a truncated FORMERR is no use). Counts it when it goes out.
+    pub fn admit_format_error(&self, source: SocketAddr, protocol: Protocol) -> bool {
+        let admitted = self.rate_limit(source, protocol).is_none();
+        if admitted {
+            self.count(None, ResponseCode::FormErr, None);
+        }
+        admitted
+    }
+
+    fn rate_limit(&self, source: SocketAddr, protocol: Protocol) -> Option<Withheld> {
+        if protocol != Protocol::Udp {
             return None;
         }
-        let source = request.src().ip().to_canonical();
-        let bits = if source.is_ipv4() {
-            CLIENT_PREFIX_V4
-        } else {
-            CLIENT_PREFIX_V6
-        };
-        let network = IpNet::new(source, bits)
-            .expect("prefix within length")
-            .trunc();
         self.limiter
-            .check(network, std::time::Instant::now())
+            .check(client_network(source.ip()), std::time::Instant::now())
             .err()?;
         let slipped = self
             .withheld
@@ -189,7 +191,7 @@ impl RequestHandler for DnsHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let withheld = self.rate_limit(request);
+        let withheld = self.rate_limit(request.src(), request.protocol());
         if let Some(Withheld::Dropped) = withheld {
             return not_sent(request, ResponseCode::Refused);
         }

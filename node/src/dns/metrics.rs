@@ -16,7 +16,8 @@ pub struct DnsMetrics {
     /// Responses withheld by response rate limiting: `dropped`, or `slipped` (sent truncated,
     /// so a real client retries over TCP).
     pub rate_limited: IntCounterVec,
-    /// TCP connections closed on arrival because the limit was reached.
+    /// TCP connections closed on arrival because a limit (in all, or per client network) was
+    /// reached.
     pub tcp_refused: IntCounter,
     /// Whether each member is published (1) or not (0), by role and address.
     pub member_healthy: IntGaugeVec,
@@ -63,7 +64,7 @@ impl DnsMetrics {
             ),
             tcp_refused: IntCounter::new(
                 "coral_dns_tcp_refused_total",
-                "TCP connections closed on arrival at the connection limit.",
+                "TCP connections closed on arrival at a connection limit (in all or per client network).",
             )
             .expect("valid metric"),
             member_healthy: IntGaugeVec::new(

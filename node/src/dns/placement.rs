@@ -14,6 +14,20 @@ pub const CLIENT_PREFIX_V4: u8 = 24;
 /// See [`CLIENT_PREFIX_V4`].
 pub const CLIENT_PREFIX_V6: u8 = 56;
 
+/// The client network `address` belongs to ([`CLIENT_PREFIX_V4`], [`CLIENT_PREFIX_V6`]): the
+/// unit of response rate limiting and of the per-client TCP connection limit.
+pub fn client_network(address: IpAddr) -> IpNet {
+    let address = address.to_canonical();
+    let bits = if address.is_ipv4() {
+        CLIENT_PREFIX_V4
+    } else {
+        CLIENT_PREFIX_V6
+    };
+    IpNet::new(address, bits)
+        .expect("prefix within length")
+        .trunc()
+}
+
 /// A client as the answer sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placed<'a> {

@@ -78,6 +78,10 @@ pub struct DnsTcpSpec {
     /// Connections open at once on each DNS pod; more are closed as they arrive.
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: u32,
+    /// Connections open at once on each DNS pod from one client network (an IPv4 /24, an
+    /// IPv6 /56), so that one client cannot hold them all.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections_per_client: u32,
     /// A connection that sends no query, or does not read its answer, for this long is closed.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) > duration('0s')", "message": "idleTimeout must be longer than 0s"}]))]
     pub idle_timeout: Duration,
@@ -89,6 +93,7 @@ impl Default for DnsTcpSpec {
         let limits = DnsTcpLimits::default();
         Self {
             max_connections: limits.max_connections,
+            max_connections_per_client: limits.max_connections_per_client,
             idle_timeout: limits.idle_timeout.into(),
         }
     }
