@@ -4,7 +4,7 @@
 //! client's zone; with the operator and the API server gone they keep answering, and still
 //! eject a proxy that is cut off.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use coral_e2e::binaries::workspace_binary;
@@ -25,6 +25,22 @@ const WAIT: Duration = Duration::from_secs(90);
 /// Clients the cluster places in zone `eu-1a` and in zone `us-1a`.
 const EU_1A_CLIENTS: &str = "10.77.1.0/24";
 const US_1A_CLIENTS: &str = "10.77.3.0/24";
+
+/// A pod taken off the network (its veth down) until this is dropped, even by a failing test.
+struct CutOff(Ipv4Addr);
+
+impl CutOff {
+    fn new(pod: Ipv4Addr) -> Self {
+        network::set_connected(pod, false).unwrap();
+        Self(pod)
+    }
+}
+
+impl Drop for CutOff {
+    fn drop(&mut self) {
+        let _ = network::set_connected(self.0, true);
+    }
+}
 
 /// The pod addresses of `component` pods, by node name.
 async fn pod_addresses(client: &Client, component: &str) -> Vec<(String, IpAddr)> {
@@ -148,7 +164,7 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
     let IpAddr::V4(cut) = eu_1a[0] else {
         unreachable!("pod addresses are IPv4")
     };
-    network::set_connected(cut, false).unwrap();
+    let cut_off = CutOff::new(cut);
     let cut_at = std::time::Instant::now();
     wait_for_answer(
         server,
@@ -161,7 +177,7 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
         "dns: the cut-off proxy ejected after {:?}",
         cut_at.elapsed()
     );
-    network::set_connected(cut, true).unwrap();
+    drop(cut_off);
     wait_for_answer(
         server,
         EU_1A_CLIENTS,

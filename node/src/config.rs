@@ -55,6 +55,11 @@ pub struct NodeConfig {
 pub struct ProxyConfig {
     /// Port the proxy serves HTTP on inside the pod.
     pub http_port: u16,
+    /// Port on each node that forwards to the proxy, if any. Clients then reach proxies at
+    /// their nodes' addresses, which proxies report (`PUBLIC_IP`) and DNS nodes publish;
+    /// without one, DNS nodes ignore reported addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
     /// Byte budget of the in-memory cache tier.
     pub cache_memory_bytes: u64,
     /// Byte budget of the on-disk cache tier.
@@ -423,6 +428,12 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is empty.
+    #[error("{path} is empty")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is not valid YAML for the type; `field` is the path of the offending field.
     #[error("{path}: field `{field}`: {message}")]
     Parse {
@@ -530,8 +541,18 @@ impl NodeConfig {
             "dns.tcp.maxConnections",
             self.dns.tcp.max_connections.into(),
         )?;
+        positive(
+            "dns.tcp.maxConnectionsPerClient",
+            self.dns.tcp.max_connections_per_client.into(),
+        )?;
         if self.dns.tcp.idle_timeout.is_zero() {
             return Err(("dns.tcp.idleTimeout", "must be longer than 0s".to_owned()));
+        }
+        if self.dns.members_file.is_some() && self.dns.member_services.is_some() {
+            return Err((
+                "dns.memberServices",
+                "set dns.membersFile or dns.memberServices, not both".to_owned(),
+            ));
         }
         positive("dht.port", self.dht.port.into())?;
         let tuning = &self.dht.tuning;
@@ -617,6 +638,13 @@ pub(crate) fn load_yaml<T: serde::de::DeserializeOwned>(
         path: path.to_owned(),
         source,
     })?;
+    // YAML reads an empty document as null, which would make a map of defaults: a file being
+    // rewritten in place, caught in the middle, would pass for a real one.
+    if text.trim().is_empty() {
+        return Err(ConfigError::Empty {
+            path: path.to_owned(),
+        });
+    }
     parse_yaml(&text).map_err(|(field, message)| ConfigError::Parse {
         path: path.to_owned(),
         field,
@@ -650,6 +678,7 @@ mod tests {
             admin_port: 9090,
             proxy: ProxyConfig {
                 http_port: 8080,
+                host_port: Some(80),
                 cache_memory_bytes: 256 << 20,
                 cache_disk_bytes: 1 << 30,
                 cache_dir: "/var/cache/coral".into(),

@@ -271,8 +271,9 @@ async fn members_feed(
     config: &NodeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<MembersFeed> {
+    // The configuration's check has made sure at most one is set.
     match (&config.dns.members_file, &config.dns.member_services) {
-        (Some(file), None) => Ok(members::watch_file(
+        (Some(file), _) => Ok(members::watch_file(
             file.clone(),
             config.health.interval,
             shutdown,
@@ -284,9 +285,6 @@ async fn members_feed(
             Ok(endpoint_slices::watch(client, services.clone(), shutdown))
         }
         (None, None) => bail!("the DNS role needs dns.membersFile or dns.memberServices"),
-        (Some(_), Some(_)) => {
-            bail!("dns.membersFile and dns.memberServices are both set: set only one")
-        }
     }
 }
 

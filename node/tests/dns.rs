@@ -198,6 +198,23 @@ async fn start_dns_with_dht(
     dns
 }
 
+/// Waits (10 s at most) until clients in `subnet` get exactly `expected`: a probe that took
+/// longer than the test's short timeout on a busy machine costs a round, not the test.
+async fn wait_for_answer(server: SocketAddr, subnet: &str, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = addresses(&ask(server, Some(subnet)).await);
+        if answer == ips(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{subnet} got {answer:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A query for `name`, with EDNS (and a client subnet) when `subnet` is given.
 fn query(name: &str, qtype: RecordType, edns: Option<Option<&str>>) -> Message {
     let mut message = Message::query();
@@ -611,9 +628,17 @@ async fn a_proxy_behind_a_host_port_is_published_at_the_address_it_reports() {
     })
     .await;
     let shutdown = CancellationToken::new();
+    // Without a host port in the configuration, a reported address is not trusted.
     let dns = start_dns(dir.path(), &config(dir.path()), &shutdown).await;
-    let response = ask(dns.address(), Some("10.1.7.0/24")).await;
-    assert_eq!(addresses(&response), ips(&["127.0.0.53"]));
+    wait_for_answer(dns.address(), "10.1.7.0/24", &["127.0.0.52"]).await;
+    shutdown.cancel();
+    dns.stop().await;
+
+    let mut behind_host_port = config(dir.path());
+    behind_host_port.proxy.host_port = Some(80);
+    let shutdown = CancellationToken::new();
+    let dns = start_dns(dir.path(), &behind_host_port, &shutdown).await;
+    wait_for_answer(dns.address(), "10.1.7.0/24", &["127.0.0.53"]).await;
     let members = dns.members().read().unwrap().clone();
     assert_eq!(members[0].address, ips(&["127.0.0.52"])[0], "probed at");
     assert_eq!(members[0].public_address, Some(ips(&["127.0.0.53"])[0]));
@@ -662,6 +687,7 @@ async fn with_the_dht_role_a_proxy_whose_dht_node_is_silent_or_foreign_is_not_pu
     .unwrap();
     let dns = start_dns_with_dht(dir.path(), &config, Some(dht.dht()), &shutdown).await;
     // Every proxy's HTTP health check passes; only node-1's DHT node answers this cluster.
+    wait_for_answer(dns.address(), "10.9.7.0/24", &["127.0.0.54"]).await;
     for _ in 0..5 {
         let response = ask(dns.address(), Some("10.9.7.0/24")).await;
         assert_eq!(addresses(&response), ips(&["127.0.0.54"]));

@@ -38,6 +38,7 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
         admin_port: spec.admin_port,
         proxy: ProxyConfig {
             http_port: spec.proxy.http_port,
+            host_port: spec.proxy.host_port,
             cache_memory_bytes: bytes(
                 "spec.proxy.cacheMemorySize",
                 &spec.proxy.cache_memory_size.0,

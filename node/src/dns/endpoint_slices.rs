@@ -28,6 +28,9 @@ use crate::config::MemberServices;
 
 /// The label the EndpointSlice controller puts on a slice: the Service it belongs to.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The label naming who manages a slice, and the EndpointSlice controller's value of it.
+const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+const CONTROLLER: &str = "endpointslice-controller.k8s.io";
 
 /// The members the `slices` list: endpoints of `services.proxies` as proxies, of
 /// `services.nameservers` as name servers, without the terminating ones.
@@ -68,25 +71,57 @@ pub fn members_of<'a>(
     members.deduplicated()
 }
 
+/// The slices a watch has seen, as its events say, and the list being read while the watch
+/// (re)lists: the old slices stay in use until the new list is complete.
+#[derive(Debug, Default)]
+pub struct SliceSet {
+    slices: BTreeMap<String, EndpointSlice>,
+    listing: Option<BTreeMap<String, EndpointSlice>>,
+}
+
+impl SliceSet {
+    /// Takes one watch event into account; says whether the slices in use changed.
+    pub fn apply(&mut self, event: Event<EndpointSlice>) -> bool {
+        match event {
+            Event::Init => {
+                self.listing = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(slice) => {
+                self.listing
+                    .get_or_insert_default()
+                    .insert(slice.name_any(), slice);
+                false
+            }
+            Event::InitDone => {
+                self.slices = self.listing.take().unwrap_or_default();
+                true
+            }
+            Event::Apply(slice) => {
+                self.slices.insert(slice.name_any(), slice);
+                true
+            }
+            Event::Delete(slice) => self.slices.remove(&slice.name_any()).is_some(),
+        }
+    }
+
+    /// The slices in use.
+    pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices.values()
+    }
+}
+
 /// A feed of the members listed by the EndpointSlices of `services` in `client`'s default
 /// namespace, until `shutdown`.
 ///
 /// It starts from the cache file when there is one (every member is probed before it is
-/// published, so a stale entry is harmless), then follows the API server, retrying with
-/// backoff while it is unreachable and keeping the last list meanwhile. Each new list is
-/// written to the cache file.
+/// published), then follows the API server, retrying with backoff while it is unreachable and
+/// keeping the last list meanwhile. Each new list is written to the cache file. Only slices
+/// the EndpointSlice controller manages count: one made by hand cannot add members.
 pub fn watch(client: Client, services: MemberServices, shutdown: CancellationToken) -> MembersFeed {
     let (sender, feed) = watch::channel(None);
-    if let Some(cached) = read_cache(&services.cache_file) {
-        tracing::info!(
-            proxies = cached.proxies.len(),
-            nameservers = cached.nameservers.len(),
-            "members from the cache file until the API server answers"
-        );
-        sender.send_replace(Some(cached.into()));
-    }
     let selector = format!(
-        "{SERVICE_NAME_LABEL} in ({},{})",
+        "{SERVICE_NAME_LABEL} in ({},{}),{MANAGED_BY_LABEL}={CONTROLLER}",
         services.proxies, services.nameservers
     );
     let api: Api<EndpointSlice> = Api::default_namespaced(client);
@@ -94,36 +129,36 @@ pub fn watch(client: Client, services: MemberServices, shutdown: CancellationTok
         .default_backoff()
         .boxed();
     tokio::spawn(async move {
-        let mut slices = BTreeMap::new();
-        let mut listing = BTreeMap::new();
+        let cache = services.cache_file.clone();
+        if let Ok(Some(cached)) = tokio::task::spawn_blocking(move || read_cache(&cache)).await {
+            tracing::info!(
+                proxies = cached.proxies.len(),
+                nameservers = cached.nameservers.len(),
+                "members from the cache file until the API server answers"
+            );
+            sender.send_replace(Some(cached.into()));
+        }
+        let mut slices = SliceSet::default();
         loop {
             let event = tokio::select! {
                 () = shutdown.cancelled() => return,
                 event = events.next() => event,
             };
-            match event {
-                None => return,
+            let changed = match event {
+                None => {
+                    tracing::error!("the EndpointSlice watch ended; keeping the last members list");
+                    return;
+                }
                 Some(Err(error)) => {
                     tracing::warn!(%error, "watching EndpointSlices; keeping the last members list");
-                    continue;
+                    false
                 }
-                Some(Ok(Event::Init)) => {
-                    listing.clear();
-                    continue;
-                }
-                Some(Ok(Event::InitApply(slice))) => {
-                    listing.insert(slice.name_any(), slice);
-                    continue;
-                }
-                Some(Ok(Event::InitDone)) => slices = std::mem::take(&mut listing),
-                Some(Ok(Event::Apply(slice))) => {
-                    slices.insert(slice.name_any(), slice);
-                }
-                Some(Ok(Event::Delete(slice))) => {
-                    slices.remove(&slice.name_any());
-                }
+                Some(Ok(event)) => slices.apply(event),
+            };
+            if !changed {
+                continue;
             }
-            let members = members_of(slices.values(), &services);
+            let members = members_of(slices.slices(), &services);
             let latest = members.clone();
             if sender.send_if_modified(|current| replace_if_changed(current, members)) {
                 tracing::info!(
@@ -159,7 +194,10 @@ async fn write_cache(path: PathBuf, members: Members) {
     let written = tokio::task::spawn_blocking(move || {
         let text = serde_norway::to_string(&members).map_err(std::io::Error::other)?;
         let partial = path.with_extension("partial");
-        std::fs::write(&partial, text)?;
+        let mut file = std::fs::File::create(&partial)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        // On disk before it replaces the last list: a crash must not leave an empty cache.
+        file.sync_all()?;
         std::fs::rename(&partial, &path)
     })
     .await
@@ -265,6 +303,48 @@ mod tests {
         );
     }
 
+    fn named(mut slice: EndpointSlice, name: &str) -> EndpointSlice {
+        slice.metadata.name = Some(name.to_owned());
+        slice
+    }
+
+    #[test]
+    fn a_relist_replaces_the_slices_only_once_complete() {
+        let proxy = |name, ip| named(slice("demo-proxy", vec![endpoint("n1", &[ip], None)]), name);
+        let mut set = SliceSet::default();
+        assert!(!set.apply(Event::Init));
+        assert!(!set.apply(Event::InitApply(proxy("a", "10.0.0.1"))));
+        assert!(!set.apply(Event::InitApply(proxy("b", "10.0.0.2"))));
+        assert!(set.apply(Event::InitDone));
+        assert_eq!(members_of(set.slices(), &services()).proxies.len(), 2);
+
+        assert!(set.apply(Event::Apply(proxy("c", "10.0.0.3"))));
+        assert!(set.apply(Event::Delete(proxy("a", "10.0.0.1"))));
+        assert!(
+            !set.apply(Event::Delete(proxy("a", "10.0.0.1"))),
+            "already gone"
+        );
+        let addresses = |set: &SliceSet| -> Vec<String> {
+            members_of(set.slices(), &services())
+                .proxies
+                .iter()
+                .map(|m| m.address.to_string())
+                .collect()
+        };
+        assert_eq!(addresses(&set), ["10.0.0.2", "10.0.0.3"]);
+
+        // The watch broke and lists again: slice b was deleted meanwhile.
+        assert!(!set.apply(Event::Init));
+        assert!(!set.apply(Event::InitApply(proxy("c", "10.0.0.3"))));
+        assert_eq!(
+            addresses(&set),
+            ["10.0.0.2", "10.0.0.3"],
+            "in use until done"
+        );
+        assert!(set.apply(Event::InitDone));
+        assert_eq!(addresses(&set), ["10.0.0.3"]);
+    }
+
     #[tokio::test]
     async fn the_cache_file_round_trips_and_a_broken_one_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -278,5 +358,11 @@ mod tests {
         assert_eq!(read_cache(&path), Some(members));
         std::fs::write(&path, "proxies: [").unwrap();
         assert_eq!(read_cache(&path), None);
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(
+            read_cache(&path),
+            None,
+            "an empty file is not an empty list"
+        );
     }
 }

@@ -53,7 +53,8 @@ pub struct Members {
 }
 
 impl Members {
-    /// Reads a members file.
+    /// Reads a members file. An empty file is an error, not an empty list: it is what a file
+    /// being rewritten in place looks like for a moment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         crate::config::load_yaml::<Self>(path).map(|loaded| loaded.value.deduplicated())
     }
@@ -86,7 +87,7 @@ pub fn watch_file(path: PathBuf, interval: Duration, shutdown: CancellationToken
                     sender.send_if_modified(|current| replace_if_changed(current, members));
                 }
                 Ok(Err(error)) => tracing::warn!(%error, "keeping the last members list"),
-                Err(error) => tracing::warn!(%error, "keeping the last members list"),
+                Err(panicked) => tracing::warn!(%panicked, "keeping the last members list"),
             }
         }
     });
@@ -139,11 +140,28 @@ mod tests {
         assert!(error.contains("adress"), "{error}");
     }
 
+    /// Replaces the file at `path` at once, as a careful writer does (the feed reads it
+    /// every few milliseconds).
+    fn replace(path: &Path, text: &str) {
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(&partial, path).unwrap();
+    }
+
+    #[test]
+    fn an_empty_members_file_is_an_error_not_an_empty_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members.yaml");
+        std::fs::write(&path, "\n").unwrap();
+        let error = Members::load(&path).unwrap_err().to_string();
+        assert!(error.ends_with("is empty"), "{error}");
+    }
+
     #[tokio::test]
     async fn the_file_feed_follows_changes_and_keeps_the_last_good_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("members.yaml");
-        std::fs::write(&path, "proxies: [{ node: a, address: 10.0.0.1 }]\n").unwrap();
+        replace(&path, "proxies: [{ node: a, address: 10.0.0.1 }]\n");
         let shutdown = CancellationToken::new();
         let mut feed = watch_file(path.clone(), Duration::from_millis(10), shutdown.clone());
         let wait = Duration::from_secs(5);
@@ -155,11 +173,10 @@ mod tests {
             .unwrap();
         assert_eq!(first.proxies.len(), 1);
 
-        std::fs::write(
+        replace(
             &path,
             "proxies: []\nnameservers: [{ node: a, address: 10.0.0.9 }]\n",
-        )
-        .unwrap();
+        );
         let second = tokio::time::timeout(
             wait,
             feed.wait_for(|members| members.as_ref().is_some_and(|m| m.proxies.is_empty())),
@@ -171,7 +188,7 @@ mod tests {
         .unwrap();
         assert_eq!(second.nameservers.len(), 1);
 
-        std::fs::write(&path, "proxies: [").unwrap();
+        replace(&path, "proxies: [");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             feed.borrow().as_deref(),

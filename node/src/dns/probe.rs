@@ -52,6 +52,9 @@ const SHORT_WATCH: Duration = Duration::from_secs(1);
 /// vanished without a word would otherwise hold it forever.
 const RENEW_WATCH: Duration = Duration::from_secs(60);
 
+/// How often a node still waiting for its first members list says so.
+const FIRST_MEMBERS_WARNING: Duration = Duration::from_secs(10);
+
 /// What a member does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -111,6 +114,7 @@ pub struct Prober {
     thresholds: HealthConfig,
     dht: Option<DhtCheck>,
     own_address: IpAddr,
+    public_addresses: bool,
     http: Client<HttpConnector, Empty<Bytes>>,
     health: HashMap<(Role, IpAddr), MemberHealth>,
     watchers: HashMap<IpAddr, JoinHandle<()>>,
@@ -131,7 +135,9 @@ impl Drop for Prober {
 impl Prober {
     /// A prober of the members `feed` lists, placed by `topology`, probed on
     /// `admin_port` as `thresholds` say, publishing into `published`. The DNS node at
-    /// `own_address` is this one: answering queries is its proof of life.
+    /// `own_address` is this one: answering queries is its proof of life. With
+    /// `public_addresses` (proxies behind host ports), a proxy is published at the address
+    /// it reports, when of the same family as its own.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         feed: MembersFeed,
@@ -140,6 +146,7 @@ impl Prober {
         thresholds: HealthConfig,
         dht: Option<DhtCheck>,
         own_address: IpAddr,
+        public_addresses: bool,
         published: SharedPublished,
         metrics: DnsMetrics,
     ) -> Self {
@@ -154,6 +161,7 @@ impl Prober {
             thresholds,
             dht,
             own_address,
+            public_addresses,
             // A new connection per probe: it checks that the proxy still accepts, and a
             // refusal is seen as such rather than as a pooled connection that broke.
             http: Client::builder(TokioExecutor::new())
@@ -169,28 +177,46 @@ impl Prober {
     }
 
     /// Waits until the feed has given a members list, or `shutdown`; says whether it has.
+    /// Says so in the log every [`FIRST_MEMBERS_WARNING`] meanwhile: the node answers nothing
+    /// until then.
     pub async fn first_members(&mut self, shutdown: &CancellationToken) -> bool {
-        tokio::select! {
-            () = shutdown.cancelled() => false,
-            listed = self.feed.wait_for(Option::is_some) => listed.is_ok(),
+        let mut waiting = tokio::time::interval(FIRST_MEMBERS_WARNING);
+        waiting.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                listed = self.feed.wait_for(Option::is_some) => return listed.is_ok(),
+                _ = waiting.tick() => tracing::warn!(
+                    "no members list yet (from the API server or the members file): not answering queries"
+                ),
+            }
         }
     }
 
     /// Takes the feed's latest members, probes every one of them once (all at once, each
     /// within the timeout), and publishes the result.
     pub async fn round(&mut self) {
+        self.take_members();
+        self.probe_and_publish(false).await;
+    }
+
+    /// Takes the feed's new members list and probes only the members it adds: the others
+    /// keep their place in the rounds, so a busy list (a rollout) does not speed up their
+    /// failure and success counts.
+    async fn take_new_members(&mut self) {
+        self.take_members();
+        self.probe_and_publish(true).await;
+    }
+
+    /// Takes the feed's latest list, keeps a watch connection per proxy on it, and forgets
+    /// the members it no longer has.
+    fn take_members(&mut self) {
         if let Some(members) = self.feed.borrow_and_update().clone() {
             self.members = members;
         }
         self.watch_proxies();
-        let targets = self.targets();
-        let probes = join_all(
-            targets
-                .iter()
-                .map(|(role, member)| self.probe(*role, member.address)),
-        )
-        .await;
-        let listed: Vec<(Role, IpAddr)> = targets
+        let listed: Vec<(Role, IpAddr)> = self
+            .targets()
             .iter()
             .map(|(role, member)| (*role, member.address))
             .collect();
@@ -213,8 +239,25 @@ impl Prober {
             }
             keep
         });
-        for ((role, member), probe) in targets.iter().zip(probes) {
-            self.record(*role, member.address, probe);
+    }
+
+    /// Probes every member (or, with `only_unchecked`, those never probed) at once and
+    /// publishes the result.
+    async fn probe_and_publish(&mut self, only_unchecked: bool) {
+        let targets = self.targets();
+        let probed: Vec<(Role, IpAddr)> = targets
+            .iter()
+            .map(|(role, member)| (*role, member.address))
+            .filter(|key| !only_unchecked || !self.health.contains_key(key))
+            .collect();
+        let probes = join_all(
+            probed
+                .iter()
+                .map(|(role, address)| self.probe(*role, *address)),
+        )
+        .await;
+        for ((role, address), probe) in probed.into_iter().zip(probes) {
+            self.record(role, address, probe);
         }
         self.publish(&targets);
     }
@@ -235,8 +278,8 @@ impl Prober {
         self.publish(&targets);
     }
 
-    /// Rounds every interval and whenever the members change, and rechecks a proxy whose
-    /// watch connection closed, until `shutdown`.
+    /// Rounds every interval, probes members as the list adds them, and rechecks a proxy
+    /// whose watch connection closed, until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(self.thresholds.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -247,7 +290,7 @@ impl Prober {
                 () = shutdown.cancelled() => return,
                 _ = ticks.tick() => self.round().await,
                 changed = self.feed.changed(), if feed_open => match changed {
-                    Ok(()) => self.round().await,
+                    Ok(()) => self.take_new_members().await,
                     // The source stopped (at shutdown): keep the last list.
                     Err(_) => feed_open = false,
                 },
@@ -364,9 +407,13 @@ impl Prober {
             if !health.is_healthy() {
                 continue;
             }
+            let address = health.public_address().unwrap_or(member.address);
             match role {
+                // Proxies sharing a node's address (a host port and two pod addresses, say) are
+                // published once.
+                Role::Proxy if published.proxies.iter().any(|p| p.address == address) => {}
                 Role::Proxy => published.proxies.push(LiveProxy {
-                    address: health.public_address().unwrap_or(member.address),
+                    address,
                     locality: self.locality(member),
                     load: health.load(),
                 }),
@@ -439,7 +486,9 @@ impl Prober {
             Role::Proxy => match serde_json::from_slice::<Health>(&body) {
                 Ok(health) if status.is_success() && health.healthy => Probe::Passed {
                     load: health.load,
-                    public_address: health.public_address,
+                    public_address: health.public_address.filter(|public| {
+                        self.public_addresses && public.is_ipv4() == address.is_ipv4()
+                    }),
                 },
                 Ok(_) => Probe::Failed("unhealthy"),
                 Err(_) => Probe::Failed("not_a_proxy"),

@@ -4,7 +4,8 @@
 //!
 //! Checking before answering means a DNS node never answers before it knows who is alive: it
 //! neither names an unchecked proxy nor fails queries while its first checks run (they wait
-//! in the sockets' queues; the first round takes at most the probe timeout).
+//! in the sockets' queues; the first round takes at most the probe timeout). With no members
+//! list at all it answers nothing, and logs so.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +98,7 @@ impl DnsRole {
                 port: config.dht.port,
             }),
             placement.pod_ip,
+            config.proxy.host_port.is_some(),
             published.clone(),
             metrics.clone(),
         );
@@ -140,6 +142,9 @@ impl DnsRole {
         let zone_name = config.zone.clone();
         let task = tokio::spawn(async move {
             if !prober.first_members(&shutdown).await {
+                if !shutdown.is_cancelled() {
+                    tracing::error!("the members source stopped before giving a list; not serving");
+                }
                 return;
             }
             prober.round().await;
