@@ -8,6 +8,7 @@
 pub mod binaries;
 pub mod cluster;
 pub mod controlplane;
+pub mod demo_origin;
 pub mod dns;
 pub mod kubelet;
 pub mod nodes;

@@ -1,14 +1,16 @@
 //! Coral's DNS under a real control plane: the operator turns a CoralCluster into proxy and
 //! DNS pods (run by the e2e kubelet as coral-node processes), the DNS pods learn the proxies
 //! from the EndpointSlices the controller-manager writes, and answer with the proxies in the
-//! client's zone; with the operator and the API server gone they keep answering, and still
-//! eject a proxy that is cut off.
+//! client's zone, and a proxy they name serves an origin's page (fetched once); with the
+//! operator and the API server gone they keep answering, and still eject a proxy that is cut
+//! off.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use coral_e2e::binaries::workspace_binary;
 use coral_e2e::cluster::LocalCluster;
+use coral_e2e::demo_origin::{DemoOrigin, fetch_through};
 use coral_e2e::dns::a_records;
 use coral_e2e::kubelet::{Kubelet, KubeletConfig, network};
 use coral_e2e::nodes::standard_topology;
@@ -98,6 +100,7 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
     )
     .await
     .unwrap();
+    let origin = DemoOrigin::start(kubelet.gateway().into()).await.unwrap();
     let operator = RunningOperator::start(&client, "operator-0", None)
         .await
         .unwrap();
@@ -106,6 +109,10 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
         "kind": "CoralCluster",
         "metadata": {"name": "cdn"},
         "spec": {
+            "proxy": {"originAccess": {
+                "internalNetworks": [format!("{}/32", origin.address().ip())],
+                "addresses": [{"host": "demo.origin", "addresses": [origin.address().ip().to_string()]}],
+            }},
             "locality": {"clientNetworks": [
                 {"cidr": EU_1A_CLIENTS, "zone": "eu-1a", "region": "eu-1"},
                 {"cidr": US_1A_CLIENTS, "zone": "us-1a", "region": "us-1"},
@@ -154,6 +161,16 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
     // The control plane goes away: the operator first, then the API server, etcd and the
     // controllers. The pods keep running under the kubelet.
     eprintln!("dns: answers checked after {:?}", started.elapsed());
+
+    // A named proxy serves the origin's page, fetching it once.
+    let host = format!("demo.origin.{}.nyud.net", origin.address().port());
+    let proxy = SocketAddr::new(eu_1a[0], 8080);
+    for _ in 0..2 {
+        let (status, body) = fetch_through(proxy, &host).await.unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        assert!(body.contains("request number 1."), "{body}");
+    }
+    assert_eq!(origin.requests(), 1);
     operator.stop().await.unwrap();
     drop(local.heartbeats);
     local.control_plane.stop();

@@ -3,10 +3,12 @@
 //!
 //! Starts the real Kubernetes control plane of `e2e/controlplane` on loopback, registers six
 //! nodes in three zones and two regions, installs the CRD, runs the operator and the local
-//! kubelet (pods as processes in network namespaces), creates the minimal CoralCluster, then
-//! shows what the operator and the kubelet made of it.
+//! kubelet (pods as processes in network namespaces) and a demo origin, creates a CoralCluster
+//! with default settings that may fetch that origin, then shows what the operator and the
+//! kubelet made of it, and the CDN answering DNS and HTTP.
 
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -15,6 +17,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use coral_e2e::binaries::workspace_binary;
 use coral_e2e::cluster::LocalCluster;
+use coral_e2e::demo_origin::{DemoOrigin, fetch_through};
 use coral_e2e::dns::a_records;
 use coral_e2e::kubelet::network::reclaim_abandoned;
 use coral_e2e::kubelet::{Kubelet, KubeletConfig};
@@ -26,6 +29,10 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 const NAMESPACE: &str = "coral";
+/// The CoralCluster `up` applies.
+const CLUSTER: &str = "demo";
+/// The demo origin's host name, which the CoralCluster maps to its address.
+const DEMO_HOST: &str = "demo.origin";
 
 /// Coral on this machine.
 #[derive(Parser)]
@@ -120,10 +127,19 @@ async fn up(once: bool) -> anyhow::Result<()> {
     );
     let operator = OperatorProcess::start(&operator_binary, &kubeconfig, metrics, &state_dir)?;
 
-    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../crds/examples/minimal.yaml")
-        .canonicalize()?;
-    eprintln!("==> kubectl apply -n {NAMESPACE} -f {}", example.display());
+    let origin = DemoOrigin::start(kubelet.gateway().into())
+        .await
+        .context("starting the demo origin")?;
+    eprintln!(
+        "==> a demo origin serves on {} (the pods' gateway; its requests are counted)",
+        origin.address()
+    );
+    let manifest = state_dir.join("coralcluster.yaml");
+    std::fs::write(&manifest, demo_cluster(origin.address()))?;
+    eprintln!(
+        "==> kubectl apply -n {NAMESPACE} -f {} (every setting at its default, but the proxies may fetch the demo origin)",
+        manifest.display()
+    );
     kubectl(
         &kubeconfig,
         &[
@@ -131,7 +147,7 @@ async fn up(once: bool) -> anyhow::Result<()> {
             "-n",
             NAMESPACE,
             "-f",
-            &example.display().to_string(),
+            &manifest.display().to_string(),
         ],
         None,
     )?;
@@ -144,7 +160,12 @@ async fn up(once: bool) -> anyhow::Result<()> {
     );
     let cluster = wait_for_dns_pods(&clusters).await?;
     show(&client, &cluster).await?;
-    let dig = show_dns(&client, &cluster).await?;
+    let origin_name = format!(
+        "{DEMO_HOST}.{}.{}",
+        origin.address().port(),
+        cluster.spec.zone
+    );
+    let try_it = show_cdn(&client, &cluster, &origin, &origin_name).await?;
     println!();
     println!(
         "The proxy pods run coral-node with the proxy and DHT roles; the DNS pods learn the proxies from"
@@ -156,7 +177,7 @@ async fn up(once: bool) -> anyhow::Result<()> {
     println!(
         "the client. The local kubelet has no cluster DNS yet, so the DHT nodes cannot resolve the"
     );
-    println!("headless Service and each runs alone.");
+    println!("headless Service and each runs alone: proxies do not yet share fetches here.");
     if !once {
         println!();
         println!(
@@ -164,8 +185,8 @@ async fn up(once: bool) -> anyhow::Result<()> {
             kubeconfig.display()
         );
         println!("Operator metrics: http://127.0.0.1:{metrics}/metrics");
-        if let Some(dig) = dig {
-            println!("Ask a DNS pod:  {dig}");
+        for line in try_it {
+            println!("{line}");
         }
         eprintln!(
             "==> running; Ctrl-C stops everything (if this is killed instead, `coral down` cleans up)"
@@ -314,7 +335,7 @@ fn state_dir() -> anyhow::Result<tempfile::TempDir> {
 
 async fn wait_for_status(clusters: &Api<CoralCluster>) -> anyhow::Result<CoralCluster> {
     for _ in 0..150 {
-        let cluster = clusters.get("minimal").await?;
+        let cluster = clusters.get(CLUSTER).await?;
         if cluster.status.as_ref().is_some_and(|s| s.desired_nodes > 0) {
             return Ok(cluster);
         }
@@ -327,7 +348,7 @@ async fn wait_for_status(clusters: &Api<CoralCluster>) -> anyhow::Result<CoralCl
 /// the proxies from the API server and checked each one. Returns the cluster as it is then.
 async fn wait_for_dns_pods(clusters: &Api<CoralCluster>) -> anyhow::Result<CoralCluster> {
     for _ in 0..300 {
-        let cluster = clusters.get("minimal").await?;
+        let cluster = clusters.get(CLUSTER).await?;
         if let Some(status) = &cluster.status
             && status.desired_dns_nodes > 0
             && status.ready_dns_nodes == status.desired_dns_nodes
@@ -337,13 +358,28 @@ async fn wait_for_dns_pods(clusters: &Api<CoralCluster>) -> anyhow::Result<Coral
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("==> not every DNS pod became ready within 60 s; showing what there is");
-    Ok(clusters.get("minimal").await?)
+    Ok(clusters.get(CLUSTER).await?)
 }
 
-/// Asks every DNS pod for `www.example.com.<zone>` as a resolver the cluster cannot place
-/// would (such clients get proxies near the DNS node), and prints the answers with the nodes
-/// of the addresses. Returns a `dig` command to try.
-async fn show_dns(client: &Client, cluster: &CoralCluster) -> anyhow::Result<Option<String>> {
+/// The CoralCluster of the demo: every setting at its default, except that the proxies may
+/// fetch the demo origin, which listens on the pods' (private) gateway address.
+fn demo_cluster(origin: std::net::SocketAddr) -> String {
+    let ip = origin.ip();
+    format!(
+        "apiVersion: coral.nyud.net/v1alpha1\nkind: CoralCluster\nmetadata:\n  name: {CLUSTER}\nspec:\n  proxy:\n    originAccess:\n      internalNetworks: [{ip}/32]\n      addresses:\n        - host: {DEMO_HOST}\n          addresses: [{ip}]\n"
+    )
+}
+
+/// Shows the CDN at work: asks every DNS pod for `origin_name` as a resolver the cluster
+/// cannot place would (such clients get proxies near the DNS node), then fetches the page
+/// twice through the first proxy named, and counts the origin's requests. Returns `dig` and
+/// `curl` lines to try.
+async fn show_cdn(
+    client: &Client,
+    cluster: &CoralCluster,
+    origin: &DemoOrigin,
+    origin_name: &str,
+) -> anyhow::Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let mut nodes = std::collections::BTreeMap::new();
     let mut servers = Vec::new();
@@ -354,7 +390,7 @@ async fn show_dns(client: &Client, cluster: &CoralCluster) -> anyhow::Result<Opt
         let (Some(node), Some(ip)) = (&spec.node_name, &status.pod_ip) else {
             continue;
         };
-        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        let Ok(ip) = ip.parse::<IpAddr>() else {
             continue;
         };
         nodes.insert(ip, node.clone());
@@ -368,23 +404,51 @@ async fn show_dns(client: &Client, cluster: &CoralCluster) -> anyhow::Result<Opt
         }
     }
     servers.sort();
-    let name = format!("www.example.com.{}", cluster.spec.zone);
-    let port = cluster.spec.dns.port;
-    let placed =
-        |ip: &std::net::IpAddr| format!("{ip} ({})", nodes.get(ip).map_or("?", String::as_str));
+    let dns_port = cluster.spec.dns.port;
+    let placed = |ip: &IpAddr| format!("{ip} ({})", nodes.get(ip).map_or("?", String::as_str));
     println!();
-    println!("DNS: {name} asked of each DNS pod:");
+    println!("DNS: {origin_name} asked of each DNS pod:");
+    let mut proxy = None;
     for server in &servers {
-        let answer = match a_records(std::net::SocketAddr::new(*server, port), &name, None).await {
+        let answer = match a_records(SocketAddr::new(*server, dns_port), origin_name, None).await {
             Ok(addresses) if addresses.is_empty() => "no address".to_owned(),
-            Ok(addresses) => addresses.iter().map(placed).collect::<Vec<_>>().join(", "),
+            Ok(addresses) => {
+                proxy = proxy.or(addresses.first().copied());
+                addresses.iter().map(placed).collect::<Vec<_>>().join(", ")
+            }
             Err(error) => error,
         };
         println!("  {:<28} -> {answer}", placed(server));
     }
-    Ok(servers
-        .first()
-        .map(|server| format!("dig @{server} -p {port} {name}")))
+    let mut try_it = Vec::new();
+    if let Some(server) = servers.first() {
+        try_it.push(format!(
+            "Ask a DNS pod:      dig @{server} -p {dns_port} {origin_name}"
+        ));
+    }
+    let Some(proxy) = proxy else {
+        return Ok(try_it);
+    };
+    let proxy = SocketAddr::new(proxy, cluster.spec.proxy.http_port);
+    println!("HTTP: GET http://{origin_name}/ through the proxy at {proxy}, twice:");
+    for _ in 0..2 {
+        match fetch_through(proxy, origin_name).await {
+            Ok((status, body)) => println!("  {status}: {}", body.trim_end()),
+            Err(error) => println!("  failed: {error}"),
+        }
+    }
+    match origin.requests() {
+        1 => {
+            println!("The origin answered one request: the second GET came from the proxy's cache.")
+        }
+        asked => println!("The origin answered {asked} requests."),
+    }
+    try_it.push(format!(
+        "Fetch through it:   curl --resolve {origin_name}:{port}:{ip} http://{origin_name}:{port}/",
+        port = proxy.port(),
+        ip = proxy.ip()
+    ));
+    Ok(try_it)
 }
 
 /// Waits until the kubelet has reported a container state for every pod (at most 30 s).

@@ -69,6 +69,7 @@ pub enum KubeletError {
 /// A running kubelet; stopping or dropping it stops every pod process and removes every
 /// namespace it made.
 pub struct Kubelet {
+    gateway: std::net::Ipv4Addr,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -77,6 +78,7 @@ impl Kubelet {
     /// Starts running pods bound to `config.nodes`.
     pub async fn start(client: Client, config: KubeletConfig) -> Result<Self, KubeletError> {
         let network = PodNetwork::create()?;
+        let gateway = network.gateway();
         let shutdown = CancellationToken::new();
         if let Some(api_server) = config.api_server {
             api_proxy::bind(network.gateway(), api_server, shutdown.clone())
@@ -91,7 +93,16 @@ impl Kubelet {
             created_dirs: Vec::new(),
         };
         let task = tokio::spawn(runner.run(shutdown.clone()));
-        Ok(Self { shutdown, task })
+        Ok(Self {
+            gateway,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The host's address on the pods' bridge: where pods reach this machine.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.gateway
     }
 
     /// Stops every pod and tears the network down.
