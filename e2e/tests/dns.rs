@@ -1,7 +1,7 @@
 //! Coral's DNS under a real control plane: the operator turns a CoralCluster into proxy and
 //! DNS pods (run by the e2e kubelet as coral-node processes), the DNS pods learn the proxies
 //! from the EndpointSlices the controller-manager writes, and answer with the proxies in the
-//! client's zone, and a proxy they name serves an origin's page (fetched once); with the
+//! client's zone, and the proxies serve an origin's page fetching it once for all; with the
 //! operator and the API server gone they keep answering, and still eject a proxy that is cut
 //! off.
 
@@ -171,6 +171,17 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
         assert!(body.contains("request number 1."), "{body}");
     }
     assert_eq!(origin.requests(), 1);
+    // A proxy in another region finds the page on that one through the DHT, whose nodes met
+    // through the headless Service and the kubelet's cluster DNS.
+    let (status, body) = fetch_through(SocketAddr::new(us_1a[0], 8080), &host)
+        .await
+        .unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert_eq!(
+        origin.requests(),
+        1,
+        "fetched from the peer, not the origin"
+    );
     operator.stop().await.unwrap();
     drop(local.heartbeats);
     local.control_plane.stop();

@@ -175,9 +175,12 @@ async fn up(once: bool) -> anyhow::Result<()> {
         cluster.name_any()
     );
     println!(
-        "the client. The local kubelet has no cluster DNS yet, so the DHT nodes cannot resolve the"
+        "the client. The proxies find each other through the DHT, whose nodes meet through the headless"
     );
-    println!("headless Service and each runs alone: proxies do not yet share fetches here.");
+    println!(
+        "{}-dht Service (the local kubelet answers the pods' DNS queries for Services).",
+        cluster.name_any()
+    );
     if !once {
         println!();
         println!(
@@ -408,12 +411,12 @@ async fn show_cdn(
     let placed = |ip: &IpAddr| format!("{ip} ({})", nodes.get(ip).map_or("?", String::as_str));
     println!();
     println!("DNS: {origin_name} asked of each DNS pod:");
-    let mut proxy = None;
+    let mut named = Vec::new();
     for server in &servers {
         let answer = match a_records(SocketAddr::new(*server, dns_port), origin_name, None).await {
             Ok(addresses) if addresses.is_empty() => "no address".to_owned(),
             Ok(addresses) => {
-                proxy = proxy.or(addresses.first().copied());
+                named.extend(addresses.first().copied());
                 addresses.iter().map(placed).collect::<Vec<_>>().join(", ")
             }
             Err(error) => error,
@@ -426,21 +429,28 @@ async fn show_cdn(
             "Ask a DNS pod:      dig @{server} -p {dns_port} {origin_name}"
         ));
     }
-    let Some(proxy) = proxy else {
+    named.sort_by_key(|ip| nodes.get(ip).cloned());
+    let (Some(first), Some(other)) = (named.first().copied(), named.last().copied()) else {
         return Ok(try_it);
     };
-    let proxy = SocketAddr::new(proxy, cluster.spec.proxy.http_port);
-    println!("HTTP: GET http://{origin_name}/ through the proxy at {proxy}, twice:");
-    for _ in 0..2 {
-        match fetch_through(proxy, origin_name).await {
+    let port = cluster.spec.proxy.http_port;
+    let proxy = SocketAddr::new(first, port);
+    println!(
+        "HTTP: GET http://{origin_name}/ through {}, twice, then through {}:",
+        placed(&first),
+        placed(&other)
+    );
+    for through in [first, first, other] {
+        match fetch_through(SocketAddr::new(through, port), origin_name).await {
             Ok((status, body)) => println!("  {status}: {}", body.trim_end()),
             Err(error) => println!("  failed: {error}"),
         }
     }
     match origin.requests() {
-        1 => {
-            println!("The origin answered one request: the second GET came from the proxy's cache.")
-        }
+        1 => println!(
+            "The origin answered one request: the second GET came from the first proxy's cache, and the other \
+             proxy found the page on it through the DHT."
+        ),
         asked => println!("The origin answered {asked} requests."),
     }
     try_it.push(format!(

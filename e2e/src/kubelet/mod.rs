@@ -4,10 +4,11 @@
 //! and address ([`network`]), writes its ConfigMap, Secret and emptyDir volumes to disk
 //! ([`volumes`]), starts the first container's command with the pod's environment (downward-API
 //! fields included) in its own mount namespace ([`process`]), runs HTTP readiness and liveness
-//! probes ([`probe`]), and
-//! reports pod status ([`status`]) so that DaemonSet status and EndpointSlices are real. A
-//! process that exits is restarted with backoff (restart policy `Always`: pods here are
-//! DaemonSet pods); a pod being deleted gets SIGTERM, then SIGKILL after its grace period.
+//! probes ([`probe`]), reports pod status ([`status`]) so that DaemonSet status and
+//! EndpointSlices are real, and answers the pods' DNS queries for Service names
+//! ([`cluster_dns`]). A process that exits is restarted with backoff (restart policy `Always`:
+//! pods here are DaemonSet pods); a pod being deleted gets SIGTERM, then SIGKILL after its
+//! grace period.
 //! Everything is torn down when the kubelet stops or is dropped.
 //!
 //! What it does not do: more than one container per pod, init containers, restart policies
@@ -15,6 +16,7 @@
 //! binary on this machine).
 
 pub mod api_proxy;
+pub mod cluster_dns;
 pub mod network;
 pub mod probe;
 pub mod process;
@@ -61,6 +63,9 @@ pub enum KubeletError {
     /// The pod network could not be created.
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+    /// The cluster DNS could not listen on the gateway.
+    #[error("cluster DNS on the pods' gateway: {0}")]
+    ClusterDns(#[source] std::io::Error),
     /// The API forwarder could not listen on the gateway.
     #[error("forwarding the API server to pods: {0}")]
     ApiProxy(#[source] std::io::Error),
@@ -80,6 +85,9 @@ impl Kubelet {
         let network = PodNetwork::create()?;
         let gateway = network.gateway();
         let shutdown = CancellationToken::new();
+        cluster_dns::serve(gateway, client.clone(), shutdown.clone())
+            .await
+            .map_err(KubeletError::ClusterDns)?;
         if let Some(api_server) = config.api_server {
             api_proxy::bind(network.gateway(), api_server, shutdown.clone())
                 .await
@@ -431,9 +439,23 @@ impl Runner {
         let container = first_container(pod).ok_or("no container")?;
         let dir = self.pod_dir(pod);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mounts = volumes::materialise(&self.client, pod, container, &dir)
+        let mut mounts = volumes::materialise(&self.client, pod, container, &dir)
             .await
             .map_err(|e| e.to_string())?;
+        let resolv_conf = dir.join("resolv.conf");
+        std::fs::write(
+            &resolv_conf,
+            cluster_dns::resolv_conf(self.network.gateway()),
+        )
+        .map_err(|e| format!("{}: {e}", resolv_conf.display()))?;
+        // First: a volume mounted over `/tmp` would hide a pod directory under `/tmp`.
+        mounts.insert(
+            0,
+            volumes::Mount {
+                source: resolv_conf,
+                target: "/etc/resolv.conf".to_owned(),
+            },
+        );
         let mut env = BTreeMap::new();
         if self.config.api_server.is_some() {
             env.insert(
