@@ -27,21 +27,9 @@ server=127.0.0.60
 coral_port=5300 pdns_port=5301 nsd_port=5302 admin_port=19590 http_port=19580
 proxies=(127.0.0.61 127.0.0.62 127.0.0.63)
 
-cat >"$work/node.yaml" <<EOF
-zone: nyud.net
-adminPort: $admin_port
-proxy:
-  httpPort: $http_port
-  cacheMemoryBytes: 67108864
-  cacheDiskBytes: 0
-  cacheDir: $work/cache
-  maxObjectBytes: 1048576
-  originTimeouts: { connect: 5s, firstByte: 15s, idle: 30s }
-  serveStale: 1h
-  originAllow: []
-  originDeny: []
-  perClientRate: { requestsPerSecond: 100, burst: 100 }
-  perOriginRate: { requestsPerSecond: 100, burst: 100 }
+{
+  proxy_config "$admin_port" "$http_port"
+  cat <<EOF
 dns:
   port: $coral_port
   answerTtl: 20s
@@ -55,6 +43,7 @@ locality:
 dht: { port: 19510, keyFile: /nonexistent, protocolVersion: 1, bootstrapName: localhost }
 health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
 EOF
+} >"$work/node.yaml"
 cat >"$work/topology.yaml" <<EOF
 nodes:
   node-1: [z1, r1]

@@ -125,19 +125,28 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
         .create(&PostParams::default(), &cluster)
         .await
         .unwrap();
-    eventually("every node and DNS pod ready", WAIT, || async {
-        let cluster = clusters.get("cdn").await.map_err(|e| e.to_string())?;
-        let status = cluster.status.unwrap_or_default();
-        let all = status.desired_nodes == 6
-            && status.ready_nodes == 6
-            && status.desired_dns_nodes == 6
-            && status.ready_dns_nodes == 6;
-        if all {
-            Ok(())
-        } else {
-            Err(format!("{status:?}"))
-        }
-    })
+    eventually(
+        "every node and DNS pod ready, and the cluster Ready",
+        WAIT,
+        || async {
+            let cluster = clusters.get("cdn").await.map_err(|e| e.to_string())?;
+            let generation = cluster.metadata.generation;
+            let status = cluster.status.unwrap_or_default();
+            let all = status.desired_nodes == 6
+                && status.ready_nodes == 6
+                && status.desired_dns_nodes == 6
+                && status.ready_dns_nodes == 6
+                && status.observed_generation == generation
+                && status.conditions.iter().any(|c| {
+                    c.type_ == "Ready" && c.status == "True" && c.observed_generation == generation
+                });
+            if all {
+                Ok(())
+            } else {
+                Err(format!("{status:?}"))
+            }
+        },
+    )
     .await;
 
     eprintln!("dns: every pod ready after {:?}", started.elapsed());

@@ -156,9 +156,9 @@ async fn up(once: bool) -> anyhow::Result<()> {
     wait_for_status(&clusters).await?;
     wait_for_pod_states(&client).await?;
     eprintln!(
-        "==> waiting for the DNS pods to read the proxies from the API server and check them"
+        "==> waiting for Ready (the DNS pods read the proxies from the API server and check them first)"
     );
-    let cluster = wait_for_dns_pods(&clusters).await?;
+    let cluster = wait_for_ready(&clusters).await?;
     show(&client, &cluster).await?;
     let origin_name = format!(
         "{DEMO_HOST}.{}.{}",
@@ -347,20 +347,24 @@ async fn wait_for_status(clusters: &Api<CoralCluster>) -> anyhow::Result<CoralCl
     bail!("the operator wrote no status within 30 s")
 }
 
-/// Waits until every DNS pod is ready (at most 60 s): they become ready once they have read
-/// the proxies from the API server and checked each one. Returns the cluster as it is then.
-async fn wait_for_dns_pods(clusters: &Api<CoralCluster>) -> anyhow::Result<CoralCluster> {
+/// Waits until the CoralCluster is `Ready` (at most 60 s): every pod is, the DNS pods once they
+/// have read the proxies from the API server and checked each one. Returns the cluster as it
+/// is then.
+async fn wait_for_ready(clusters: &Api<CoralCluster>) -> anyhow::Result<CoralCluster> {
     for _ in 0..300 {
         let cluster = clusters.get(CLUSTER).await?;
-        if let Some(status) = &cluster.status
-            && status.desired_dns_nodes > 0
-            && status.ready_dns_nodes == status.desired_dns_nodes
-        {
+        let ready = cluster.status.as_ref().is_some_and(|status| {
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        if ready {
             return Ok(cluster);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("==> not every DNS pod became ready within 60 s; showing what there is");
+    eprintln!("==> the CoralCluster did not become Ready within 60 s; showing what there is");
     Ok(clusters.get(CLUSTER).await?)
 }
 
