@@ -1,8 +1,10 @@
 //! A local cluster ready for Coral: the control plane, six live nodes and a namespace.
 
-use k8s_openapi::api::core::v1::Namespace;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
 use crate::controlplane::{ControlPlane, ControlPlaneError};
@@ -64,4 +66,26 @@ impl LocalCluster {
             control_plane,
         })
     }
+}
+
+/// The node and address of every pod in `namespace` that matches the label selector `labels`
+/// and has an address, sorted by address.
+pub async fn pod_addresses(
+    client: &Client,
+    namespace: &str,
+    labels: &str,
+) -> kube::Result<Vec<(String, IpAddr)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods.list(&ListParams::default().labels(labels)).await?;
+    let mut addresses: Vec<(String, IpAddr)> = list
+        .items
+        .iter()
+        .filter_map(|pod| {
+            let node = pod.spec.as_ref()?.node_name.clone()?;
+            let ip = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+            Some((node, ip))
+        })
+        .collect();
+    addresses.sort_by_key(|(_, ip)| *ip);
+    Ok(addresses)
 }

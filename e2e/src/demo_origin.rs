@@ -59,33 +59,6 @@ impl Drop for DemoOrigin {
     }
 }
 
-/// `GET /` of `host` through the proxy at `proxy` (HTTP/1.1, the connection closed after):
-/// the status line and the body.
-pub async fn fetch_through(proxy: SocketAddr, host: &str) -> Result<(String, String), String> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(proxy))
-        .await
-        .map_err(|_| format!("connecting to {proxy} timed out"))?
-        .map_err(|e| format!("connecting to {proxy}: {e}"))?;
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .map_err(|_| format!("{proxy} did not answer within 20 s"))?
-    .map_err(|e| e.to_string())?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no end of the response head: {response:?}"))?;
-    let status = head.lines().next().unwrap_or_default().to_owned();
-    Ok((status, body.to_owned()))
-}
-
 /// Reads one request head and answers it.
 async fn answer(mut stream: TcpStream, requests: Arc<AtomicU64>) {
     let mut head = Vec::new();

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod controlplane;
 pub mod demo_origin;
 pub mod dns;
+pub mod http;
 pub mod kubelet;
 pub mod nodes;
 pub mod operator;

@@ -9,17 +9,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use coral_e2e::binaries::workspace_binary;
-use coral_e2e::cluster::LocalCluster;
-use coral_e2e::demo_origin::{DemoOrigin, fetch_through};
+use coral_e2e::cluster::{LocalCluster, pod_addresses};
+use coral_e2e::demo_origin::DemoOrigin;
 use coral_e2e::dns::a_records;
+use coral_e2e::http;
 use coral_e2e::kubelet::{Kubelet, KubeletConfig, network};
 use coral_e2e::nodes::standard_topology;
 use coral_e2e::operator::{RunningOperator, install_crd};
 use coral_e2e::wait::eventually;
 use coral_operator::api::CoralCluster;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
+use kube::api::PostParams;
 use serde_json::json;
 
 const NAMESPACE: &str = "coral-dns";
@@ -42,23 +42,6 @@ impl Drop for CutOff {
     fn drop(&mut self) {
         let _ = network::set_connected(self.0, true);
     }
-}
-
-/// The pod addresses of `component` pods, by node name.
-async fn pod_addresses(client: &Client, component: &str) -> Vec<(String, IpAddr)> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
-        .await
-        .unwrap();
-    list.items
-        .iter()
-        .filter_map(|pod| {
-            let node = pod.spec.as_ref()?.node_name.clone()?;
-            let ip = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
-            Some((node, ip))
-        })
-        .collect()
 }
 
 /// Waits until `server` answers `subnet`'s clients with exactly `expected`.
@@ -150,7 +133,9 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
     .await;
 
     eprintln!("dns: every pod ready after {:?}", started.elapsed());
-    let proxies = pod_addresses(&client, "proxy").await;
+    let proxies = pod_addresses(&client, NAMESPACE, "app.kubernetes.io/component=proxy")
+        .await
+        .unwrap();
     let in_zone = |zone: &str| -> Vec<IpAddr> {
         proxies
             .iter()
@@ -160,7 +145,9 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
     };
     let (eu_1a, us_1a) = (in_zone("eu-1a"), in_zone("us-1a"));
     assert_eq!((eu_1a.len(), us_1a.len()), (2, 2), "{proxies:?}");
-    let dns = pod_addresses(&client, "dns").await;
+    let dns = pod_addresses(&client, NAMESPACE, "app.kubernetes.io/component=dns")
+        .await
+        .unwrap();
     assert_eq!(dns.len(), 6, "{dns:?}");
     for (_, server) in &dns {
         wait_for_answer(*server, EU_1A_CLIENTS, &eu_1a, "eu-1a proxies for eu-1a").await;
@@ -175,14 +162,14 @@ async fn dns_pods_publish_the_proxies_the_api_lists_and_keep_answering_without_i
     let host = format!("demo.origin.{}.nyud.net", origin.address().port());
     let proxy = SocketAddr::new(eu_1a[0], 8080);
     for _ in 0..2 {
-        let (status, body) = fetch_through(proxy, &host).await.unwrap();
+        let (status, body) = http::get(proxy, &host, "/").await.unwrap();
         assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
         assert!(body.contains("request number 1."), "{body}");
     }
     assert_eq!(origin.requests(), 1);
     // A proxy in another region finds the page on that one through the DHT, whose nodes met
     // through the headless Service and the kubelet's cluster DNS.
-    let (status, body) = fetch_through(SocketAddr::new(us_1a[0], 8080), &host)
+    let (status, body) = http::get(SocketAddr::new(us_1a[0], 8080), &host, "/")
         .await
         .unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");

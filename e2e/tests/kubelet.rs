@@ -3,11 +3,13 @@
 //! restarted when they die, and vanish without a trace when the kubelet stops.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use coral_e2e::controlplane::ControlPlane;
+use coral_e2e::http;
 use coral_e2e::kubelet::{Kubelet, KubeletConfig, network};
 use coral_e2e::nodes::{self, standard_topology};
 use coral_e2e::wait::eventually;
@@ -17,7 +19,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -31,24 +32,10 @@ curl -sS --cacert $account/ca.crt -H "Authorization: Bearer $(cat $account/token
 touch /srv/ready.txt /srv/alive.txt
 exec python3 -m http.server --bind 0.0.0.0 --directory /srv 8080"#;
 
+/// The body of `GET path` from the web pod at `ip`.
 async fn get(ip: &str, path: &str) -> Result<String, String> {
-    let mut stream = tokio::net::TcpStream::connect((ip, 8080))
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .ok_or(response)
+    let address = SocketAddr::new(ip.parse().map_err(|e| format!("{ip}: {e}"))?, 8080);
+    http::get(address, ip, path).await.map(|(_, body)| body)
 }
 
 async fn pods(client: &Client) -> Vec<Pod> {

@@ -16,9 +16,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use coral_e2e::binaries::workspace_binary;
-use coral_e2e::cluster::LocalCluster;
-use coral_e2e::demo_origin::{DemoOrigin, fetch_through};
+use coral_e2e::cluster::{LocalCluster, pod_addresses};
+use coral_e2e::demo_origin::DemoOrigin;
 use coral_e2e::dns::a_records;
+use coral_e2e::http;
 use coral_e2e::kubelet::network::reclaim_abandoned;
 use coral_e2e::kubelet::{Kubelet, KubeletConfig};
 use coral_e2e::nodes::standard_topology;
@@ -387,30 +388,22 @@ async fn show_cdn(
     origin: &DemoOrigin,
     origin_name: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let mut nodes = std::collections::BTreeMap::new();
-    let mut servers = Vec::new();
-    for pod in pods.list(&ListParams::default()).await? {
-        let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else {
-            continue;
-        };
-        let (Some(node), Some(ip)) = (&spec.node_name, &status.pod_ip) else {
-            continue;
-        };
-        let Ok(ip) = ip.parse::<IpAddr>() else {
-            continue;
-        };
-        nodes.insert(ip, node.clone());
-        if pod
-            .labels()
-            .get("app.kubernetes.io/component")
-            .map(String::as_str)
-            == Some("dns")
-        {
-            servers.push(ip);
-        }
-    }
-    servers.sort();
+    let instance = format!("app.kubernetes.io/instance={}", cluster.name_any());
+    let nodes: std::collections::BTreeMap<IpAddr, String> =
+        pod_addresses(client, NAMESPACE, &instance)
+            .await?
+            .into_iter()
+            .map(|(node, ip)| (ip, node))
+            .collect();
+    let servers: Vec<IpAddr> = pod_addresses(
+        client,
+        NAMESPACE,
+        &format!("{instance},app.kubernetes.io/component=dns"),
+    )
+    .await?
+    .into_iter()
+    .map(|(_, ip)| ip)
+    .collect();
     let dns_port = cluster.spec.dns.port;
     let placed = |ip: &IpAddr| format!("{ip} ({})", nodes.get(ip).map_or("?", String::as_str));
     println!();
@@ -445,7 +438,7 @@ async fn show_cdn(
         placed(&other)
     );
     for through in [first, first, other] {
-        match fetch_through(SocketAddr::new(through, port), origin_name).await {
+        match http::get(SocketAddr::new(through, port), origin_name, "/").await {
             Ok((status, body)) => println!("  {status}: {}", body.trim_end()),
             Err(error) => println!("  failed: {error}"),
         }

@@ -76,8 +76,6 @@ impl DnsHandler {
         }
     }
 
-    /// Whether rate limiting withholds this response, and if so whether it slips through
-    /// truncated.
     /// Whether a FORMERR for an unparseable query from `source` may go out: response rate
     /// limiting applies to it as to any response (a withheld one is dropped, never slipped:
     /// a truncated FORMERR is no use). Counts it when it goes out.
@@ -89,12 +87,17 @@ impl DnsHandler {
         admitted
     }
 
+    /// Whether rate limiting withholds a response to `source`, and if so whether it slips
+    /// through truncated.
     fn rate_limit(&self, source: SocketAddr, protocol: Protocol) -> Option<Withheld> {
         if protocol != Protocol::Udp {
             return None;
         }
         self.limiter
-            .check(client_network(source.ip()), std::time::Instant::now())
+            .check(
+                client_network(source.ip(), u8::MAX),
+                std::time::Instant::now(),
+            )
             .err()?;
         let slipped = self
             .withheld

@@ -14,17 +14,18 @@ pub const CLIENT_PREFIX_V4: u8 = 24;
 /// See [`CLIENT_PREFIX_V4`].
 pub const CLIENT_PREFIX_V6: u8 = 56;
 
-/// The client network `address` belongs to ([`CLIENT_PREFIX_V4`], [`CLIENT_PREFIX_V6`]): the
-/// unit of response rate limiting and of the per-client TCP connection limit.
-pub fn client_network(address: IpAddr) -> IpNet {
+/// The client network `address` belongs to ([`CLIENT_PREFIX_V4`], [`CLIENT_PREFIX_V6`]), or
+/// less when only its first `known_bits` are known (an ECS source prefix; `u8::MAX` for a
+/// packet's source): the key of a client's answers, and the unit of response rate limiting
+/// and of the per-client TCP connection limit.
+pub fn client_network(address: IpAddr, known_bits: u8) -> IpNet {
     let address = address.to_canonical();
-    let bits = if address.is_ipv4() {
-        CLIENT_PREFIX_V4
-    } else {
-        CLIENT_PREFIX_V6
+    let bits = match address {
+        IpAddr::V4(_) => CLIENT_PREFIX_V4,
+        IpAddr::V6(_) => CLIENT_PREFIX_V6,
     };
-    IpNet::new(address, bits)
-        .expect("prefix within length")
+    IpNet::new(address, bits.min(known_bits))
+        .expect("prefix within the family's length")
         .trunc()
 }
 
@@ -61,13 +62,8 @@ impl ClientPlacement {
     /// for a resolver's own address). A network longer than what is known cannot be matched.
     pub fn place(&self, address: IpAddr, source_prefix: u8) -> Placed<'_> {
         let address = address.to_canonical();
-        let key_bits = match address {
-            IpAddr::V4(_) => CLIENT_PREFIX_V4.min(source_prefix).min(32),
-            IpAddr::V6(_) => CLIENT_PREFIX_V6.min(source_prefix).min(128),
-        };
-        let network = IpNet::new(address, key_bits)
-            .expect("prefix within the family's length")
-            .trunc();
+        let network = client_network(address, source_prefix);
+        let key_bits = network.prefix_len();
         let matched = self.networks.iter().find(|candidate| {
             candidate.cidr.prefix_len() <= source_prefix && candidate.cidr.contains(&address)
         });

@@ -73,7 +73,7 @@ struct OpenPerClient {
 impl OpenPerClient {
     /// A slot for one more connection from `peer`'s network, unless it has `limit` open.
     fn acquire(self: &Arc<Self>, peer: SocketAddr, limit: u32) -> Option<ClientSlot> {
-        let network = client_network(peer.ip());
+        let network = client_network(peer.ip(), u8::MAX);
         let mut open = self.open.lock().expect("per-client lock");
         let count = open.entry(network).or_default();
         if *count >= limit {
