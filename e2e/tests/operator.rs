@@ -272,8 +272,8 @@ async fn minimal_cluster_gets_every_owned_object_and_is_ready_only_when_all_pods
 
     let metrics = operator.get("/metrics").await.unwrap();
     assert!(
-        metrics.contains("coral_operator_reconciles_total{result=\"ok\"}"),
-        "{metrics}"
+        reconciles(&metrics, "ok") > 0,
+        "no successful reconcile counted:\n{metrics}"
     );
     assert!(
         metrics.contains("coral_operator_managed_clusters{ready=\"true\"} 1"),
@@ -468,11 +468,7 @@ async fn failed_apply_is_degraded_with_an_event_retried_with_backoff_and_recover
     // Backoff (2 s, 4 s, 8 s, ...) bounds the retries: status writes must not retrigger them.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let metrics = operator.get("/metrics").await.unwrap();
-    let errors: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("coral_operator_reconciles_total{result=\"error\"} "))
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let errors = reconciles(&metrics, "error");
     assert!(
         (2..=6).contains(&errors),
         "{errors} failed reconciles in ~10 s"
@@ -674,10 +670,7 @@ async fn objects_deleted_by_hand_come_back_and_a_restarted_operator_changes_noth
     let second = start_operator(client, "operator-1").await;
     eventually("the new operator to reconcile", WAIT, || async {
         let metrics = second.get("/metrics").await.map_err(|e| e.to_string())?;
-        let done = metrics
-            .lines()
-            .any(|l| l.starts_with("coral_operator_reconciles_total{result=\"ok\"}"));
-        if done {
+        if reconciles(&metrics, "ok") > 0 {
             Ok(())
         } else {
             Err("no reconcile yet".into())
@@ -690,4 +683,14 @@ async fn objects_deleted_by_hand_come_back_and_a_restarted_operator_changes_noth
         "a converged cluster is not rewritten"
     );
     second.stop().await.unwrap();
+}
+
+/// The operator's count of reconciles with `result` in its `/metrics` text (0 when absent).
+fn reconciles(metrics: &str, result: &str) -> u64 {
+    let prefix = format!("coral_operator_reconciles_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use coral_node::admin::AdminState;
+use coral_node::admin::{AdminState, NodeInfo};
 use coral_node::config::{CONFIG_FILE, NodeConfig, TOPOLOGY_FILE, Topology};
 use coral_node::dht::metrics::DhtMetrics;
 use coral_node::dns::endpoint_slices;
@@ -230,6 +230,10 @@ async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
     if roles.is_empty() {
         bail!("no role to play");
     }
+    let role_names: Vec<&str> = roles.iter().map(|(name, _)| name.as_str()).collect();
+    NodeInfo::new(&args.node_name, &topology, &role_names)
+        .register(&registry)
+        .context("registering coral_node_info")?;
     let admin_address = args
         .admin_address
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.admin_port)));

@@ -159,14 +159,16 @@ async fn start_proxies(dir: &Path, proxies: &[(&str, &str)]) -> Vec<ProxyProcess
 
 /// Starts the DNS role on the members file in `dir` and waits until it is ready.
 async fn start_dns(dir: &Path, config: &NodeConfig, shutdown: &CancellationToken) -> DnsRole {
-    start_dns_with_dht(dir, config, None, shutdown).await
+    start_dns_with_dht(dir, config, None, DnsMetrics::unregistered(), shutdown).await
 }
 
-/// Starts the DNS role as [`start_dns`] does; with `dht`, its checks ping members' DHT nodes.
+/// Starts the DNS role as [`start_dns`] does, counting into `metrics`; with `dht`, its checks
+/// ping members' DHT nodes.
 async fn start_dns_with_dht(
     dir: &Path,
     config: &NodeConfig,
     dht: Option<Arc<Dht<UdpNetwork>>>,
+    metrics: DnsMetrics,
     shutdown: &CancellationToken,
 ) -> DnsRole {
     let members = members::watch_file(
@@ -184,7 +186,7 @@ async fn start_dns_with_dht(
             members,
         },
         dht,
-        DnsMetrics::unregistered(),
+        metrics,
         shutdown.clone(),
     )
     .await
@@ -567,7 +569,15 @@ async fn a_frozen_proxy_is_ejected_after_consecutive_timeouts_and_readmitted_whe
     write_files(dir.path(), &proxies, &[]);
     let running = start_proxies(dir.path(), &proxies).await;
     let shutdown = CancellationToken::new();
-    let dns = start_dns(dir.path(), &config(dir.path()), &shutdown).await;
+    let metrics = DnsMetrics::unregistered();
+    let dns = start_dns_with_dht(
+        dir.path(),
+        &config(dir.path()),
+        None,
+        metrics.clone(),
+        &shutdown,
+    )
+    .await;
     let both = ips(&["127.0.0.50", "127.0.0.51"]);
     assert_eq!(
         addresses(&ask(dns.address(), Some("10.1.7.0/24")).await),
@@ -606,6 +616,19 @@ async fn a_frozen_proxy_is_ejected_after_consecutive_timeouts_and_readmitted_whe
     assert!(view(running[0].ip).healthy);
     assert_eq!(view(running[0].ip).locality, ["z1", "r1"]);
     assert_eq!(view(running[0].ip).role, "proxy");
+    // So do the metrics, with the zone the dashboards and alerts group by.
+    let healthy = |ip: &str| {
+        metrics
+            .member_healthy
+            .with_label_values(&["proxy", ip, "z1"])
+            .get()
+    };
+    assert_eq!((healthy("127.0.0.50"), healthy("127.0.0.51")), (1, 0));
+    let ejections = metrics
+        .member_transitions
+        .with_label_values(&["proxy", "127.0.0.51", "z1", "ejected"])
+        .get();
+    assert_eq!(ejections, 1);
     signal("-CONT", frozen.child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     while addresses(&ask(dns.address(), Some("10.1.7.0/24")).await) != both {
@@ -685,7 +708,14 @@ async fn with_the_dht_role_a_proxy_whose_dht_node_is_silent_or_foreign_is_not_pu
     )
     .await
     .unwrap();
-    let dns = start_dns_with_dht(dir.path(), &config, Some(dht.dht()), &shutdown).await;
+    let dns = start_dns_with_dht(
+        dir.path(),
+        &config,
+        Some(dht.dht()),
+        DnsMetrics::unregistered(),
+        &shutdown,
+    )
+    .await;
     // Every proxy's HTTP health check passes; only node-1's DHT node answers this cluster.
     wait_for_answer(dns.address(), "10.9.7.0/24", &["127.0.0.54"]).await;
     for _ in 0..5 {

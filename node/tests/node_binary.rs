@@ -176,8 +176,20 @@ fn two_nodes_form_a_dht_and_the_admin_port_shows_it() {
         "{page}"
     );
     let (_, metrics) = get(b.admin, "/metrics").unwrap();
+    let sent: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("coral_dht_rpcs_sent_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(sent > 0, "no DHT request counted:\n{metrics}");
     assert!(
-        metrics.contains("coral_dht_rpcs_sent_total{type=\"ping\"}"),
+        metrics.contains("coral_dht_packets_dropped_total{reason=\"bad_mac\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "coral_node_info{node=\"node-b\",roles=\"dht\",version=\"0.1.0\",zone=\"z2\"} 1"
+        ),
         "{metrics}"
     );
     assert!(

@@ -5,13 +5,19 @@ use prometheus::{
     TextEncoder,
 };
 
+/// Results of a reconcile (the `result` label): done, the spec was refused, the DHT key
+/// Secret was unusable, or a step failed and will be retried.
+pub const RESULTS: [&str; 4] = ["ok", "invalid_spec", "key_problem", "error"];
+/// Steps a reconcile can fail at (the `step` label).
+pub const STEPS: [&str; 5] = ["apply", "key", "list_pods", "status", "nodes"];
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Reconciles by result (`ok`, `invalid_spec`, `key_rejected`, `error`).
+    /// Reconciles by result (one of [`RESULTS`]).
     pub reconciles: IntCounterVec,
-    /// Failed reconciles by the kind of object or step that failed.
+    /// Failed reconciles by the step that failed (one of [`STEPS`]).
     pub reconcile_errors: IntCounterVec,
     /// Time one reconcile takes.
     pub reconcile_duration: Histogram,
@@ -73,6 +79,17 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
+        // Known series start at 0, so that they are exported (and rates and alerts see them)
+        // before the first event.
+        for result in RESULTS {
+            reconciles.with_label_values(&[result]);
+        }
+        for step in STEPS {
+            reconcile_errors.with_label_values(&[step]);
+        }
+        for ready in ["true", "false"] {
+            clusters.with_label_values(&[ready]);
+        }
         Self {
             registry,
             reconciles,
@@ -102,6 +119,20 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_series_are_exported_at_zero_before_any_reconcile() {
+        let text = Metrics::new().render();
+        for result in RESULTS {
+            let line = format!("coral_operator_reconciles_total{{result=\"{result}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        for step in STEPS {
+            let line = format!("coral_operator_reconcile_errors_total{{step=\"{step}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        assert!(text.contains("coral_operator_managed_clusters{ready=\"false\"} 0"));
+    }
 
     #[test]
     fn rendered_metrics_name_every_family_with_units() {

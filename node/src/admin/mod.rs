@@ -9,7 +9,10 @@
 //! was asked to play is ready, so a pod asked for a role this build lacks stays unready rather
 //! than claiming to serve.
 
+mod info;
 mod page;
+
+pub use info::NodeInfo;
 
 use coral_status_http as http;
 

@@ -7,6 +7,26 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+/// Request types, each sent, answered and timed out (the `type` label).
+const REQUEST_TYPES: [&str; 5] = ["ping", "find_node", "get", "probe", "store"];
+/// Lookup kinds and their results (the `kind` and `result` labels).
+const LOOKUPS: [(&str, &str); 4] = [
+    ("find_node", "ok"),
+    ("get", "ok"),
+    ("get", "not_found"),
+    ("put", "ok"),
+];
+/// Why datagrams are dropped (the `reason` label): the decoder's reasons, a sender ID that
+/// does not match the source, an answer nobody waits for.
+const DROP_REASONS: [&str; 6] = [
+    "bad_version",
+    "bad_mac",
+    "stale",
+    "malformed",
+    "sender_mismatch",
+    "unexpected_answer",
+];
+
 /// Metrics of one DHT node.
 #[derive(Clone, Debug)]
 pub struct DhtMetrics {
@@ -57,7 +77,7 @@ impl DhtMetrics {
         let gauge = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["level"]).expect("valid metric")
         };
-        Self {
+        let metrics = Self {
             rpcs_sent: counter("coral_dht_rpcs_sent_total", "DHT requests sent.", &["type"]),
             rpcs_received: counter(
                 "coral_dht_rpcs_received_total",
@@ -94,6 +114,25 @@ impl DhtMetrics {
             store_values: gauge("coral_dht_store_values", "Values held in the DHT store."),
             store_keys: gauge("coral_dht_store_keys", "Keys with values in the DHT store."),
             routing_peers: gauge("coral_dht_routing_peers", "Live DHT routing table entries."),
+        };
+        metrics.zero_known_series();
+        metrics
+    }
+
+    /// Creates the series whose label values are known in advance at 0, so that they are
+    /// exported (and `rate()` and alerts see them) before the first event.
+    fn zero_known_series(&self) {
+        for kind in REQUEST_TYPES {
+            self.rpcs_sent.with_label_values(&[kind]);
+            self.rpcs_received.with_label_values(&[kind]);
+            self.rpc_timeouts.with_label_values(&[kind]);
+        }
+        for (kind, result) in LOOKUPS {
+            self.lookups.with_label_values(&[kind, result]);
+            self.lookup_hops.with_label_values(&[kind]);
+        }
+        for reason in DROP_REASONS {
+            self.packets_dropped.with_label_values(&[reason]);
         }
     }
 }

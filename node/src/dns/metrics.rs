@@ -19,9 +19,10 @@ pub struct DnsMetrics {
     /// TCP connections closed on arrival because a limit (in all, or per client network) was
     /// reached.
     pub tcp_refused: IntCounter,
-    /// Whether each member is published (1) or not (0), by role and address.
+    /// Whether each member is published (1) or not (0), by role, address and zone (its node's
+    /// most local locality value).
     pub member_healthy: IntGaugeVec,
-    /// Changes of members' published state, by role, address and direction.
+    /// Changes of members' published state, by role, address, zone and direction.
     pub member_transitions: IntCounterVec,
     /// Duration of health probes.
     pub probe_seconds: Histogram,
@@ -46,7 +47,7 @@ impl DnsMetrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
         };
-        Self {
+        let metrics = Self {
             queries: counter(
                 "coral_dns_queries_total",
                 "DNS queries answered, by question type and response code.",
@@ -72,13 +73,13 @@ impl DnsMetrics {
                     "coral_dns_member_healthy",
                     "Whether a proxy or DNS node is published (1) or ejected (0).",
                 ),
-                &["role", "address"],
+                &["role", "address", "zone"],
             )
             .expect("valid metric"),
             member_transitions: counter(
                 "coral_dns_member_transitions_total",
                 "Changes of a member's published state.",
-                &["role", "address", "to"],
+                &["role", "address", "zone", "to"],
             ),
             probe_seconds: Histogram::with_opts(
                 HistogramOpts::new(
@@ -90,6 +91,10 @@ impl DnsMetrics {
                 ]),
             )
             .expect("valid metric"),
+        };
+        for action in ["dropped", "slipped"] {
+            metrics.rate_limited.with_label_values(&[action]);
         }
+        metrics
     }
 }

@@ -117,6 +117,8 @@ pub struct Prober {
     public_addresses: bool,
     http: Client<HttpConnector, Empty<Bytes>>,
     health: HashMap<(Role, IpAddr), MemberHealth>,
+    /// The zone label each member's series were created with, to remove them by.
+    series_zones: HashMap<(Role, IpAddr), String>,
     watchers: HashMap<IpAddr, JoinHandle<()>>,
     closed: (mpsc::Sender<IpAddr>, mpsc::Receiver<IpAddr>),
     published: SharedPublished,
@@ -168,6 +170,7 @@ impl Prober {
                 .pool_max_idle_per_host(0)
                 .build(connector),
             health: HashMap::new(),
+            series_zones: HashMap::new(),
             watchers: HashMap::new(),
             closed: mpsc::channel(CLOSED_QUEUE),
             published,
@@ -221,18 +224,21 @@ impl Prober {
             .map(|(role, member)| (*role, member.address))
             .collect();
         let metrics = &self.metrics;
+        let series_zones = &mut self.series_zones;
         self.health.retain(|(role, address), _| {
             let keep = listed.contains(&(*role, *address));
             if !keep {
                 // Pod addresses change with every restart: a member gone takes its series.
+                let zone = series_zones.remove(&(*role, *address)).unwrap_or_default();
                 let address = address.to_string();
                 let _ = metrics
                     .member_healthy
-                    .remove_label_values(&[role.name(), &address]);
+                    .remove_label_values(&[role.name(), &address, &zone]);
                 for to in ["admitted", "ejected"] {
                     let _ = metrics.member_transitions.remove_label_values(&[
                         role.name(),
                         &address,
+                        &zone,
                         to,
                     ]);
                 }
@@ -314,6 +320,7 @@ impl Prober {
     }
 
     fn record(&mut self, role: Role, address: IpAddr, probe: Probe) {
+        let zone = self.series_zone(role, address);
         let health = self.health.entry((role, address)).or_default();
         let label = address.to_string();
         if let Some(transition) = health.record(probe, &self.thresholds) {
@@ -326,13 +333,33 @@ impl Prober {
             );
             self.metrics
                 .member_transitions
-                .with_label_values(&[role.name(), &label, transition.name()])
+                .with_label_values(&[role.name(), &label, &zone, transition.name()])
                 .inc();
         }
         self.metrics
             .member_healthy
-            .with_label_values(&[role.name(), &label])
+            .with_label_values(&[role.name(), &label, &zone])
             .set(i64::from(health.is_healthy()));
+    }
+
+    /// The zone label of a member's series: the one they were created with, else its node's
+    /// most local locality value (empty when the topology does not know the node).
+    fn series_zone(&mut self, role: Role, address: IpAddr) -> String {
+        let members = match role {
+            Role::Proxy => &self.members.proxies,
+            Role::Nameserver => &self.members.nameservers,
+        };
+        let zone = members
+            .iter()
+            .find(|member| member.address == address)
+            .and_then(|member| self.topology.nodes.get(&member.node))
+            .and_then(|values| values.first())
+            .cloned()
+            .unwrap_or_default();
+        self.series_zones
+            .entry((role, address))
+            .or_insert(zone)
+            .clone()
     }
 
     /// The members and their health, kept current for the admin port.

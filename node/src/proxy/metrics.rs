@@ -185,7 +185,7 @@ impl ProxyMetrics {
                 )
             })
             .collect();
-        Self {
+        let metrics = Self {
             requests,
             refusals: counter(
                 "coral_proxy_refusals_total",
@@ -232,7 +232,14 @@ impl ProxyMetrics {
             .expect("valid metric"),
             by_outcome,
             by_source,
+        };
+        for outcome in ["ok", "not_modified", "error"] {
+            metrics.origin_fetches.with_label_values(&[outcome]);
         }
+        for outcome in ["hit", "miss"] {
+            metrics.peer_fetches.with_label_values(&[outcome]);
+        }
+        metrics
     }
 
     /// The disk tier's counters.
