@@ -279,6 +279,12 @@ async fn minimal_cluster_gets_every_owned_object_and_is_ready_only_when_all_pods
         metrics.contains("coral_operator_managed_clusters{ready=\"true\"} 1"),
         "{metrics}"
     );
+    for component in ["proxy", "dns"] {
+        let ready = format!(
+            "coral_operator_node_pods{{component=\"{component}\",coral_cluster=\"minimal\",coral_namespace=\"{NAMESPACE}\",state=\"ready\"}} 6"
+        );
+        assert!(metrics.contains(&ready), "{ready} missing from:\n{metrics}");
+    }
     operator.stop().await.unwrap();
 }
 

@@ -25,6 +25,24 @@ pub struct Metrics {
     pub clusters: IntGaugeVec,
     /// 1 while this replica holds the leader Lease and runs the controller.
     pub leader: IntGauge,
+    /// Node pods of each CoralCluster and component that should run (`desired`) and that are
+    /// ready (`ready`), from its DaemonSets' status. The labels are `coral_namespace` and
+    /// `coral_cluster`, since scrapers add `namespace` (the operator's) to every series.
+    node_pods: IntGaugeVec,
+}
+
+/// The node pods of one component of one CoralCluster.
+pub struct NodePods<'a> {
+    /// The CoralCluster's namespace.
+    pub namespace: &'a str,
+    /// The CoralCluster's name.
+    pub cluster: &'a str,
+    /// `proxy` or `dns`.
+    pub component: &'a str,
+    /// Pods that should run.
+    pub desired: i64,
+    /// Pods that are ready.
+    pub ready: i64,
 }
 
 impl Metrics {
@@ -68,12 +86,21 @@ impl Metrics {
             "Whether this replica leads (1) or stands by (0)",
         )
         .expect("valid metric");
+        let node_pods = IntGaugeVec::new(
+            Opts::new(
+                "coral_operator_node_pods",
+                "Node pods of a CoralCluster's component that should run (desired) and that are ready",
+            ),
+            &["coral_namespace", "coral_cluster", "component", "state"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_duration.clone()),
             Box::new(clusters.clone()),
             Box::new(leader.clone()),
+            Box::new(node_pods.clone()),
         ] {
             registry
                 .register(collector)
@@ -97,6 +124,27 @@ impl Metrics {
             reconcile_duration,
             clusters,
             leader,
+            node_pods,
+        }
+    }
+
+    /// Records the desired and ready node pods of one component.
+    pub fn set_node_pods(&self, pods: &NodePods<'_>) {
+        for (state, count) in [("desired", pods.desired), ("ready", pods.ready)] {
+            self.node_pods
+                .with_label_values(&[pods.namespace, pods.cluster, pods.component, state])
+                .set(count);
+        }
+    }
+
+    /// Drops the node pod series of a CoralCluster that is going away.
+    pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
+        for component in ["proxy", "dns"] {
+            for state in ["desired", "ready"] {
+                let _ = self
+                    .node_pods
+                    .remove_label_values(&[namespace, cluster, component, state]);
+            }
         }
     }
 
@@ -132,6 +180,29 @@ mod tests {
             assert!(text.contains(&line), "{line} missing from:\n{text}");
         }
         assert!(text.contains("coral_operator_managed_clusters{ready=\"false\"} 0"));
+    }
+
+    #[test]
+    fn node_pods_are_set_per_component_and_forgotten_with_their_cluster() {
+        let metrics = Metrics::new();
+        for component in ["proxy", "dns"] {
+            metrics.set_node_pods(&NodePods {
+                namespace: "cdn",
+                cluster: "edge",
+                component,
+                desired: 6,
+                ready: 5,
+            });
+        }
+        let text = metrics.render();
+        for line in [
+            "coral_operator_node_pods{component=\"proxy\",coral_cluster=\"edge\",coral_namespace=\"cdn\",state=\"desired\"} 6",
+            "coral_operator_node_pods{component=\"dns\",coral_cluster=\"edge\",coral_namespace=\"cdn\",state=\"ready\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        metrics.forget_cluster("cdn", "edge");
+        assert!(!metrics.render().contains("coral_operator_node_pods{"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{CoralCluster, CoralClusterStatus};
 use crate::conditions::Outcome;
 use crate::dns_endpoints::dns_endpoints;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NodePods};
 use crate::node_config::node_config;
 use crate::resources::names::{ClusterNames, Component, MANAGER};
 use crate::resources::{config_map, daemon_set, rbac, secret, services};
@@ -170,6 +170,8 @@ pub async fn reconcile(cluster: Arc<CoralCluster>, ctx: Arc<Context>) -> Result<
     if cluster.meta().deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove everything we created.
         ctx.record_success(&cluster);
+        ctx.metrics
+            .forget_cluster(&namespace_of(&cluster), &cluster.name_any());
         return Ok(Action::await_change());
     }
     let result = reconcile_live(&cluster, &ctx).await;
@@ -259,6 +261,7 @@ async fn reconcile_live(cluster: &CoralCluster, ctx: &Context) -> Result<Reconci
             &outcome,
         )
         .await?;
+        record_node_pods(cluster, ctx, &status);
         let resync = if status.is_ready() {
             RESYNC
         } else {
@@ -276,6 +279,27 @@ async fn reconcile_live(cluster: &CoralCluster, ctx: &Context) -> Result<Reconci
         action: Action::requeue(NOT_READY_RESYNC),
         ready: false,
     })
+}
+
+/// Exports the node pods the status just counted.
+fn record_node_pods(cluster: &CoralCluster, ctx: &Context, status: &CoralClusterStatus) {
+    let (namespace, name) = (namespace_of(cluster), cluster.name_any());
+    for (component, desired, ready) in [
+        (Component::Proxy, status.desired_nodes, status.ready_nodes),
+        (
+            Component::Dns,
+            status.desired_dns_nodes,
+            status.ready_dns_nodes,
+        ),
+    ] {
+        ctx.metrics.set_node_pods(&NodePods {
+            namespace: &namespace,
+            cluster: &name,
+            component: component.as_str(),
+            desired: desired.into(),
+            ready: ready.into(),
+        });
+    }
 }
 
 /// Makes sure of the key, applies every owned object and observes the result; a key the
