@@ -121,6 +121,10 @@ impl PodNetwork {
         let pod_veth = format!("cv{}p{host}", self.index);
         ip(&["netns", "add", &namespace])?;
         self.namespaces.push(namespace.clone());
+        // This kubelet owns the network, so a link of that name is an earlier owner's: the
+        // kernel removes the veths of deleted namespaces in the background, and a kubelet
+        // started right after another can find them still there.
+        let _ = ip(&["link", "del", &host_veth]);
         ip(&[
             "link", "add", &host_veth, "type", "veth", "peer", "name", &pod_veth,
         ])?;
