@@ -6,6 +6,7 @@
 //! does not fake any part of the API.
 
 pub mod binaries;
+pub mod chart;
 pub mod cluster;
 pub mod controlplane;
 pub mod demo_origin;

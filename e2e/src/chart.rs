@@ -1,0 +1,291 @@
+//! The Helm chart under test: a real helm, the chart's rendered objects, and the PromQL its
+//! dashboards and alerts hold, with the metric names each query reads.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use promql_parser::parser::{self, Expr};
+use promql_parser::util::{ExprVisitor, walk_expr};
+use serde::Deserialize as _;
+use serde_json::Value;
+
+/// Why the chart or helm could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ChartError {
+    /// `charts/fetch-helm.sh` failed (its output went to stderr).
+    #[error("charts/fetch-helm.sh could not provide helm: {0}")]
+    Fetch(String),
+    /// helm ran and failed.
+    #[error("helm {args}: {stderr}")]
+    Helm {
+        /// The arguments.
+        args: String,
+        /// What helm printed on stderr.
+        stderr: String,
+    },
+    /// A file of the chart could not be read or parsed.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The chart's directory, `charts/coral`.
+pub fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/coral")
+}
+
+/// A helm binary (v4), fetched into `.cache/` by `charts/fetch-helm.sh` on first use.
+pub fn helm_binary() -> Result<PathBuf, ChartError> {
+    static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/fetch-helm.sh");
+        let output = Command::new("bash")
+            .arg(script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|err| err.to_string())?;
+        if !output.status.success() {
+            return Err(format!("exit status {}", output.status));
+        }
+        Ok(PathBuf::from(
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        ))
+    })
+    .clone()
+    .map_err(ChartError::Fetch)
+}
+
+/// Runs helm with `args` (and `KUBECONFIG` when given) and returns its stdout.
+pub fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<String, ChartError> {
+    let mut command = Command::new(helm_binary()?);
+    command.args(args);
+    if let Some(kubeconfig) = kubeconfig {
+        command.env("KUBECONFIG", kubeconfig);
+    }
+    // helm keeps its cache and config under HOME; keep them out of the user's.
+    let home = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/helm-home");
+    command
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    let output = command.output().map_err(|err| ChartError::Helm {
+        args: args.join(" "),
+        stderr: err.to_string(),
+    })?;
+    if !output.status.success() {
+        return Err(ChartError::Helm {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `helm template` of the chart with `extra` arguments, as one JSON value per object.
+pub fn render(extra: &[&str]) -> Result<Vec<Value>, ChartError> {
+    let chart = chart_dir();
+    let chart = chart.to_string_lossy();
+    let mut args = vec!["template", "coral", &chart, "--namespace", "coral-system"];
+    args.extend_from_slice(extra);
+    let manifests = helm(&args, None)?;
+    let mut objects = Vec::new();
+    for document in serde_norway::Deserializer::from_str(&manifests) {
+        let value = Value::deserialize(document).map_err(|err| ChartError::File {
+            path: PathBuf::from("helm template output"),
+            message: err.to_string(),
+        })?;
+        if !value.is_null() {
+            objects.push(value);
+        }
+    }
+    Ok(objects)
+}
+
+/// One PromQL query of a dashboard or an alert, and where it is.
+#[derive(Clone, Debug)]
+pub struct Query {
+    /// File and panel or alert, for messages.
+    pub source: String,
+    /// The query as written (Grafana variables included).
+    pub expr: String,
+}
+
+/// Every dashboard of the chart, by file name, parsed.
+pub fn dashboards() -> Result<Vec<(String, Value)>, ChartError> {
+    let dir = chart_dir().join("dashboards");
+    let read_error = |message: String| ChartError::File {
+        path: dir.clone(),
+        message,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|err| read_error(err.to_string()))?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).map_err(|err| ChartError::File {
+                path: path.clone(),
+                message: err.to_string(),
+            })?;
+            let board = serde_json::from_str(&text).map_err(|err| ChartError::File {
+                path: path.clone(),
+                message: err.to_string(),
+            })?;
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            Ok((name.into_owned(), board))
+        })
+        .collect()
+}
+
+/// The queries of every dashboard's panels and annotations.
+pub fn dashboard_queries() -> Result<Vec<Query>, ChartError> {
+    let mut queries = Vec::new();
+    for (file, board) in dashboards()? {
+        for panel in board["panels"].as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                queries.push(Query {
+                    source: format!(
+                        "{file}: panel \"{}\"",
+                        panel["title"].as_str().unwrap_or("")
+                    ),
+                    expr: target["expr"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+        for annotation in board["annotations"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(expr) = annotation["expr"].as_str() {
+                queries.push(Query {
+                    source: format!(
+                        "{file}: annotation \"{}\"",
+                        annotation["name"].as_str().unwrap_or("")
+                    ),
+                    expr: expr.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(queries)
+}
+
+/// The alert rules file, `alerts/coral.rules.yaml`, parsed.
+pub fn alert_rules() -> Result<Value, ChartError> {
+    let path = chart_dir().join("alerts/coral.rules.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|err| ChartError::File {
+        path: path.clone(),
+        message: err.to_string(),
+    })?;
+    serde_norway::from_str(&text).map_err(|err| ChartError::File {
+        path,
+        message: err.to_string(),
+    })
+}
+
+/// The query of every alert.
+pub fn alert_queries() -> Result<Vec<Query>, ChartError> {
+    let rules = alert_rules()?;
+    let mut queries = Vec::new();
+    for group in rules["groups"].as_array().into_iter().flatten() {
+        for rule in group["rules"].as_array().into_iter().flatten() {
+            queries.push(Query {
+                source: format!(
+                    "coral.rules.yaml: alert {}",
+                    rule["alert"].as_str().unwrap_or("")
+                ),
+                expr: rule["expr"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+    }
+    Ok(queries)
+}
+
+/// The metric names `expr` reads, once Grafana's variables are given plain values; an error
+/// when it is not valid PromQL.
+pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
+    let plain = expr
+        .replace("$__rate_interval", "5m")
+        .replace("$__interval", "1m")
+        .replace("$namespace", ".*");
+    let parsed = parser::parse(&plain)?;
+    let mut names = MetricNames(BTreeSet::new());
+    walk_expr(&mut names, &parsed)?;
+    Ok(names.0)
+}
+
+struct MetricNames(BTreeSet<String>);
+
+impl ExprVisitor for MetricNames {
+    type Error = String;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
+        let selector = match expr {
+            Expr::VectorSelector(selector) => selector,
+            Expr::MatrixSelector(matrix) => &matrix.vs,
+            _ => return Ok(true),
+        };
+        match &selector.name {
+            Some(name) => {
+                self.0.insert(name.clone());
+                Ok(true)
+            }
+            None => Err(format!("a selector without a metric name: {selector}")),
+        }
+    }
+}
+
+/// The names of the series in a Prometheus text exposition (histograms as their `_bucket`,
+/// `_sum` and `_count` series).
+pub fn exported_names(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_selectors_not_from_labels_or_functions() {
+        let names = metric_names(
+            "sum by (zone) (rate(coral_a_total{namespace=~\"$namespace\",coral_cluster=\"x\"}[$__rate_interval]) \
+             * on (job, instance) group_left (zone) coral_node_info) or vector(0)",
+        )
+        .unwrap();
+        assert_eq!(
+            names,
+            BTreeSet::from(["coral_a_total".to_owned(), "coral_node_info".to_owned()])
+        );
+    }
+
+    #[test]
+    fn invalid_promql_is_an_error() {
+        assert!(metric_names("sum(rate(coral_a_total[5m])").is_err());
+        assert!(metric_names("{job=\"x\"}").is_err());
+    }
+
+    #[test]
+    fn exposition_names_include_histogram_series() {
+        let text =
+            "# HELP h x\n# TYPE h histogram\nh_bucket{le=\"1\"} 0\nh_sum 0\nh_count 0\nc_total 3\n";
+        assert_eq!(
+            exported_names(text),
+            BTreeSet::from(["h_bucket", "h_sum", "h_count", "c_total"].map(str::to_owned))
+        );
+    }
+}
