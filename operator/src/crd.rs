@@ -35,6 +35,7 @@ pub fn coral_cluster_crd() -> CustomResourceDefinition {
     }
     let mut value = serde_json::to_value(&crd).expect("a CRD serialises");
     unwrap_descriptions(&mut value);
+    kubernetes_formats(&mut value);
     serde_json::from_value(value).expect("unwrapping descriptions keeps a valid CRD")
 }
 
@@ -61,6 +62,26 @@ fn unwrap_descriptions(value: &mut serde_json::Value) {
     }
 }
 
+/// Replaces schemars' unsigned integer formats, which the API server does not know (it warns
+/// about each on every apply), by the signed ones that hold them; the minimum and maximum
+/// schemars writes beside them keep the range.
+fn kubernetes_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::String(format)) = map.get_mut("format") {
+                match format.as_str() {
+                    "uint8" | "uint16" => *format = "int32".to_owned(),
+                    "uint32" | "uint64" => *format = "int64".to_owned(),
+                    _ => {}
+                }
+            }
+            map.values_mut().for_each(kubernetes_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(kubernetes_formats),
+        _ => {}
+    }
+}
+
 /// The CRD as YAML, the content of `crds/coral.nyud.net_coralclusters.yaml`.
 pub fn coral_cluster_crd_yaml() -> String {
     let header =
@@ -82,6 +103,31 @@ mod tests {
         let required = root["required"].as_array().cloned().unwrap_or_default();
         assert!(!required.contains(&"spec".into()), "{required:?}");
         assert_eq!(root["properties"]["spec"]["default"]["zone"], "nyud.net");
+    }
+
+    #[test]
+    fn every_format_is_one_the_api_server_knows() {
+        fn formats(value: &serde_json::Value, found: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(format)) = map.get("format") {
+                        found.push(format.clone());
+                    }
+                    map.values().for_each(|child| formats(child, found));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|i| formats(i, found)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        formats(&serde_json::to_value(coral_cluster_crd()).unwrap(), &mut found);
+        assert!(found.contains(&"int32".to_owned()), "{found:?}");
+        for format in found {
+            assert!(
+                ["int32", "int64", "date-time"].contains(&format.as_str()),
+                "{format}"
+            );
+        }
     }
 
     #[test]
