@@ -14,9 +14,17 @@ use serde_json::Value;
 /// Why the chart or helm could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ChartError {
-    /// `charts/fetch-helm.sh` failed (its output went to stderr).
-    #[error("charts/fetch-helm.sh could not provide helm: {0}")]
+    /// A `charts/fetch-*.sh` script failed (its output went to stderr).
+    #[error("fetching a tool failed: {0}")]
     Fetch(String),
+    /// promtool ran and failed.
+    #[error("{command}: {output}")]
+    Tool {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        output: String,
+    },
     /// helm ran and failed.
     #[error("helm {args}: {stderr}")]
     Helm {
@@ -40,18 +48,27 @@ pub fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/coral")
 }
 
-/// A helm binary (v4), fetched into `.cache/` by `charts/fetch-helm.sh` on first use.
-pub fn helm_binary() -> Result<PathBuf, ChartError> {
-    static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/fetch-helm.sh");
+/// A tool fetched into `.cache/` by one of the `charts/fetch-*.sh` scripts, which prints its
+/// path; fetched once per process.
+fn fetched(
+    script: &str,
+    once: &'static OnceLock<Result<PathBuf, String>>,
+) -> Result<PathBuf, ChartError> {
+    once.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../charts")
+            .join(script);
         let output = Command::new("bash")
-            .arg(script)
+            .arg(&script)
             .stderr(std::process::Stdio::inherit())
             .output()
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| format!("{}: {err}", script.display()))?;
         if !output.status.success() {
-            return Err(format!("exit status {}", output.status));
+            return Err(format!(
+                "{}: exit status {}",
+                script.display(),
+                output.status
+            ));
         }
         Ok(PathBuf::from(
             String::from_utf8_lossy(&output.stdout).trim().to_owned(),
@@ -59,6 +76,43 @@ pub fn helm_binary() -> Result<PathBuf, ChartError> {
     })
     .clone()
     .map_err(ChartError::Fetch)
+}
+
+/// A helm binary (v4), fetched by `charts/fetch-helm.sh` on first use.
+pub fn helm_binary() -> Result<PathBuf, ChartError> {
+    static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    fetched("fetch-helm.sh", &HELM)
+}
+
+/// promtool (Prometheus 2.42), fetched by `charts/fetch-promtool.sh` on first use.
+pub fn promtool_binary() -> Result<PathBuf, ChartError> {
+    static PROMTOOL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    fetched("fetch-promtool.sh", &PROMTOOL)
+}
+
+/// Runs promtool with `args` in the chart's `alerts/` directory and returns what it printed.
+pub fn promtool(args: &[&str]) -> Result<String, ChartError> {
+    let output = Command::new(promtool_binary()?)
+        .args(args)
+        .current_dir(chart_dir().join("alerts"))
+        .output()
+        .map_err(|err| ChartError::Tool {
+            command: format!("promtool {}", args.join(" ")),
+            output: err.to_string(),
+        })?;
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(printed)
+    } else {
+        Err(ChartError::Tool {
+            command: format!("promtool {}", args.join(" ")),
+            output: printed,
+        })
+    }
 }
 
 /// Runs helm with `args` (and `KUBECONFIG` when given) and returns its stdout.

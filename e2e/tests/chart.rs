@@ -10,7 +10,7 @@ use std::time::Duration;
 use coral_e2e::binaries::workspace_binary;
 use coral_e2e::chart::{
     ChartError, alert_queries, alert_rules, chart_dir, dashboard_queries, dashboards,
-    exported_names, helm, metric_names, render,
+    exported_names, helm, metric_names, promtool, render,
 };
 use coral_e2e::cluster::{LocalCluster, pod_addresses};
 use coral_e2e::http;
@@ -351,6 +351,24 @@ fn dashboards_and_alerts_are_well_formed_and_their_queries_valid_promql() {
         let names = metric_names(&query.expr)
             .unwrap_or_else(|err| panic!("{}: {err}\n{}", query.source, query.expr));
         assert!(!names.is_empty(), "{} reads no metric", query.source);
+    }
+}
+
+#[test]
+fn promtool_accepts_the_rules_and_each_alert_fires_on_its_condition_only() {
+    let checked = promtool(&["check", "rules", "coral.rules.yaml"]).unwrap();
+    assert!(checked.contains("SUCCESS: 9 rules found"), "{checked}");
+    // coral.rules.test.yaml: every alert fires after its `for` on the condition it names, with
+    // its labels and annotations, and not on the series just beside it.
+    let tested = promtool(&["test", "rules", "coral.rules.test.yaml"]).unwrap();
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    let tests = std::fs::read_to_string(chart_dir().join("alerts/coral.rules.test.yaml")).unwrap();
+    for query in alert_queries().unwrap() {
+        let alert = query.source.rsplit(' ').next().unwrap();
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "alert {alert} has no test in coral.rules.test.yaml"
+        );
     }
 }
 
