@@ -279,6 +279,12 @@ async fn minimal_cluster_gets_every_owned_object_and_is_ready_only_when_all_pods
         metrics.contains("coral_operator_managed_clusters{ready=\"true\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "coral_operator_leader 1"),
+        "a replica without election leads:\n{metrics}"
+    );
     for component in ["proxy", "dns"] {
         let ready = format!(
             "coral_operator_node_pods{{component=\"{component}\",coral_cluster=\"minimal\",coral_namespace=\"{NAMESPACE}\",state=\"ready\"}} 6"
@@ -568,10 +574,29 @@ async fn deleting_the_cluster_garbage_collects_what_it_owned() {
     let clusters: Api<CoralCluster> = api(client);
     create_cluster(client, "doomed", CoralClusterSpec::default()).await;
     wait_for_condition(client, "doomed", "Ready", "False", "PodsNotReady").await;
+    let metrics = operator.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("coral_cluster=\"doomed\"")
+            && metrics.contains("coral_operator_managed_clusters{ready=\"false\"} 1"),
+        "{metrics}"
+    );
     clusters
         .delete("doomed", &DeleteParams::default())
         .await
         .unwrap();
+    // A deleted cluster is never reconciled again; its series go with the watch event, or
+    // it would stay counted as not ready (and alert) until the operator restarts.
+    eventually("the deleted cluster's series to go", WAIT, || async {
+        let metrics = operator.get("/metrics").await.map_err(|e| e.to_string())?;
+        if !metrics.contains("coral_cluster=\"doomed\"")
+            && metrics.contains("coral_operator_managed_clusters{ready=\"false\"} 0")
+        {
+            Ok(())
+        } else {
+            Err(metrics)
+        }
+    })
+    .await;
     // The garbage collector learns about a new CRD's objects on its next discovery (~30 s).
     eventually(
         "owned objects to be collected",

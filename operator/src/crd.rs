@@ -120,7 +120,10 @@ mod tests {
             }
         }
         let mut found = Vec::new();
-        formats(&serde_json::to_value(coral_cluster_crd()).unwrap(), &mut found);
+        formats(
+            &serde_json::to_value(coral_cluster_crd()).unwrap(),
+            &mut found,
+        );
         assert!(found.contains(&"int32".to_owned()), "{found:?}");
         for format in found {
             assert!(

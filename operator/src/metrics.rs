@@ -1,5 +1,8 @@
 //! The operator's Prometheus metrics, declared in one place.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -23,12 +26,15 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// CoralClusters this operator manages, by their `Ready` condition.
     pub clusters: IntGaugeVec,
-    /// 1 while this replica holds the leader Lease and runs the controller.
+    /// 1 while this replica runs the controller: it holds the leader Lease, or runs without
+    /// leader election.
     pub leader: IntGauge,
     /// Node pods of each CoralCluster and component that should run (`desired`) and that are
     /// ready (`ready`), from its DaemonSets' status. The labels are `coral_namespace` and
     /// `coral_cluster`, since scrapers add `namespace` (the operator's) to every series.
     node_pods: IntGaugeVec,
+    /// The (namespace, name) of every CoralCluster with node pod series, to drop them by.
+    node_pod_clusters: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
 /// The node pods of one component of one CoralCluster.
@@ -125,11 +131,16 @@ impl Metrics {
             clusters,
             leader,
             node_pods,
+            node_pod_clusters: Arc::default(),
         }
     }
 
     /// Records the desired and ready node pods of one component.
     pub fn set_node_pods(&self, pods: &NodePods<'_>) {
+        self.node_pod_clusters
+            .lock()
+            .expect("node pod clusters lock")
+            .insert((pods.namespace.to_owned(), pods.cluster.to_owned()));
         for (state, count) in [("desired", pods.desired), ("ready", pods.ready)] {
             self.node_pods
                 .with_label_values(&[pods.namespace, pods.cluster, pods.component, state])
@@ -137,15 +148,23 @@ impl Metrics {
         }
     }
 
-    /// Drops the node pod series of a CoralCluster that is going away.
-    pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
-        for component in ["proxy", "dns"] {
-            for state in ["desired", "ready"] {
-                let _ = self
-                    .node_pods
-                    .remove_label_values(&[namespace, cluster, component, state]);
+    /// Drops the node pod series of every CoralCluster not in `live` (namespace, name): those
+    /// deleted, even while this replica was not watching.
+    pub fn retain_node_pods(&self, live: &BTreeSet<(String, String)>) {
+        let mut known = self
+            .node_pod_clusters
+            .lock()
+            .expect("node pod clusters lock");
+        for (namespace, cluster) in known.iter().filter(|key| !live.contains(key)) {
+            for component in ["proxy", "dns"] {
+                for state in ["desired", "ready"] {
+                    let _ = self
+                        .node_pods
+                        .remove_label_values(&[namespace, cluster, component, state]);
+                }
             }
         }
+        known.retain(|key| live.contains(key));
     }
 
     /// The metrics in Prometheus text format.
@@ -183,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn node_pods_are_set_per_component_and_forgotten_with_their_cluster() {
+    fn node_pods_are_set_per_component_and_dropped_once_their_cluster_is_gone() {
         let metrics = Metrics::new();
         for component in ["proxy", "dns"] {
             metrics.set_node_pods(&NodePods {
@@ -201,7 +220,8 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
-        metrics.forget_cluster("cdn", "edge");
+        let live = BTreeSet::from([("cdn".to_owned(), "other".to_owned())]);
+        metrics.retain_node_pods(&live);
         assert!(!metrics.render().contains("coral_operator_node_pods{"));
     }
 

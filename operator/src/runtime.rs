@@ -91,8 +91,11 @@ pub async fn run(
     let result = match &options.leader_election {
         Some(lease) => lead(client, lease, &options.identity, &health, &shutdown).await,
         None => {
+            // Without election this replica is the only one: it leads.
+            health.metrics.leader.set(1);
             health.ready.store(true, Ordering::Relaxed);
             run_controller(client, &options.identity, &health.metrics, shutdown.clone()).await;
+            health.metrics.leader.set(0);
             Ok(())
         }
     };
@@ -204,6 +207,7 @@ async fn run_controller(
     // Only spec changes start a reconcile: the operator's own status writes must not, or a
     // failing cluster would be retried at once instead of after its backoff.
     let (clusters, cluster_writer) = reflector::store();
+    let gauges = (metrics.clone(), clusters.clone());
     let cluster_events = reflector::reflector(
         cluster_writer,
         watcher(
@@ -212,6 +216,16 @@ async fn run_controller(
         ),
     )
     .default_backoff()
+    // Deletions (and relists, which may hide some) never reach a reconcile: drop the series of
+    // clusters that are gone here, once the store has taken the event.
+    .inspect(move |event| {
+        if matches!(
+            event,
+            Ok(watcher::Event::Delete(_) | watcher::Event::InitDone)
+        ) {
+            reconcile::forget_deleted_clusters(&gauges.0, &gauges.1);
+        }
+    })
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
     let controller = Controller::for_stream(cluster_events, clusters.clone());

@@ -141,27 +141,50 @@ impl Context {
     /// Sets the cluster gauges from the store, taking `current`'s readiness from the status
     /// just computed (the store learns of it only when the watch delivers the write).
     fn count_clusters(&self, current: &ObjectRef<CoralCluster>, current_ready: bool) {
-        let clusters = self.clusters.state();
-        let ready = clusters
-            .iter()
-            .filter(|c| {
-                if ObjectRef::from_obj(&***c) == *current {
-                    current_ready
-                } else {
-                    c.status.as_ref().is_some_and(CoralClusterStatus::is_ready)
-                }
-            })
-            .count();
-        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.metrics
-            .clusters
-            .with_label_values(&["true"])
-            .set(count(ready));
-        self.metrics
-            .clusters
-            .with_label_values(&["false"])
-            .set(count(clusters.len().saturating_sub(ready)));
+        count_clusters(
+            &self.metrics,
+            &self.clusters,
+            Some((current, current_ready)),
+        );
     }
+}
+
+/// Sets the gauges of managed clusters by readiness from `clusters`, with `current`'s readiness
+/// as given when set.
+fn count_clusters(
+    metrics: &Metrics,
+    clusters: &Store<CoralCluster>,
+    current: Option<(&ObjectRef<CoralCluster>, bool)>,
+) {
+    let clusters = clusters.state();
+    let ready = clusters
+        .iter()
+        .filter(|c| match current {
+            Some((current, ready)) if ObjectRef::from_obj(&***c) == *current => ready,
+            _ => c.status.as_ref().is_some_and(CoralClusterStatus::is_ready),
+        })
+        .count();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    metrics
+        .clusters
+        .with_label_values(&["true"])
+        .set(count(ready));
+    metrics
+        .clusters
+        .with_label_values(&["false"])
+        .set(count(clusters.len().saturating_sub(ready)));
+}
+
+/// Brings the cluster gauges in line with `clusters` after CoralClusters were deleted: the
+/// controller never reconciles an object that has left its store, so its series would stay.
+pub fn forget_deleted_clusters(metrics: &Metrics, clusters: &Store<CoralCluster>) {
+    let live = clusters
+        .state()
+        .iter()
+        .map(|c| (namespace_of(c), c.name_any()))
+        .collect();
+    metrics.retain_node_pods(&live);
+    count_clusters(metrics, clusters, None);
 }
 
 /// Reconciles one CoralCluster.
@@ -170,8 +193,6 @@ pub async fn reconcile(cluster: Arc<CoralCluster>, ctx: Arc<Context>) -> Result<
     if cluster.meta().deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove everything we created.
         ctx.record_success(&cluster);
-        ctx.metrics
-            .forget_cluster(&namespace_of(&cluster), &cluster.name_any());
         return Ok(Action::await_change());
     }
     let result = reconcile_live(&cluster, &ctx).await;
@@ -405,5 +426,33 @@ mod tests {
         assert_eq!(backoff(5), Duration::from_secs(32));
         assert_eq!(backoff(9), Duration::from_secs(300));
         assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_deleted_cluster_takes_its_series_and_its_count_with_it() {
+        let metrics = Metrics::new();
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let kept = crate::resources::tests::demo();
+        let mut gone = kept.clone();
+        gone.metadata.name = Some("gone".into());
+        for cluster in [&kept, &gone] {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cluster.clone()));
+            metrics.set_node_pods(&NodePods {
+                namespace: "edge",
+                cluster: &cluster.name_any(),
+                component: "proxy",
+                desired: 6,
+                ready: 6,
+            });
+        }
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Delete(gone));
+        forget_deleted_clusters(&metrics, &store);
+        let text = metrics.render();
+        assert!(text.contains("coral_cluster=\"demo\""), "{text}");
+        assert!(!text.contains("coral_cluster=\"gone\""), "{text}");
+        assert!(
+            text.contains("coral_operator_managed_clusters{ready=\"false\"} 1"),
+            "{text}"
+        );
     }
 }
