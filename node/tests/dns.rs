@@ -629,6 +629,20 @@ async fn a_frozen_proxy_is_ejected_after_consecutive_timeouts_and_readmitted_whe
         .with_label_values(&["proxy", "127.0.0.51", "z1", "ejected"])
         .get();
     assert_eq!(ejections, 1);
+    // The healthy proxy's ejection series exists, at 0, so that its first ejection will show.
+    let families = prometheus::core::Collector::collect(&metrics.member_transitions);
+    let never_ejected = families[0].get_metric().iter().find(|series| {
+        let labels: Vec<(&str, &str)> = series
+            .get_label()
+            .iter()
+            .map(|pair| (pair.name(), pair.value()))
+            .collect();
+        labels.contains(&("address", "127.0.0.50")) && labels.contains(&("to", "ejected"))
+    });
+    assert_eq!(
+        never_ejected.map(|series| series.get_counter().get_value()),
+        Some(0.0)
+    );
     signal("-CONT", frozen.child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     while addresses(&ask(dns.address(), Some("10.1.7.0/24")).await) != both {

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::answer::Published;
 use super::handler::SharedPublished;
-use super::health::{MemberHealth, Probe};
+use super::health::{MemberHealth, Probe, Transition};
 use super::members::{Member, Members, MembersFeed};
 use super::metrics::DnsMetrics;
 use super::select::LiveProxy;
@@ -234,7 +234,7 @@ impl Prober {
                 let _ = metrics
                     .member_healthy
                     .remove_label_values(&[role.name(), &address, &zone]);
-                for to in ["admitted", "ejected"] {
+                for to in [Transition::Admitted, Transition::Ejected].map(Transition::name) {
                     let _ = metrics.member_transitions.remove_label_values(&[
                         role.name(),
                         &address,
@@ -321,8 +321,20 @@ impl Prober {
 
     fn record(&mut self, role: Role, address: IpAddr, probe: Probe) {
         let zone = self.series_zone(role, address);
-        let health = self.health.entry((role, address)).or_default();
         let label = address.to_string();
+        if !self.health.contains_key(&(role, address)) {
+            // Both directions exist at 0 from the first probe, so that a member's first
+            // ejection shows as an increase rather than as a series born at 1.
+            for to in [Transition::Admitted, Transition::Ejected] {
+                self.metrics.member_transitions.with_label_values(&[
+                    role.name(),
+                    &label,
+                    &zone,
+                    to.name(),
+                ]);
+            }
+        }
+        let health = self.health.entry((role, address)).or_default();
         if let Some(transition) = health.record(probe, &self.thresholds) {
             tracing::info!(
                 role = role.name(),

@@ -98,7 +98,8 @@ pub struct ProxyMetrics {
     pub requests: IntCounterVec,
     /// Refusals and failures by reason.
     pub refusals: IntCounterVec,
-    /// Fetches sent to origins, by outcome (`ok`, `not_modified`, `error`).
+    /// Fetches sent to origins, by outcome (`ok`, `not_modified`, `error`: no answer or a
+    /// 5xx).
     pub origin_fetches: IntCounterVec,
     /// Objects asked of other proxies, by outcome (`hit`, `miss`).
     pub peer_fetches: IntCounterVec,

@@ -761,14 +761,13 @@ impl Proxy {
                     }
                 }
             }
+            self.count_fetch(fetch_outcome(status));
             if status.is_server_error()
                 && let Some(stale) = usable_stale
             {
-                self.count_fetch("error");
                 publish_stored(transfer, &stale, Outcome::Stale, now);
                 return;
             }
-            self.count_fetch("ok");
             let OriginResponse { response, slot, .. } = response;
             self.relay(request, transfer, response, Outcome::Miss, now)
                 .await;
@@ -1051,15 +1050,13 @@ impl Proxy {
             })
             .await;
         let fetched = match fetched {
-            Ok(fetched) => {
-                self.count_fetch("ok");
-                fetched
-            }
+            Ok(fetched) => fetched,
             Err(err) => {
                 self.count_fetch("error");
                 return Err(err.into());
             }
         };
+        self.count_fetch(fetch_outcome(fetched.response.status()));
         // A client-paced stream does not hold one of the origin's few concurrency slots.
         drop(fetched.slot);
         let status = fetched.response.status();
@@ -1080,6 +1077,7 @@ impl Proxy {
             .inc();
     }
 
+    /// Counts an origin fetch by outcome: `ok`, `not_modified`, or `error` (no answer, or a 5xx).
     fn count_fetch(&self, outcome: &str) {
         self.metrics
             .origin_fetches
@@ -1240,6 +1238,15 @@ fn request_id(headers: &HeaderMap) -> String {
     match offered {
         Some(id) => id.to_owned(),
         None => format!("{:016x}", rand::random::<u64>()),
+    }
+}
+
+/// The outcome an origin's answer counts as: a server error is the origin failing.
+fn fetch_outcome(status: StatusCode) -> &'static str {
+    if status.is_server_error() {
+        "error"
+    } else {
+        "ok"
     }
 }
 

@@ -961,6 +961,11 @@ fn an_origin_server_error_is_remembered_briefly_per_url() {
         assert_eq!(origin.hits("/busy"), 1, "20 retries, no new fetch");
         let other = proxy.get(&origin.zone_host(), "/fine", &[]).await;
         assert_eq!(other.status, StatusCode::OK, "only that URL is remembered");
+        // The 503 counts as the origin failing (what the origin error alert watches).
+        assert_eq!(
+            (proxy.origin_fetches("error"), proxy.origin_fetches("ok")),
+            (1, 1)
+        );
         tokio::time::sleep(Duration::from_millis(5200)).await;
         let later = proxy.get(&origin.zone_host(), "/busy", &[]).await;
         assert_eq!(later.cache(), "miss");

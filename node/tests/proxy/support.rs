@@ -345,6 +345,7 @@ pub struct TestProxy {
     /// Where it serves clients.
     pub address: SocketAddr,
     proxy: Arc<Proxy>,
+    metrics: ProxyMetrics,
     shutdown: CancellationToken,
 }
 
@@ -363,7 +364,8 @@ impl TestProxy {
             cluster_key: CLUSTER_KEY.into(),
             advertise: address,
         });
-        let proxy = Arc::new(Proxy::new(config, ProxyMetrics::unregistered(), peering).unwrap());
+        let metrics = ProxyMetrics::unregistered();
+        let proxy = Arc::new(Proxy::new(config, metrics.clone(), peering).unwrap());
         let shutdown = CancellationToken::new();
         tokio::spawn(server::serve(
             listener,
@@ -374,8 +376,17 @@ impl TestProxy {
         Self {
             address,
             proxy,
+            metrics,
             shutdown,
         }
+    }
+
+    /// Fetches sent to origins so far with `outcome` (`ok`, `not_modified`, `error`).
+    pub fn origin_fetches(&self, outcome: &str) -> u64 {
+        self.metrics
+            .origin_fetches
+            .with_label_values(&[outcome])
+            .get()
     }
 
     /// Waits until what the cache stored so far is on disk.
