@@ -1,11 +1,12 @@
 //! The Helm chart under test: a real helm, the chart's rendered objects, and the PromQL its
 //! dashboards and alerts hold, with the metric names each query reads.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, Expr};
 use promql_parser::util::{ExprVisitor, walk_expr};
 use serde::Deserialize as _;
@@ -200,38 +201,52 @@ pub fn dashboards() -> Result<Vec<(String, Value)>, ChartError> {
         .collect()
 }
 
-/// The queries of every dashboard's panels and annotations.
+/// The queries of every dashboard's panels (those folded into collapsed rows included),
+/// variables and annotations.
 pub fn dashboard_queries() -> Result<Vec<Query>, ChartError> {
     let mut queries = Vec::new();
+    let list = |value: &Value| value.as_array().cloned().unwrap_or_default();
     for (file, board) in dashboards()? {
-        for panel in board["panels"].as_array().into_iter().flatten() {
-            for target in panel["targets"].as_array().into_iter().flatten() {
+        let panels = list(&board["panels"])
+            .into_iter()
+            .flat_map(|panel| std::iter::once(panel.clone()).chain(list(&panel["panels"])));
+        for panel in panels {
+            for target in list(&panel["targets"]) {
                 queries.push(Query {
-                    source: format!(
-                        "{file}: panel \"{}\"",
-                        panel["title"].as_str().unwrap_or("")
-                    ),
-                    expr: target["expr"].as_str().unwrap_or_default().to_owned(),
+                    source: format!("{file}: panel \"{}\"", text(&panel["title"])),
+                    expr: text(&target["expr"]).to_owned(),
                 });
             }
         }
-        for annotation in board["annotations"]["list"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
+        // A variable's `label_values(<selector>, <label>)` reads the selector.
+        for variable in list(&board["templating"]["list"]) {
+            let Some(query) = variable["query"]["query"].as_str() else {
+                continue;
+            };
+            let selector = query
+                .strip_prefix("label_values(")
+                .and_then(|inner| inner.rsplit_once(','))
+                .map_or(query, |(selector, _)| selector);
+            queries.push(Query {
+                source: format!("{file}: variable \"{}\"", text(&variable["name"])),
+                expr: selector.to_owned(),
+            });
+        }
+        for annotation in list(&board["annotations"]["list"]) {
             if let Some(expr) = annotation["expr"].as_str() {
                 queries.push(Query {
-                    source: format!(
-                        "{file}: annotation \"{}\"",
-                        annotation["name"].as_str().unwrap_or("")
-                    ),
+                    source: format!("{file}: annotation \"{}\"", text(&annotation["name"])),
                     expr: expr.to_owned(),
                 });
             }
         }
     }
     Ok(queries)
+}
+
+/// A JSON string's text, or nothing.
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
 }
 
 /// The alert rules file, `alerts/coral.rules.yaml`, parsed.
@@ -265,22 +280,39 @@ pub fn alert_queries() -> Result<Vec<Query>, ChartError> {
     Ok(queries)
 }
 
-/// The metric names `expr` reads, once Grafana's variables are given plain values; an error
-/// when it is not valid PromQL.
-pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
+/// A series selector of a query: the metric and the label matchers.
+#[derive(Clone, Debug)]
+pub struct Selector {
+    /// The metric name.
+    pub metric: String,
+    /// The label matchers (the metric name's own excluded).
+    pub matchers: Vec<Matcher>,
+}
+
+/// The selectors of `expr`, once Grafana's variables are given plain values; an error when it
+/// is not valid PromQL or a selector names no metric.
+pub fn selectors(expr: &str) -> Result<Vec<Selector>, String> {
     let plain = expr
         .replace("$__rate_interval", "5m")
         .replace("$__interval", "1m")
         .replace("$namespace", ".*");
     let parsed = parser::parse(&plain)?;
-    let mut names = MetricNames(BTreeSet::new());
-    walk_expr(&mut names, &parsed)?;
-    Ok(names.0)
+    let mut found = Selectors(Vec::new());
+    walk_expr(&mut found, &parsed)?;
+    Ok(found.0)
 }
 
-struct MetricNames(BTreeSet<String>);
+/// The metric names `expr` reads (see [`selectors`]).
+pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
+    Ok(selectors(expr)?
+        .into_iter()
+        .map(|selector| selector.metric)
+        .collect())
+}
 
-impl ExprVisitor for MetricNames {
+struct Selectors(Vec<Selector>);
+
+impl ExprVisitor for Selectors {
     type Error = String;
 
     fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
@@ -289,25 +321,125 @@ impl ExprVisitor for MetricNames {
             Expr::MatrixSelector(matrix) => &matrix.vs,
             _ => return Ok(true),
         };
-        match &selector.name {
-            Some(name) => {
-                self.0.insert(name.clone());
-                Ok(true)
-            }
-            None => Err(format!("a selector without a metric name: {selector}")),
-        }
+        let metric = selector
+            .name
+            .clone()
+            .ok_or_else(|| format!("a selector without a metric name: {selector}"))?;
+        self.0.push(Selector {
+            metric,
+            matchers: selector.matchers.matchers.clone(),
+        });
+        Ok(true)
     }
 }
 
-/// The names of the series in a Prometheus text exposition (histograms as their `_bucket`,
-/// `_sum` and `_count` series).
-pub fn exported_names(exposition: &str) -> BTreeSet<String> {
+/// One series of a Prometheus text exposition: its name and labels.
+pub type Series = (String, BTreeMap<String, String>);
+
+/// The series of a Prometheus text exposition (histograms as their `_bucket`, `_sum` and
+/// `_count` series).
+pub fn exported_series(exposition: &str) -> Vec<Series> {
     exposition
         .lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| line.split(['{', ' ']).next())
-        .map(str::to_owned)
+        .map(|line| {
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            let labels = line[name_end..]
+                .strip_prefix('{')
+                .map(parse_labels)
+                .unwrap_or_default();
+            (line[..name_end].to_owned(), labels)
+        })
         .collect()
+}
+
+/// `a="x",b="y"}...` as a map (escaped quotes and backslashes in values undone).
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while let Some((name, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next().map(|(_, escaped)| escaped)),
+                '"' => {
+                    end = at + 1;
+                    break;
+                }
+                other => value.push(other),
+            }
+        }
+        labels.insert(name.trim_start_matches(',').to_owned(), value);
+        rest = &after[end..];
+        if rest.starts_with('}') {
+            break;
+        }
+    }
+    labels
+}
+
+/// The names of the series in a Prometheus text exposition.
+pub fn exported_names(exposition: &str) -> BTreeSet<String> {
+    exported_series(exposition)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Labels a scrape adds to every series: a query may match them freely.
+const TARGET_LABELS: [&str; 5] = ["namespace", "instance", "job", "pod", "container"];
+
+/// What `selector` asks for that no series in `exported` has: its metric, or a label value
+/// an equality or regex matcher requires (each literal of an alternation such as `a|b`).
+pub fn unmatched(selector: &Selector, exported: &[Series]) -> Vec<String> {
+    let series: Vec<&BTreeMap<String, String>> = exported
+        .iter()
+        .filter(|(name, _)| *name == selector.metric)
+        .map(|(_, labels)| labels)
+        .collect();
+    if series.is_empty() {
+        return vec![selector.metric.clone()];
+    }
+    let mut missing = Vec::new();
+    for matcher in &selector.matchers {
+        if TARGET_LABELS.contains(&matcher.name.as_str()) {
+            continue;
+        }
+        let wanted: Vec<String> = match &matcher.op {
+            MatchOp::Equal => vec![matcher.value.clone()],
+            MatchOp::Re(_)
+                if matcher
+                    .value
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || "_|-".contains(c)) =>
+            {
+                matcher.value.split('|').map(str::to_owned).collect()
+            }
+            MatchOp::Re(_) => {
+                if !series.iter().any(|labels| {
+                    matcher.is_match(labels.get(&matcher.name).map_or("", String::as_str))
+                }) {
+                    missing.push(format!("{}{{{}}}", selector.metric, matcher));
+                }
+                continue;
+            }
+            MatchOp::NotEqual | MatchOp::NotRe(_) => continue,
+        };
+        for value in wanted {
+            if !series
+                .iter()
+                .any(|labels| labels.get(&matcher.name) == Some(&value))
+            {
+                missing.push(format!(
+                    "{}{{{}=\"{value}\"}}",
+                    selector.metric, matcher.name
+                ));
+            }
+        }
+    }
+    missing
 }
 
 #[cfg(test)]
@@ -331,6 +463,36 @@ mod tests {
     fn invalid_promql_is_an_error() {
         assert!(metric_names("sum(rate(coral_a_total[5m])").is_err());
         assert!(metric_names("{job=\"x\"}").is_err());
+    }
+
+    #[test]
+    fn a_selector_must_find_its_metric_and_each_label_value_it_asks_for() {
+        let exported = exported_series(
+            "c_total{namespace=\"x\",result=\"hit\",roles=\"dht,proxy\"} 1\nc_total{result=\"miss\"} 0\n",
+        );
+        assert_eq!(exported[0].1["roles"], "dht,proxy");
+        let check = |expr: &str| -> Vec<String> {
+            selectors(expr)
+                .unwrap()
+                .iter()
+                .flat_map(|selector| unmatched(selector, &exported))
+                .collect()
+        };
+        assert!(
+            check("c_total{namespace=~\"$namespace\",result=~\"hit|miss\",result!=\"x\"}")
+                .is_empty()
+        );
+        assert_eq!(
+            check("c_total{result=~\"hit|peer\"}"),
+            ["c_total{result=\"peer\"}"]
+        );
+        assert_eq!(
+            check("c_total{result=\"stale\"}"),
+            ["c_total{result=\"stale\"}"]
+        );
+        assert_eq!(check("c_total{result=~\"m.+\"}"), Vec::<String>::new());
+        assert_eq!(check("c_total{result=~\"z.+\"}").len(), 1);
+        assert_eq!(check("other_total"), ["other_total"]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use coral_e2e::binaries::workspace_binary;
 use coral_e2e::chart::{
     ChartError, alert_queries, alert_rules, chart_dir, dashboard_queries, dashboards,
-    exported_names, helm, metric_names, promtool, render,
+    exported_series, helm, metric_names, promtool, render, selectors, unmatched,
 };
 use coral_e2e::cluster::{LocalCluster, pod_addresses};
 use coral_e2e::http;
@@ -20,7 +20,9 @@ use coral_e2e::wait::eventually;
 use coral_operator::api::CoralCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "coral-system";
@@ -273,6 +275,43 @@ fn prometheus_operator_objects_follow_the_mode_and_the_api() {
     assert_eq!(monitors(&no_alerts), 2);
     let objects = render(&["--set", "dashboards.enabled=false"]).unwrap();
     assert!(of_kind(&objects, "ConfigMap").is_empty());
+
+    // Without the metrics Service no ServiceMonitor can follow it: the pods say where to scrape.
+    let objects = render(&[
+        "--set",
+        "monitoring.prometheusOperator.mode=always",
+        "--set",
+        "metrics.service.enabled=false",
+    ])
+    .unwrap();
+    assert!(of_kind(&objects, "ServiceMonitor").is_empty());
+    assert_eq!(of_kind(&objects, "PodMonitor").len(), 1);
+    let pod = &one(&objects, "Deployment")["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+}
+
+#[test]
+fn an_existing_service_account_is_used_by_name() {
+    let objects = render(&[
+        "--set",
+        "serviceAccount.create=false",
+        "--set",
+        "serviceAccount.name=platform-operators",
+    ])
+    .unwrap();
+    assert!(of_kind(&objects, "ServiceAccount").is_empty());
+    let deployment = one(&objects, "Deployment");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "platform-operators"
+    );
+    assert_eq!(
+        one(&objects, "ClusterRoleBinding")["subjects"][0]["name"],
+        "platform-operators"
+    );
 }
 
 #[test]
@@ -290,6 +329,10 @@ fn bad_values_are_refused_naming_the_field() {
         (
             "operator.leaderElection.enabled=false",
             "operator.leaderElection.enabled is false",
+        ),
+        (
+            "serviceAccount.create=false",
+            "serviceAccount.name must name an existing ServiceAccount",
         ),
     ] {
         match render(&["--set", value]) {
@@ -446,7 +489,16 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
             .ok_or_else(|| "no holder".to_owned())
     })
     .await;
-    assert!(holder.starts_with("coral-"), "{holder}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let operator_pods = ListParams::default().labels("app.kubernetes.io/name=coral-operator");
+    let names: Vec<String> = pods
+        .list(&operator_pods)
+        .await
+        .unwrap()
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    assert!(names.contains(&holder), "{holder} is not one of {names:?}");
 
     // The operator in the cluster, with the chart's RBAC only, makes the example cluster Ready.
     let clusters: Api<CoralCluster> = Api::namespaced(client.clone(), NAMESPACE);
@@ -465,13 +517,14 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
     })
     .await;
 
-    // Every metric the dashboards and alerts read, from the running binaries.
-    let mut exported = BTreeSet::new();
+    // Every metric the dashboards and alerts read, with the label values they match, from the
+    // running binaries.
+    let mut exported = Vec::new();
     let mut leaders = 0;
     for (_, ip) in &operators {
         let text = scrape(*ip, 8080).await;
         leaders += usize::from(text.contains("\ncoral_operator_leader 1"));
-        exported.extend(exported_names(&text));
+        exported.extend(exported_series(&text));
     }
     assert_eq!(leaders, 1, "one replica leads");
     for component in ["proxy", "dns"] {
@@ -490,13 +543,13 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
                 .unwrap();
             assert!(status.contains("421"), "{status}");
         }
-        exported.extend(exported_names(&scrape(ip, 9090).await));
+        exported.extend(exported_series(&scrape(ip, 9090).await));
     }
     let mut missing = Vec::new();
     for query in [dashboard_queries().unwrap(), alert_queries().unwrap()].concat() {
-        for name in metric_names(&query.expr).unwrap() {
-            if !exported.contains(&name) {
-                missing.push(format!("{}: {name}", query.source));
+        for selector in selectors(&query.expr).unwrap() {
+            for absent in unmatched(&selector, &exported) {
+                missing.push(format!("{}: {absent}", query.source));
             }
         }
     }
@@ -505,4 +558,35 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
         "read by dashboards or alerts, exported by no binary:\n{}",
         missing.join("\n")
     );
+
+    // The leader's pod goes away (a drain): it releases the Lease and the standby takes over.
+    let deleted = std::time::Instant::now();
+    pods.delete(&holder, &DeleteParams::default())
+        .await
+        .unwrap();
+    let successor = eventually("another replica to take the Lease", WAIT, || async {
+        let lease = leases.get("coral").await.map_err(|e| e.to_string())?;
+        match lease.spec.and_then(|spec| spec.holder_identity) {
+            Some(next) if next != holder => Ok(next),
+            other => Err(format!("held by {other:?}")),
+        }
+    })
+    .await;
+    let takeover = deleted.elapsed();
+    eprintln!("chart: {successor} took the Lease {takeover:?} after {holder} was deleted");
+    // The standby, or the pod the ReplicaSet made at once to replace the deleted one: whichever
+    // sees the released Lease first.
+    let now: Vec<String> = pods
+        .list(&operator_pods)
+        .await
+        .unwrap()
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    assert!(
+        now.contains(&successor),
+        "{successor} is not one of {now:?}"
+    );
+    // Released, not expired: an expired Lease (15 s) would take longer.
+    assert!(takeover < Duration::from_secs(8), "{takeover:?}");
 }

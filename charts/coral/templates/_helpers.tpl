@@ -21,9 +21,13 @@ app.kubernetes.io/name: coral-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{/* The operator's ServiceAccount. */}}
+{{/* The operator's ServiceAccount: created, or named and existing. */}}
 {{- define "coral.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
 {{- default (include "coral.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name must name an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The operator's image. */}}
@@ -38,6 +42,16 @@ monitoring.coreos.com/v1. Prints "true" or nothing.
 {{- define "coral.prometheusOperator" -}}
 {{- $mode := .Values.monitoring.prometheusOperator.mode -}}
 {{- if or (eq $mode "always") (and (eq $mode "auto") (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1")) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+Whether the operator pods carry prometheus.io annotations: when no ServiceMonitor scrapes them
+(no Prometheus Operator, or no metrics Service for it to follow). Prints "true" or nothing.
+*/}}
+{{- define "coral.annotateOperator" -}}
+{{- if not (and (include "coral.prometheusOperator" .) .Values.metrics.service.enabled) -}}
 true
 {{- end -}}
 {{- end -}}
