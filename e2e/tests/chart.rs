@@ -415,6 +415,18 @@ fn promtool_accepts_the_rules_and_each_alert_fires_on_its_condition_only() {
     }
 }
 
+/// The names of the operator's pods.
+async fn operator_pod_names(client: &kube::Client) -> Vec<String> {
+    let selector = ListParams::default().labels("app.kubernetes.io/name=coral-operator");
+    Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .list(&selector)
+        .await
+        .unwrap()
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
 /// The `/metrics` text of the pod at `ip`, port `port`.
 async fn scrape(ip: std::net::IpAddr, port: u16) -> String {
     let (status, body) = http::get(SocketAddr::new(ip, port), "metrics", "/metrics")
@@ -489,15 +501,7 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
             .ok_or_else(|| "no holder".to_owned())
     })
     .await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let operator_pods = ListParams::default().labels("app.kubernetes.io/name=coral-operator");
-    let names: Vec<String> = pods
-        .list(&operator_pods)
-        .await
-        .unwrap()
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
+    let names = operator_pod_names(&client).await;
     assert!(names.contains(&holder), "{holder} is not one of {names:?}");
 
     // The operator in the cluster, with the chart's RBAC only, makes the example cluster Ready.
@@ -561,7 +565,8 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
 
     // The leader's pod goes away (a drain): it releases the Lease and the standby takes over.
     let deleted = std::time::Instant::now();
-    pods.delete(&holder, &DeleteParams::default())
+    Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .delete(&holder, &DeleteParams::default())
         .await
         .unwrap();
     let successor = eventually("another replica to take the Lease", WAIT, || async {
@@ -576,13 +581,7 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
     eprintln!("chart: {successor} took the Lease {takeover:?} after {holder} was deleted");
     // The standby, or the pod the ReplicaSet made at once to replace the deleted one: whichever
     // sees the released Lease first.
-    let now: Vec<String> = pods
-        .list(&operator_pods)
-        .await
-        .unwrap()
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
+    let now = operator_pod_names(&client).await;
     assert!(
         now.contains(&successor),
         "{successor} is not one of {now:?}"
