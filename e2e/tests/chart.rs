@@ -21,6 +21,7 @@ use coral_operator::api::CoralCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -458,29 +459,24 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
     .await
     .unwrap();
 
-    // helm blocks; the kubelet runs on this runtime meanwhile.
     let kubeconfig = local.control_plane.kubeconfig().to_owned();
     let chart = chart_dir().to_string_lossy().into_owned();
-    tokio::task::spawn_blocking(move || {
-        helm(
-            &[
-                "install",
-                "coral",
-                &chart,
-                "--namespace",
-                NAMESPACE,
-                "--set",
-                "exampleCluster.enabled=true",
-                "--wait",
-                "--timeout",
-                "150s",
-            ],
-            Some(&kubeconfig),
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    helm_in(
+        &kubeconfig,
+        &[
+            "install",
+            "coral",
+            &chart,
+            "--namespace",
+            NAMESPACE,
+            "--set",
+            "exampleCluster.enabled=true",
+            "--wait",
+            "--timeout",
+            "150s",
+        ],
+    )
+    .await;
 
     // helm --wait returned: both replicas are ready, one leading, one standing by.
     let deployment = Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
@@ -588,4 +584,69 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
     );
     // Released, not expired: an expired Lease (15 s) would take longer.
     assert!(takeover < Duration::from_secs(8), "{takeover:?}");
+
+    // An upgrade rolls the operator; an uninstall removes the release with its example
+    // cluster, and keeps the CRD.
+    helm_in(
+        &kubeconfig,
+        &[
+            "upgrade",
+            "coral",
+            &chart,
+            "--namespace",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "operator.logFormat=text",
+            "--wait",
+            "--timeout",
+            "150s",
+        ],
+    )
+    .await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
+    let rolled = deployments.get("coral").await.unwrap();
+    let status = rolled.status.unwrap();
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(
+        (status.updated_replicas, status.ready_replicas),
+        (Some(2), Some(2))
+    );
+    helm_in(
+        &kubeconfig,
+        &[
+            "uninstall",
+            "coral",
+            "--namespace",
+            NAMESPACE,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
+    .await;
+    assert!(deployments.get_opt("coral").await.unwrap().is_none());
+    assert!(clusters.get_opt("coral").await.unwrap().is_none());
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    assert!(
+        crds.get_opt("coralclusters.coral.nyud.net")
+            .await
+            .unwrap()
+            .is_some(),
+        "helm keeps CRDs (and with them every CoralCluster) on uninstall"
+    );
+}
+
+/// Runs helm against the cluster of `kubeconfig`, off the runtime: helm blocks, and the
+/// kubelet runs on this runtime meanwhile.
+async fn helm_in(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let kubeconfig = kubeconfig.to_owned();
+    let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        helm(&args, Some(&kubeconfig))
+    })
+    .await
+    .unwrap()
+    .unwrap()
 }
