@@ -295,6 +295,32 @@ fn prometheus_operator_objects_follow_the_mode_and_the_api() {
 }
 
 #[test]
+fn notes_show_a_coral_cluster_to_apply_as_it_is() {
+    let chart = chart_dir().to_string_lossy().into_owned();
+    let printed = helm(
+        &[
+            "install",
+            "coral",
+            &chart,
+            "--namespace",
+            NAMESPACE,
+            "--dry-run=client",
+        ],
+        None,
+    )
+    .unwrap();
+    let notes = printed.split_once("NOTES:").unwrap().1;
+    let (_, snippet) = notes
+        .split_once("kubectl apply -f - <<'YAML'\n")
+        .expect("a heredoc to paste");
+    let (manifest, _) = snippet.split_once("\nYAML\n").expect("the heredoc ends");
+    let cluster: CoralCluster = serde_norway::from_str(manifest).unwrap();
+    assert_eq!(cluster.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert!(notes.contains("kubectl -n coral-system get coralcluster cdn -w"));
+    assert!(notes.contains("\"Coral / CDN\""), "{notes}");
+}
+
+#[test]
 fn an_existing_service_account_is_used_by_name() {
     let objects = render(&[
         "--set",
