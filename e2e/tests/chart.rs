@@ -20,9 +20,10 @@ use coral_e2e::wait::eventually;
 use coral_operator::api::CoralCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ListParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
@@ -485,6 +486,19 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
     .await
     .unwrap();
 
+    // The example cluster's proxies trust an internal CA from a ConfigMap: they start (and
+    // get ready) only if the operator mounted it where node.yaml says and it holds a CA.
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let bundle = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("internal-ca".to_owned()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("bundle.pem".to_owned(), test_ca_pem())].into()),
+        ..ConfigMap::default()
+    };
+    maps.create(&PostParams::default(), &bundle).await.unwrap();
+
     let kubeconfig = local.control_plane.kubeconfig().to_owned();
     let chart = chart_dir().to_string_lossy().into_owned();
     helm_in(
@@ -497,6 +511,10 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
             NAMESPACE,
             "--set",
             "exampleCluster.enabled=true",
+            "--set",
+            "exampleCluster.spec.proxy.originAccess.extraCa.configMap=internal-ca",
+            "--set",
+            "exampleCluster.spec.proxy.originAccess.extraCa.key=bundle.pem",
             "--wait",
             "--timeout",
             "150s",
@@ -542,6 +560,14 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
         }
     })
     .await;
+
+    // Ready with the bundle in force: node.yaml points at it, so each proxy read a CA there.
+    let config = maps.get("coral-config").await.unwrap();
+    let node_yaml = &config.data.unwrap()["node.yaml"];
+    assert!(
+        node_yaml.contains("extraCaFile: /etc/coral-ca/ca.crt"),
+        "{node_yaml}"
+    );
 
     // Every metric the dashboards and alerts read, with the label values they match, from the
     // running binaries.
@@ -661,6 +687,32 @@ async fn helm_installs_the_chart_the_operator_leads_and_every_queried_metric_is_
             .is_some(),
         "helm keeps CRDs (and with them every CoralCluster) on uninstall"
     );
+}
+
+/// A self-signed CA certificate in PEM, made by openssl for this test.
+fn test_ca_pem() -> String {
+    let output = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=coral test CA",
+            "-days",
+            "1",
+            "-keyout",
+            "/dev/null",
+            "-out",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
 }
 
 /// Runs helm against the cluster of `kubeconfig`, off the runtime: helm blocks, and the

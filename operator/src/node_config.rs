@@ -4,6 +4,7 @@
 //! (quantities, durations, networks, addresses) name the spec field they reject.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use coral_node::config::{
@@ -22,6 +23,11 @@ use crate::validate::SpecError;
 pub const CONFIG_DIR: &str = "/etc/coral";
 /// Where the pod mounts the shared-key Secret.
 pub const KEY_DIR: &str = "/etc/coral-key";
+/// Where a proxy pod mounts `spec.proxy.originAccess.extraCa` (outside [`CONFIG_DIR`]: a
+/// ConfigMap volume cannot hold another volume's mount point).
+pub const EXTRA_CA_DIR: &str = "/etc/coral-ca";
+/// The bundle's file name in [`EXTRA_CA_DIR`], whatever its key in the ConfigMap.
+pub const EXTRA_CA_FILE: &str = "ca.crt";
 /// Where the pod mounts the disk cache volume.
 pub const CACHE_DIR: &str = "/var/cache/coral";
 /// Where a DNS pod keeps the last members list it read from the API server: on the pod's
@@ -211,7 +217,10 @@ fn origin_access(spec: &OriginAccessSpec) -> Result<OriginAccess, SpecError> {
             .into_iter()
             .map(|ip| SocketAddr::new(ip, 53))
             .collect(),
-        extra_ca_file: None,
+        extra_ca_file: spec
+            .extra_ca
+            .as_ref()
+            .map(|_| Path::new(EXTRA_CA_DIR).join(EXTRA_CA_FILE)),
         max_concurrent_fetches: spec.max_concurrent_fetches,
     })
 }

@@ -432,6 +432,43 @@ mod tests {
             .unwrap()
     }
 
+    /// The proxy settings of the test fixture's `node.yaml`.
+    fn fixture_proxy_config() -> ProxyConfig {
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node.yaml");
+        crate::config::NodeConfig::load(&fixture)
+            .unwrap()
+            .value
+            .proxy
+    }
+
+    #[test]
+    fn an_extra_ca_file_without_a_certificate_stops_the_proxy_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in [
+            ("empty.pem", ""),
+            ("junk.pem", "not a certificate\n"),
+            (
+                "key-only.pem",
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let mut config = fixture_proxy_config();
+            config.origin_access.extra_ca_file = Some(path.clone());
+            let err = tls_config(&config).unwrap_err();
+            assert!(
+                matches!(err, ClientSetupError::CaFile { .. }),
+                "{name}: {err}"
+            );
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        let mut config = fixture_proxy_config();
+        config.origin_access.extra_ca_file = Some(dir.path().join("missing.pem"));
+        assert!(tls_config(&config).is_err());
+    }
+
     #[test]
     fn a_same_host_redirect_to_https_is_an_upgrade() {
         let url: Uri = "http://Example.com/a".parse().unwrap();

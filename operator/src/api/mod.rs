@@ -27,8 +27,8 @@ pub use dns::{DnsExposure, DnsSpec, NameServerSpec};
 pub use health::HealthSpec;
 pub use locality::{ClientNetworkSpec, LocalitySpec};
 pub use proxy::{
-    BandwidthSpec, ClientLimitsSpec, FixedAddressSpec, OriginAccessSpec, OriginTimeoutsSpec,
-    OtherMethods, ProxySpec, RateLimitSpec,
+    BandwidthSpec, CaBundleRef, ClientLimitsSpec, FixedAddressSpec, OriginAccessSpec,
+    OriginTimeoutsSpec, OtherMethods, ProxySpec, RateLimitSpec,
 };
 pub use status::{CoralClusterStatus, condition_types, reasons};
 

@@ -119,9 +119,35 @@ pub struct OriginAccessSpec {
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(a, isIP(a))", "message": "resolvers entries must be IP addresses"}]))]
     pub resolvers: Vec<String>,
 
+    /// CA certificates (PEM) trusted for `https` origins besides the public web's roots, such
+    /// as an internal CA: a key of a ConfigMap in the cluster's namespace, mounted into the
+    /// proxy pods. A proxy reads it when it starts (and refuses to start when it holds no
+    /// certificate): after changing it, restart the proxies (`kubectl rollout restart`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_ca: Option<CaBundleRef>,
+
     /// Most fetches in flight towards one origin host at once; later misses wait their turn.
     #[schemars(range(min = 1, max = 1024))]
     pub max_concurrent_fetches: u32,
+}
+
+/// A bundle of CA certificates in a ConfigMap.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// The ConfigMap, in the CoralCluster's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: String,
+    /// Its key holding the PEM certificates.
+    #[serde(default = "CaBundleRef::default_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+impl CaBundleRef {
+    fn default_key() -> String {
+        "ca.crt".to_owned()
+    }
 }
 
 /// The addresses of one origin host name.
@@ -189,6 +215,7 @@ impl Default for OriginAccessSpec {
             blocked_networks: Vec::new(),
             addresses: Vec::new(),
             resolvers: Vec::new(),
+            extra_ca: None,
             max_concurrent_fetches: OriginAccess::default().max_concurrent_fetches,
         }
     }

@@ -32,7 +32,7 @@ use super::names::{ClusterNames, Component};
 use super::owned_meta;
 use super::secret::key_secret_name;
 use crate::api::{CoralCluster, DnsExposure};
-use crate::node_config::{CACHE_DIR, CONFIG_DIR, KEY_DIR};
+use crate::node_config::{CACHE_DIR, CONFIG_DIR, EXTRA_CA_DIR, EXTRA_CA_FILE, KEY_DIR};
 
 /// Pod annotation carrying the digest of `node.yaml`; a new digest rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "coral.nyud.net/config-hash";
@@ -166,6 +166,9 @@ fn container(
             ..VolumeMount::default()
         },
     ];
+    if component == Component::Proxy && cluster.spec.proxy.origin_access.extra_ca.is_some() {
+        mounts.push(mount("extra-ca", EXTRA_CA_DIR));
+    }
     if component == Component::Proxy && config.proxy.cache_disk_bytes > 0 {
         mounts.push(VolumeMount {
             name: "cache".to_owned(),
@@ -282,6 +285,23 @@ fn volumes(cluster: &CoralCluster, component: Component, config: &NodeConfig) ->
         },
         empty_dir("tmp", 64 << 20),
     ];
+    if let (Component::Proxy, Some(bundle)) =
+        (component, &cluster.spec.proxy.origin_access.extra_ca)
+    {
+        volumes.push(Volume {
+            name: "extra-ca".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: bundle.config_map.clone(),
+                items: Some(vec![KeyToPath {
+                    key: bundle.key.clone(),
+                    path: EXTRA_CA_FILE.to_owned(),
+                    mode: None,
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     if component == Component::Proxy && config.proxy.cache_disk_bytes > 0 {
         let budget = config.proxy.cache_disk_bytes;
         volumes.push(empty_dir("cache", budget + disk_headroom(budget)));
@@ -580,6 +600,64 @@ mod tests {
             cache.size_limit,
             Some(Quantity("1127Mi".into())),
             "1Gi plus a tenth, in whole mebibytes"
+        );
+    }
+
+    #[test]
+    fn an_extra_ca_bundle_is_mounted_on_the_proxies_where_the_node_config_points() {
+        let mut cluster = demo();
+        cluster.spec.proxy.origin_access.extra_ca = Some(crate::api::CaBundleRef {
+            config_map: "internal-ca".into(),
+            key: "bundle.pem".into(),
+        });
+        let ds = build(&cluster, Component::Proxy);
+        let volume = pod(&ds)
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "extra-ca")
+            .unwrap()
+            .config_map
+            .unwrap();
+        assert_eq!(volume.name, "internal-ca");
+        let item = &volume.items.unwrap()[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("bundle.pem", EXTRA_CA_FILE)
+        );
+        let mounts = container_of(&ds).volume_mounts.unwrap();
+        let mount = mounts.iter().find(|m| m.name == "extra-ca").unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let config = node_config(&cluster).unwrap();
+        assert_eq!(
+            config.proxy.origin_access.extra_ca_file,
+            Some(std::path::Path::new(&mount.mount_path).join(EXTRA_CA_FILE))
+        );
+        // DNS pods fetch nothing: no bundle for them.
+        let dns = build(&cluster, Component::Dns);
+        assert!(
+            !pod(&dns)
+                .volumes
+                .unwrap()
+                .iter()
+                .any(|v| v.name == "extra-ca")
+        );
+        // Without a bundle, no volume and no file.
+        let plain = build(&demo(), Component::Proxy);
+        assert!(
+            !pod(&plain)
+                .volumes
+                .unwrap()
+                .iter()
+                .any(|v| v.name == "extra-ca")
+        );
+        assert_eq!(
+            node_config(&demo())
+                .unwrap()
+                .proxy
+                .origin_access
+                .extra_ca_file,
+            None
         );
     }
 
