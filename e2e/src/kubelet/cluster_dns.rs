@@ -48,10 +48,13 @@ pub async fn serve(
     tokio::spawn(async move {
         let mut buffer = [0u8; 512];
         let mut slices = std::pin::pin!(slices);
+        // The watch retries with backoff and never ends; were it to, the last list keeps
+        // answering rather than the loop spinning on an ended stream.
+        let mut watching = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = slices.next() => {}
+                event = slices.next(), if watching => watching = event.is_some(),
                 received = socket.recv_from(&mut buffer) => {
                     let Ok((length, peer)) = received else { continue };
                     if let Some(response) = answer(&store, &buffer[..length]) {
