@@ -628,6 +628,15 @@ impl Topology {
     pub fn to_yaml(&self) -> String {
         serde_norway::to_string(self).expect("Topology always serialises")
     }
+
+    /// The zone of `node` (its most local locality value), as metrics label it; empty when
+    /// the topology does not list the node.
+    pub fn zone(&self, node: &str) -> &str {
+        self.nodes
+            .get(node)
+            .and_then(|values| values.first())
+            .map_or("", String::as_str)
+    }
 }
 
 /// Reads a YAML file, naming the offending field on error.

@@ -22,15 +22,9 @@ pub struct NodeInfo {
 impl NodeInfo {
     /// The info of a pod on `node` playing `roles`, its zone read from `topology`.
     pub fn new(node: &str, topology: &Topology, roles: &[&str]) -> Self {
-        let zone = topology
-            .nodes
-            .get(node)
-            .and_then(|values| values.first())
-            .cloned()
-            .unwrap_or_default();
         Self {
             node: node.to_owned(),
-            zone,
+            zone: topology.zone(node).to_owned(),
             roles: roles.join(","),
         }
     }

@@ -364,10 +364,8 @@ impl Prober {
         let zone = members
             .iter()
             .find(|member| member.address == address)
-            .and_then(|member| self.topology.nodes.get(&member.node))
-            .and_then(|values| values.first())
-            .cloned()
-            .unwrap_or_default();
+            .map_or("", |member| self.topology.zone(&member.node))
+            .to_owned();
         self.series_zones
             .entry((role, address))
             .or_insert(zone)
