@@ -12,27 +12,19 @@ use promql_parser::util::{ExprVisitor, walk_expr};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-/// Why the chart or helm could not be used.
+/// Why the chart, helm or promtool could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ChartError {
     /// A `charts/fetch-*.sh` script failed (its output went to stderr).
     #[error("fetching a tool failed: {0}")]
     Fetch(String),
-    /// promtool ran and failed.
+    /// helm or promtool ran and failed.
     #[error("{command}: {output}")]
     Tool {
         /// The command line.
         command: String,
-        /// What it printed.
+        /// What it printed (stderr first).
         output: String,
-    },
-    /// helm ran and failed.
-    #[error("helm {args}: {stderr}")]
-    Helm {
-        /// The arguments.
-        args: String,
-        /// What helm printed on stderr.
-        stderr: String,
     },
     /// A file of the chart could not be read or parsed.
     #[error("{path}: {message}")]
@@ -93,27 +85,10 @@ pub fn promtool_binary() -> Result<PathBuf, ChartError> {
 
 /// Runs promtool with `args` in the chart's `alerts/` directory and returns what it printed.
 pub fn promtool(args: &[&str]) -> Result<String, ChartError> {
-    let output = Command::new(promtool_binary()?)
-        .args(args)
-        .current_dir(chart_dir().join("alerts"))
-        .output()
-        .map_err(|err| ChartError::Tool {
-            command: format!("promtool {}", args.join(" ")),
-            output: err.to_string(),
-        })?;
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if output.status.success() {
-        Ok(printed)
-    } else {
-        Err(ChartError::Tool {
-            command: format!("promtool {}", args.join(" ")),
-            output: printed,
-        })
-    }
+    let mut command = Command::new(promtool_binary()?);
+    command.args(args).current_dir(chart_dir().join("alerts"));
+    let (stdout, stderr) = run(command, "promtool", args)?;
+    Ok(stdout + &stderr)
 }
 
 /// Runs helm with `args` (and `KUBECONFIG` when given) and returns its stdout.
@@ -129,17 +104,24 @@ pub fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<String, ChartErr
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_CONFIG_HOME", home.join("config"))
         .env("HELM_DATA_HOME", home.join("data"));
-    let output = command.output().map_err(|err| ChartError::Helm {
-        args: args.join(" "),
-        stderr: err.to_string(),
-    })?;
-    if !output.status.success() {
-        return Err(ChartError::Helm {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
+    run(command, "helm", args).map(|(stdout, _)| stdout)
+}
+
+/// Runs `command` (`name` with `args`, for messages): its stdout and stderr, or an error
+/// holding what it printed when it fails.
+fn run(mut command: Command, name: &str, args: &[&str]) -> Result<(String, String), ChartError> {
+    let failed = |output: String| ChartError::Tool {
+        command: format!("{name} {}", args.join(" ")),
+        output,
+    };
+    let output = command.output().map_err(|err| failed(err.to_string()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() {
+        Ok((stdout, stderr))
+    } else {
+        Err(failed(stderr + &stdout))
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// `helm template` of the chart with `extra` arguments, as one JSON value per object.

@@ -364,8 +364,8 @@ fn bad_values_are_refused_naming_the_field() {
         ),
     ] {
         match render(&["--set", value]) {
-            Err(ChartError::Helm { stderr, .. }) => {
-                assert!(stderr.contains(named), "{value}: {stderr}")
+            Err(ChartError::Tool { output, .. }) => {
+                assert!(output.contains(named), "{value}: {output}")
             }
             other => panic!("{value} was accepted: {other:?}"),
         }
