@@ -283,6 +283,11 @@ async fn reconcile_live(cluster: &CoralCluster, ctx: &Context) -> Result<Reconci
         )
         .await?;
         record_node_pods(cluster, ctx, &status);
+        // A cluster deleted while this reconcile ran has had its series dropped already:
+        // drop the ones just written too.
+        if ctx.clusters.get(&ObjectRef::from_obj(cluster)).is_none() {
+            forget_deleted_clusters(&ctx.metrics, &ctx.clusters);
+        }
         let resync = if status.is_ready() {
             RESYNC
         } else {
