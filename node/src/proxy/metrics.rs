@@ -117,6 +117,8 @@ pub struct ProxyMetrics {
     pub connections: IntCounter,
     /// Client connections open.
     pub open_connections: IntGauge,
+    /// Client connections parked between requests, holding no HTTP state.
+    pub idle_connections: IntGauge,
     /// The request counter and latency histogram of each outcome, resolved once so that a
     /// cache hit does not look labels up.
     by_outcome: Vec<(IntCounter, Histogram)>,
@@ -139,6 +141,7 @@ impl ProxyMetrics {
         registry.register(Box::new(metrics.latency.clone()))?;
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.open_connections.clone()))?;
+        registry.register(Box::new(metrics.idle_connections.clone()))?;
         Ok(metrics)
     }
 
@@ -229,6 +232,11 @@ impl ProxyMetrics {
             open_connections: IntGauge::new(
                 "coral_proxy_open_connections",
                 "Client connections open.",
+            )
+            .expect("valid metric"),
+            idle_connections: IntGauge::new(
+                "coral_proxy_idle_connections",
+                "Client connections parked between requests, holding no HTTP state.",
             )
             .expect("valid metric"),
             by_outcome,

@@ -22,6 +22,7 @@
 pub mod cache;
 pub mod client;
 pub mod connect;
+pub mod connection;
 pub mod disk;
 #[cfg(test)]
 mod fuzz;

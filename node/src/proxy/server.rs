@@ -1,21 +1,21 @@
-//! The proxy's HTTP server: accepts client connections within the limits and hands each
-//! request to the [`Proxy`].
+//! The proxy's HTTP server: accepts client connections within the limits and hands each to a
+//! [`ClientService`].
 //!
 //! hyper enforces the head limits: a head over `maxHeaderBytes` or with more than
 //! `maxHeaders` fields gets 431, one not sent within `headerTimeout` (slowloris) has its
-//! connection closed. At most `maxConnections` connections are served at once; further ones
-//! wait in the listen backlog rather than being accepted and starved.
+//! connection closed, and so has a keep-alive connection idle for as long. At most
+//! `maxConnections` connections are served at once; further ones wait in the listen backlog
+//! rather than being accepted and starved.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::ClientService;
 use super::service::Proxy;
 use crate::config::ClientLimits;
 
@@ -28,13 +28,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let mut builder = http1::Builder::new();
-    builder
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes as usize)
+        .max_header_size(limits.max_header_bytes as usize)
         .max_headers(limits.max_headers as usize);
-    let builder = Arc::new(builder);
+    let clients = ClientService {
+        proxy: proxy.clone(),
+        http1: Arc::new(http1),
+        idle_timeout: limits.header_timeout,
+        shutdown: shutdown.clone(),
+    };
     loop {
         let slot = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -52,27 +58,9 @@ pub async fn serve(
         };
         let open = proxy.open_connection();
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
+        let clients = clients.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(err) = result {
-                        tracing::debug!(%peer, error = %err, "client connection ended");
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
+            clients.serve(stream, peer).await;
             drop((open, slot));
         });
     }

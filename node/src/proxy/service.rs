@@ -152,10 +152,10 @@ pub struct CacheView {
     pub top_urls: Vec<PopularUrl>,
 }
 
-/// A client connection, counted as open until dropped.
-pub struct OpenConnection(IntGauge);
+/// A client connection counted in a gauge (open, or parked idle) until dropped.
+pub struct CountedConnection(IntGauge);
 
-impl Drop for OpenConnection {
+impl Drop for CountedConnection {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -232,10 +232,17 @@ impl Proxy {
     }
 
     /// Counts an accepted client connection, open until the returned guard is dropped.
-    pub fn open_connection(&self) -> OpenConnection {
+    pub fn open_connection(&self) -> CountedConnection {
         self.metrics.connections.inc();
         self.metrics.open_connections.inc();
-        OpenConnection(self.metrics.open_connections.clone())
+        CountedConnection(self.metrics.open_connections.clone())
+    }
+
+    /// Counts a client connection parked between requests, until the returned guard is
+    /// dropped.
+    pub fn idle_connection(&self) -> CountedConnection {
+        self.metrics.idle_connections.inc();
+        CountedConnection(self.metrics.idle_connections.clone())
     }
 
     /// Waits until what the cache stored so far is on disk (at shutdown).

@@ -1,6 +1,7 @@
 //! The caching proxy against real origin servers on loopback, each test in a network
 //! namespace of its own.
 
+mod connections;
 mod nasty;
 mod support;
 

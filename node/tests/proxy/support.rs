@@ -389,6 +389,11 @@ impl TestProxy {
             .get()
     }
 
+    /// Client connections parked between requests.
+    pub fn idle_connections(&self) -> i64 {
+        self.metrics.idle_connections.get()
+    }
+
     /// Waits until what the cache stored so far is on disk.
     pub async fn flush(&self) {
         self.proxy.flush_cache().await;

@@ -1,0 +1,227 @@
+//! Client connections on raw sockets: keep-alive connections parked between requests and
+//! resumed, pipelining, and the limits on heads and on silent clients.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// An origin answering every path with the path itself, cacheable for a minute.
+async fn echo_origin() -> TestOrigin {
+    TestOrigin::start(handler(|parts| async move {
+        respond(
+            200,
+            &[("cache-control", "max-age=60")],
+            parts.uri.path().to_owned(),
+        )
+    }))
+    .await
+}
+
+/// A GET head for `path` on `host`, with extra header lines.
+fn get(host: &str, path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n")
+}
+
+/// One response read off a raw connection: its status line and body (by Content-Length).
+async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String, String) {
+    let head_end = loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let mut chunk = [0; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the connection closed before a response head");
+        pending.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(pending[..head_end].to_vec()).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("a Content-Length");
+    while pending.len() < head_end + length {
+        let mut chunk = [0; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the connection closed inside a body");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8(pending[head_end..head_end + length].to_vec()).unwrap();
+    pending.drain(..head_end + length);
+    let status = head.lines().next().unwrap().to_owned();
+    (status, body)
+}
+
+/// Waits until the proxy counts `count` parked connections.
+async fn until_idle(proxy: &TestProxy, count: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.idle_connections() != count {
+        assert!(
+            Instant::now() < deadline,
+            "{} idle connections, not {count}",
+            proxy.idle_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads until the proxy closes the connection; what arrived before.
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
+#[test]
+fn idle_keep_alive_connections_are_parked_and_answer_again() {
+    in_private_network(|| async {
+        let origin = echo_origin().await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = origin.zone_host();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(proxy.address).await.unwrap());
+        }
+        // Connected but silent: parked before the first request.
+        until_idle(&proxy, 3).await;
+        let mut pending = Vec::new();
+        for round in 0..3 {
+            for (index, client) in clients.iter_mut().enumerate() {
+                let path = format!("/{round}/{index}");
+                client
+                    .write_all(get(&host, &path, "").as_bytes())
+                    .await
+                    .unwrap();
+                let (status, body) = read_response(client, &mut pending).await;
+                assert_eq!(status, "HTTP/1.1 200 OK", "{path}");
+                assert_eq!(body, path);
+                assert!(pending.is_empty());
+            }
+            until_idle(&proxy, 3).await;
+        }
+        let client = &mut clients[0];
+        client
+            .write_all(get(&host, "/0/0", "Connection: close\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (status, body) = read_response(client, &mut pending).await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", "/0/0")
+        );
+        assert_eq!(read_to_close(client).await, "");
+        until_idle(&proxy, 2).await;
+        assert_eq!(
+            origin.hits("/0/0"),
+            1,
+            "the second answer came from the cache"
+        );
+    });
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_across_a_pause() {
+    in_private_network(|| async {
+        let origin = echo_origin().await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = origin.zone_host();
+        let mut client = TcpStream::connect(proxy.address).await.unwrap();
+        let third = get(&host, "/c", "");
+        let (third_start, third_end) = third.split_at(20);
+        let burst = format!(
+            "{}{}{third_start}",
+            get(&host, "/a", ""),
+            get(&host, "/b", "")
+        );
+        client.write_all(burst.as_bytes()).await.unwrap();
+        let mut pending = Vec::new();
+        for path in ["/a", "/b"] {
+            let (status, body) = read_response(&mut client, &mut pending).await;
+            assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", path));
+        }
+        // The third head stays cut while the connection would otherwise go idle.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.write_all(third_end.as_bytes()).await.unwrap();
+        let (status, body) = read_response(&mut client, &mut pending).await;
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "/c"));
+        until_idle(&proxy, 1).await;
+    });
+}
+
+#[test]
+fn silent_and_slow_clients_are_closed_after_the_header_timeout() {
+    in_private_network(|| async {
+        let origin = echo_origin().await;
+        let mut config = test_config();
+        config.proxy.client_limits.header_timeout = Duration::from_secs(1);
+        let proxy = TestProxy::start(&config).await;
+        let host = origin.zone_host();
+        let silent = TcpStream::connect(proxy.address).await.unwrap();
+        let mut slow = TcpStream::connect(proxy.address).await.unwrap();
+        slow.write_all(b"GET /a HTTP/1.1\r\nHost: ").await.unwrap();
+        let mut idle = TcpStream::connect(proxy.address).await.unwrap();
+        idle.write_all(get(&host, "/a", "").as_bytes())
+            .await
+            .unwrap();
+        let (status, _) = read_response(&mut idle, &mut Vec::new()).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let started = Instant::now();
+        for (name, mut client) in [("silent", silent), ("slow", slow), ("idle", idle)] {
+            let rest = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut client))
+                .await
+                .unwrap_or_else(|_| panic!("the {name} client was never closed"));
+            assert_eq!(rest, "", "the {name} client was sent {rest:?}");
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "closed after {:?}, before the header timeout",
+            started.elapsed()
+        );
+        until_idle(&proxy, 0).await;
+    });
+}
+
+#[test]
+fn oversized_heads_are_refused_and_a_request_body_keeps_its_connection() {
+    in_private_network(|| async {
+        let origin = echo_origin().await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = origin.zone_host();
+        let big_header = format!("X-Big: {}\r\n", "a".repeat(40_000));
+        let many_headers: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+        for extra in [big_header, many_headers] {
+            let mut client = TcpStream::connect(proxy.address).await.unwrap();
+            client
+                .write_all(get(&host, "/a", &extra).as_bytes())
+                .await
+                .unwrap();
+            let answer = read_to_close(&mut client).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 431 "),
+                "{}",
+                &answer[..answer.len().min(200)]
+            );
+        }
+        let mut client = TcpStream::connect(proxy.address).await.unwrap();
+        let post = format!(
+            "POST /form HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello{}",
+            get(&host, "/after", "")
+        );
+        client.write_all(post.as_bytes()).await.unwrap();
+        let mut pending = Vec::new();
+        let (status, _) = read_response(&mut client, &mut pending).await;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        let (status, body) = read_response(&mut client, &mut pending).await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", "/after")
+        );
+        until_idle(&proxy, 1).await;
+        assert_eq!(origin.hits("/form"), 0);
+    });
+}
