@@ -249,8 +249,9 @@ impl ObjectCache {
     }
 
     /// Stores a response, replacing the variant it supersedes (the one answering the same
-    /// request), in memory and on disk.
-    pub fn insert(
+    /// request), in memory and on disk. The URL's other variants are kept, also when only
+    /// the disk tier still held them.
+    pub async fn insert(
         &self,
         key: &str,
         request: &request::Parts,
@@ -258,7 +259,7 @@ impl ObjectCache {
         now: SystemTime,
     ) {
         let mut variants = vec![stored];
-        if let Some(old) = self.memory.get(key) {
+        if let Some(old) = self.variants(key).await {
             variants.extend(
                 old.iter()
                     .filter(|old| {
@@ -364,10 +365,10 @@ pub(super) mod tests {
         }
     }
 
-    fn store(cache: &ObjectCache, req: &request::Parts, response: Head, now: SystemTime) {
+    async fn store(cache: &ObjectCache, req: &request::Parts, response: Head, now: SystemTime) {
         let stored = Stored::new(req, response, Bytes::from_static(b"body"), now);
         assert!(stored.policy.is_storable());
-        cache.insert("k", req, Arc::new(stored), now);
+        cache.insert("k", req, Arc::new(stored), now).await;
     }
 
     #[tokio::test]
@@ -375,7 +376,7 @@ pub(super) mod tests {
         let cache = ObjectCache::new(1 << 20, None);
         let now = SystemTime::now();
         let req = request(&[]);
-        store(&cache, &req, head(&[("cache-control", "max-age=60")]), now);
+        store(&cache, &req, head(&[("cache-control", "max-age=60")]), now).await;
         assert!(matches!(
             cache.lookup("k", &req, now).await,
             Lookup::Fresh(_)
@@ -396,7 +397,7 @@ pub(super) mod tests {
         let vary = [("cache-control", "max-age=60"), ("vary", "accept-language")];
         let english = request(&[("accept-language", "en")]);
         let french = request(&[("accept-language", "fr")]);
-        store(&cache, &english, head(&vary), now);
+        store(&cache, &english, head(&vary), now).await;
         assert!(matches!(
             cache.lookup("k", &french, now).await,
             Lookup::Miss
@@ -405,7 +406,7 @@ pub(super) mod tests {
             cache.fresh("k", &french.headers, now).is_none(),
             "Vary takes the full check"
         );
-        store(&cache, &french, head(&vary), now);
+        store(&cache, &french, head(&vary), now).await;
         assert!(matches!(
             cache.lookup("k", &english, now).await,
             Lookup::Fresh(_)
@@ -425,7 +426,8 @@ pub(super) mod tests {
             &request(&[]),
             head(&[("cache-control", "max-age=60")]),
             now,
-        );
+        )
+        .await;
         let no_cache = request(&[("cache-control", "no-cache")]);
         assert!(cache.fresh("k", &no_cache.headers, now).is_none());
         assert!(matches!(
@@ -482,8 +484,8 @@ pub(super) mod tests {
         assert!(stored.expires_at > now);
     }
 
-    #[test]
-    fn the_budget_evicts() {
+    #[tokio::test]
+    async fn the_budget_evicts() {
         let cache = ObjectCache::new(64 * 1024, None);
         let now = SystemTime::now();
         let req = request(&[]);
@@ -494,7 +496,9 @@ pub(super) mod tests {
                 Bytes::from(vec![0; 4096]),
                 now,
             );
-            cache.insert(&format!("k{index}"), &req, Arc::new(stored), now);
+            cache
+                .insert(&format!("k{index}"), &req, Arc::new(stored), now)
+                .await;
         }
         let (_, bytes) = cache.usage().memory;
         assert!(bytes <= 64 * 1024, "{bytes} bytes held");
@@ -510,7 +514,7 @@ pub(super) mod tests {
         let now = SystemTime::now();
         let req = request(&[]);
         let first = ObjectCache::new(1 << 20, open());
-        store(&first, &req, head(&[("cache-control", "max-age=60")]), now);
+        store(&first, &req, head(&[("cache-control", "max-age=60")]), now).await;
         first.flush().await;
 
         let second = ObjectCache::new(1 << 20, open());
@@ -528,5 +532,38 @@ pub(super) mod tests {
         second.flush().await;
         let third = ObjectCache::new(1 << 20, open());
         assert!(matches!(third.lookup("k", &req, now).await, Lookup::Miss));
+    }
+
+    #[tokio::test]
+    async fn a_new_variant_keeps_the_ones_only_the_disk_tier_still_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let counters = ProxyMetrics::unregistered().disk_counters();
+            Some(DiskTier::open(dir.path(), 1 << 20, counters).unwrap())
+        };
+        let now = SystemTime::now();
+        let vary = [("cache-control", "max-age=60"), ("vary", "accept-language")];
+        let english = request(&[("accept-language", "en")]);
+        let french = request(&[("accept-language", "fr")]);
+        let first = ObjectCache::new(1 << 20, open());
+        store(&first, &english, head(&vary), now).await;
+        first.flush().await;
+
+        // A restarted node: English is on disk only when French arrives.
+        let second = ObjectCache::new(1 << 20, open());
+        store(&second, &french, head(&vary), now).await;
+        second.flush().await;
+        for (cache, name) in [
+            (&second, "memory"),
+            (&ObjectCache::new(1 << 20, open()), "disk"),
+        ] {
+            for language in [&english, &french] {
+                assert!(
+                    matches!(cache.lookup("k", language, now).await, Lookup::Fresh(_)),
+                    "{:?} lost from {name}",
+                    language.headers
+                );
+            }
+        }
     }
 }

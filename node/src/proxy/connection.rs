@@ -11,9 +11,17 @@
 //! the old one stopped, with any bytes the old one had read but not parsed. A new connection
 //! starts parked: hyper is brought in when its first bytes arrive.
 //!
-//! A parked connection that stays silent for `headerTimeout` is closed, as hyper closes an
-//! idle keep-alive connection whose next head does not arrive in time. An exchange whose
-//! request has a body is never parked: hyper may still be reading that body.
+//! A client has `headerTimeout` from the moment its connection starts waiting (accepted, or
+//! its last answer sent) to send a whole head, parked or not, as with hyper alone. An exchange
+//! whose request has a body is never parked: hyper may still be reading that body. A
+//! keep-alive client that waits for each answer before asking again is parked after every
+//! answer, which costs a new hyper connection per request; the cache-hit benchmark measured
+//! no difference (BENCHMARKS.md).
+//!
+//! This leans on how hyper 1.12 orders its work (checked against its source): it drops an
+//! answer's body only once the end of the message is queued, flushes the socket only once its
+//! own buffer is empty, treats end of input between messages as a clean close, and keeps a
+//! partial head in the buffer `into_parts` returns.
 
 use std::convert::Infallible;
 use std::future::poll_fn;
@@ -21,7 +29,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,8 +39,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::respond::ProxyBody;
@@ -51,22 +60,33 @@ const ANSWERED: u8 = 3;
 const PARKED: u8 = 4;
 
 /// Where the current exchange of a connection stands, shared by its socket, its service and
-/// its answer's body.
+/// its answer's body; and whether a request has begun since the connection was last resumed.
 #[derive(Debug)]
-struct Exchange(AtomicU8);
+struct Exchange {
+    state: AtomicU8,
+    request_begun: AtomicBool,
+}
 
 impl Exchange {
+    fn new() -> Self {
+        Self {
+            state: AtomicU8::new(WAITING),
+            request_begun: AtomicBool::new(false),
+        }
+    }
+
     fn get(&self) -> u8 {
-        self.0.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire)
     }
 
     fn set(&self, state: u8) {
-        self.0.store(state, Ordering::Release);
+        self.state.store(state, Ordering::Release);
     }
 
-    fn replace(&self, from: u8, to: u8) {
+    /// Moves from `from` to `to`; any other state stays.
+    fn advance(&self, from: u8, to: u8) {
         let _ = self
-            .0
+            .state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire);
     }
 
@@ -74,6 +94,17 @@ impl Exchange {
     fn request(&self, request: &Request<Incoming>) {
         let has_body = !request.body().is_end_stream();
         self.set(if has_body { BUSY_WITH_BODY } else { BUSY });
+        self.request_begun.store(true, Ordering::Release);
+    }
+
+    /// A new hyper connection takes over: nothing is under way.
+    fn resume(&self) {
+        self.set(WAITING);
+        self.request_begun.store(false, Ordering::Release);
+    }
+
+    fn request_begun(&self) -> bool {
+        self.request_begun.load(Ordering::Acquire)
     }
 }
 
@@ -96,15 +127,15 @@ impl AsyncRead for ParkableStream {
             let n = self.unparsed.len().min(buf.remaining());
             buf.put_slice(&self.unparsed[..n]);
             self.unparsed.advance(n);
-            self.exchange.replace(WAITING, BUSY);
+            self.exchange.advance(WAITING, BUSY);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 // Bytes after an answer are the next request, even before the answer is flushed.
-                self.exchange.replace(WAITING, BUSY);
-                self.exchange.replace(ANSWERED, BUSY);
+                self.exchange.advance(WAITING, BUSY);
+                self.exchange.advance(ANSWERED, BUSY);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if self.exchange.get() == WAITING => {
@@ -122,7 +153,7 @@ impl AsyncWrite for ParkableStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.exchange.replace(WAITING, ANSWERED);
+        self.exchange.advance(WAITING, ANSWERED);
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -131,7 +162,7 @@ impl AsyncWrite for ParkableStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.exchange.replace(WAITING, ANSWERED);
+        self.exchange.advance(WAITING, ANSWERED);
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -143,7 +174,7 @@ impl AsyncWrite for ParkableStream {
         let flushed = Pin::new(&mut self.stream).poll_flush(cx);
         if let Poll::Ready(Ok(())) = flushed {
             // hyper flushes the socket only once its own buffer is empty.
-            self.exchange.replace(ANSWERED, WAITING);
+            self.exchange.advance(ANSWERED, WAITING);
         }
         flushed
     }
@@ -181,113 +212,132 @@ impl Body for ExchangeBody {
 
 impl Drop for ExchangeBody {
     fn drop(&mut self) {
-        self.exchange.replace(BUSY, ANSWERED);
+        self.exchange.advance(BUSY, ANSWERED);
     }
 }
 
-/// What a client connection is served with.
+/// Serves client connections: what each is answered with and within which limits.
 #[derive(Clone)]
-pub struct ClientService {
+pub struct ClientConnections {
     /// The proxy answering requests.
     pub proxy: Arc<Proxy>,
     /// hyper's settings for HTTP/1 connections.
     pub http1: Arc<http1::Builder>,
-    /// How long a parked connection may stay silent.
-    pub idle_timeout: Duration,
+    /// How long a client may take, from the moment its connection starts waiting (accepted,
+    /// or its last answer sent), to send a whole request head.
+    pub header_timeout: Duration,
     /// Cancelled when the server stops: the exchange in progress finishes, then the
     /// connection closes.
     pub shutdown: CancellationToken,
 }
 
-impl ClientService {
-    /// Serves one client connection until the client leaves, breaks the protocol, stays
-    /// silent for too long, or the server stops.
+impl ClientConnections {
+    /// Serves one client connection until the client leaves, breaks the protocol, is too
+    /// slow to send a head, or the server stops.
     pub async fn serve(&self, stream: TcpStream, peer: SocketAddr) {
-        let exchange = Arc::new(Exchange(AtomicU8::new(WAITING)));
         let mut stream = ParkableStream {
             stream,
             unparsed: Bytes::new(),
-            exchange: exchange.clone(),
+            exchange: Arc::new(Exchange::new()),
         };
         loop {
-            if stream.unparsed.is_empty() && !self.client_speaks(&stream.stream).await {
+            let head_deadline = Instant::now() + self.header_timeout;
+            if stream.unparsed.is_empty()
+                && !self.client_speaks(&stream.stream, head_deadline).await
+            {
                 return;
             }
             // Boxed, so that a parked connection's task does not keep room for hyper's state.
-            let served = Box::pin(self.serve_exchanges(stream, peer)).await;
-            stream = served.stream;
-            let parked = served.parked;
-            let resumable = match served.outcome {
-                Ok(()) => parked,
-                // The input "ended" inside a pipelined request hyper had begun to read.
-                Err(err) if parked && err.is_incomplete_message() => true,
-                Err(err) => {
-                    tracing::debug!(%peer, error = %err, "client connection ended");
-                    false
+            match Box::pin(self.serve_exchanges(stream, peer, head_deadline)).await {
+                Some((parked, unparsed)) => {
+                    stream = parked;
+                    stream.exchange.resume();
+                    // A copy: the bytes hyper left are a view of its whole read buffer.
+                    stream.unparsed = Bytes::copy_from_slice(&unparsed);
                 }
-            };
-            if !resumable || self.shutdown.is_cancelled() {
-                let _ = stream.shutdown().await;
-                return;
+                None => return,
             }
-            exchange.set(WAITING);
-            // A copy: the bytes hyper left are a view of its whole read buffer.
-            stream.unparsed = Bytes::copy_from_slice(&served.unparsed);
         }
     }
 
-    /// Parks a connection until the client sends something (true) or stays silent for the
-    /// idle timeout, or the server stops (false).
-    async fn client_speaks(&self, stream: &TcpStream) -> bool {
+    /// Parks a connection until the client sends something (true), or the head deadline
+    /// passes or the server stops (false).
+    async fn client_speaks(&self, stream: &TcpStream, head_deadline: Instant) -> bool {
         let _idle = self.proxy.idle_connection();
         tokio::select! {
-            readable = tokio::time::timeout(self.idle_timeout, stream.readable()) => {
+            readable = tokio::time::timeout_at(head_deadline, stream.readable()) => {
                 matches!(readable, Ok(Ok(())))
             }
             () = self.shutdown.cancelled() => false,
         }
     }
 
-    /// Lets hyper serve exchanges until the connection ends or is parked.
-    async fn serve_exchanges(&self, stream: ParkableStream, peer: SocketAddr) -> Served {
+    /// Lets hyper serve exchanges until the connection is parked (the socket and the bytes
+    /// hyper read but did not parse come back) or ends (`None`, once hyper has sent
+    /// everything it queued and closed the connection).
+    async fn serve_exchanges(
+        &self,
+        stream: ParkableStream,
+        peer: SocketAddr,
+        head_deadline: Instant,
+    ) -> Option<(ParkableStream, Bytes)> {
         let exchange = stream.exchange.clone();
+        let on_request = exchange.clone();
         let proxy = self.proxy.clone();
         let service = service_fn(move |request: Request<Incoming>| {
-            exchange.request(&request);
+            on_request.request(&request);
             let proxy = proxy.clone();
-            let exchange = exchange.clone();
+            let exchange = on_request.clone();
             Box::pin(async move {
                 let response = proxy.handle(request, peer).await;
                 Ok::<_, Infallible>(response.map(|body| ExchangeBody { body, exchange }))
             })
         });
         let mut connection = self.http1.serve_connection(TokioIo::new(stream), service);
-        let outcome = tokio::select! {
-            outcome = poll_fn(|cx| connection.poll_without_shutdown(cx)) => outcome,
-            () = self.shutdown.cancelled() => {
-                Pin::new(&mut connection).graceful_shutdown();
-                poll_fn(|cx| connection.poll_without_shutdown(cx)).await
+        let head_deadline = sleep_until(head_deadline);
+        tokio::pin!(head_deadline);
+        let mut head_pending = true;
+        let outcome = loop {
+            tokio::select! {
+                outcome = poll_fn(|cx| connection.poll_without_shutdown(cx)) => break outcome,
+                () = self.shutdown.cancelled() => {
+                    Pin::new(&mut connection).graceful_shutdown();
+                    let _ = connection.await;
+                    return None;
+                }
+                () = &mut head_deadline, if head_pending => {
+                    if !exchange.request_begun() {
+                        // Its first bytes came just before the deadline: hyper's own timer
+                        // would give the rest of the head a whole headerTimeout more.
+                        return None;
+                    }
+                    head_pending = false;
+                }
             }
         };
-        let parts = connection.into_parts();
-        let stream = parts.io.into_inner();
-        Served {
-            outcome,
-            parked: stream.exchange.get() == PARKED,
-            unparsed: parts.read_buf,
-            stream,
+        let parked = exchange.get() == PARKED;
+        match &outcome {
+            Ok(()) if parked => {}
+            // The input "ended" inside a pipelined request hyper had begun to read.
+            Err(err) if parked && err.is_incomplete_message() => {}
+            // The client closed, asked to close, or sent a head hyper answered itself (400,
+            // 414, 431): polled as a whole, hyper sends what it still holds, then closes.
+            Ok(()) => {
+                let _ = connection.await;
+                return None;
+            }
+            Err(err) if err.is_parse() => {
+                let _ = connection.await;
+                return None;
+            }
+            // Anything else, such as an answer's body that broke off: closed as it stands,
+            // so that the client sees the answer cut rather than ended.
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "client connection ended");
+                return None;
+            }
         }
+        let parts = connection.into_parts();
+        Some((parts.io.into_inner(), parts.read_buf))
     }
-}
-
-/// How a hyper connection over a client socket ended.
-struct Served {
-    /// hyper's verdict.
-    outcome: hyper::Result<()>,
-    /// Whether the socket ended the input to park the connection.
-    parked: bool,
-    /// Bytes hyper read but did not parse.
-    unparsed: Bytes,
-    /// The socket, handed back.
-    stream: ParkableStream,
 }

@@ -117,7 +117,8 @@ pub struct ProxyMetrics {
     pub connections: IntCounter,
     /// Client connections open.
     pub open_connections: IntGauge,
-    /// Client connections parked between requests, holding no HTTP state.
+    /// Client connections waiting for their next request (or their first), holding no HTTP
+    /// state.
     pub idle_connections: IntGauge,
     /// The request counter and latency histogram of each outcome, resolved once so that a
     /// cache hit does not look labels up.
@@ -236,7 +237,7 @@ impl ProxyMetrics {
             .expect("valid metric"),
             idle_connections: IntGauge::new(
                 "coral_proxy_idle_connections",
-                "Client connections parked between requests, holding no HTTP state.",
+                "Client connections waiting for their next request (or their first), holding no HTTP state.",
             )
             .expect("valid metric"),
             by_outcome,

@@ -1,5 +1,5 @@
 //! The proxy's HTTP server: accepts client connections within the limits and hands each to a
-//! [`ClientService`].
+//! [`ClientConnections`].
 //!
 //! hyper enforces the head limits: a head over `maxHeaderBytes` or with more than
 //! `maxHeaders` fields gets 431, one not sent within `headerTimeout` (slowloris) has its
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::ClientService;
+use super::connection::ClientConnections;
 use super::service::Proxy;
 use crate::config::ClientLimits;
 
@@ -35,10 +35,10 @@ pub async fn serve(
         .max_buf_size(limits.max_header_bytes as usize)
         .max_header_size(limits.max_header_bytes as usize)
         .max_headers(limits.max_headers as usize);
-    let clients = ClientService {
+    let clients = ClientConnections {
         proxy: proxy.clone(),
         http1: Arc::new(http1),
-        idle_timeout: limits.header_timeout,
+        header_timeout: limits.header_timeout,
         shutdown: shutdown.clone(),
     };
     loop {

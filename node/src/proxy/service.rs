@@ -756,7 +756,7 @@ impl Proxy {
                 && let Some(stale) = &validated
             {
                 self.count_fetch("not_modified");
-                match self.revalidated(request, stale, &response, now) {
+                match self.revalidated(request, stale, &response, now).await {
                     Some(refreshed) => {
                         publish_stored(transfer, &refreshed, Outcome::Revalidated, now);
                         return;
@@ -866,7 +866,7 @@ impl Proxy {
 
     /// Updates a stored response from the origin's 304 and stores the result; `None` when
     /// the 304 does not match the stored copy's validators.
-    fn revalidated(
+    async fn revalidated(
         &self,
         request: &CacheRequest,
         stale: &Stored,
@@ -902,7 +902,8 @@ impl Proxy {
         }
         let refreshed = Arc::new(Stored::with_policy(policy, head, stale.body.clone(), now));
         self.cache
-            .insert(&request.key, &request.parts, refreshed.clone(), now);
+            .insert(&request.key, &request.parts, refreshed.clone(), now)
+            .await;
         Some(refreshed)
     }
 
@@ -998,12 +999,14 @@ impl Proxy {
                         &request.request_id,
                     );
                 }
-                self.cache.insert(
-                    &request.key,
-                    &request.parts,
-                    Arc::new(stored),
-                    response_time,
-                );
+                self.cache
+                    .insert(
+                        &request.key,
+                        &request.parts,
+                        Arc::new(stored),
+                        response_time,
+                    )
+                    .await;
             }
         }
         transfer.finish(ended);

@@ -225,3 +225,73 @@ fn oversized_heads_are_refused_and_a_request_body_keeps_its_connection() {
         assert_eq!(origin.hits("/form"), 0);
     });
 }
+
+#[test]
+fn closing_answers_reach_a_slow_reader_whole() {
+    in_private_network(|| async {
+        const SIZE: usize = 24 << 20;
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], vec![b'x'; SIZE])
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = origin.zone_host();
+        for close in ["Connection: close\r\n", ""] {
+            let mut client = TcpStream::connect(proxy.address).await.unwrap();
+            let request = if close.is_empty() {
+                format!("GET /big HTTP/1.0\r\nHost: {host}\r\n\r\n")
+            } else {
+                get(&host, "/big", close)
+            };
+            client.write_all(request.as_bytes()).await.unwrap();
+            // More than the socket buffers hold is still queued when the answer ends.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let answer = read_to_close(&mut client).await;
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1."), "{head}");
+            assert_eq!(body.len(), SIZE, "{request:?} answered {head}");
+        }
+        // The server stops while a keep-alive answer is still queued: it goes out whole, then
+        // the connection closes.
+        let mut client = TcpStream::connect(proxy.address).await.unwrap();
+        client
+            .write_all(get(&host, "/big", "").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.stop().await;
+        let answer = read_to_close(&mut client).await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body.len(), SIZE, "cut at shutdown");
+        assert_eq!(origin.hits("/big"), 1);
+    });
+}
+
+#[test]
+fn the_header_timeout_counts_from_when_the_connection_began_to_wait() {
+    in_private_network(|| async {
+        let mut config = test_config();
+        config.proxy.client_limits.header_timeout = Duration::from_secs(2);
+        let proxy = TestProxy::start(&config).await;
+        let mut client = TcpStream::connect(proxy.address).await.unwrap();
+        let connected = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        client.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+        // One header line every 100 ms, until writing fails because the proxy closed.
+        let mut refused_after = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if client.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                refused_after = Some(connected.elapsed());
+                break;
+            }
+        }
+        let refused_after = refused_after.expect("the slow head was never cut off");
+        // A fresh headerTimeout from the first byte would have let it run until 3.8 s.
+        assert!(
+            refused_after < Duration::from_secs(3),
+            "the head was still taken {refused_after:?} after connecting"
+        );
+    });
+}
