@@ -1,5 +1,5 @@
 //! One client connection: hyper serves its HTTP/1 exchanges, and the connection is parked
-//! between them.
+//! between them; or, when the client opens with HTTP/2's preface, hyper serves HTTP/2.
 //!
 //! As long as hyper serves an HTTP/1 connection it holds an 8 KiB read buffer, an 8 KiB write
 //! buffer and room for a request's future, whether a request is under way or not. A CDN holds
@@ -36,9 +36,9 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use hyper::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
@@ -58,6 +58,8 @@ const BUSY_WITH_BODY: u8 = 2;
 const ANSWERED: u8 = 3;
 /// The socket told hyper the input ended, to take the connection back.
 const PARKED: u8 = 4;
+/// The client speaks HTTP/2: the connection is never parked.
+const HTTP2: u8 = 5;
 
 /// Where the current exchange of a connection stands, shared by its socket, its service and
 /// its answer's body; and whether a request has begun since the connection was last resumed.
@@ -223,6 +225,8 @@ pub struct ClientConnections {
     pub proxy: Arc<Proxy>,
     /// hyper's settings for HTTP/1 connections.
     pub http1: Arc<http1::Builder>,
+    /// hyper's settings for HTTP/2 connections (prior knowledge, in cleartext).
+    pub http2: Arc<http2::Builder<TokioExecutor>>,
     /// How long a client may take, from the moment its connection starts waiting (accepted,
     /// or its last answer sent), to send a whole request head.
     pub header_timeout: Duration,
@@ -320,6 +324,15 @@ impl ClientConnections {
             Ok(()) if parked => {}
             // The input "ended" inside a pipelined request hyper had begun to read.
             Err(err) if parked && err.is_incomplete_message() => {}
+            // The client opened with HTTP/2's preface, which hyper's HTTP/1 side kept.
+            Err(err) if err.is_parse_version_h2() => {
+                let parts = connection.into_parts();
+                let mut stream = parts.io.into_inner();
+                stream.exchange.set(HTTP2);
+                stream.unparsed = parts.read_buf;
+                self.serve_http2(stream, peer).await;
+                return None;
+            }
             // The client closed, asked to close, or sent a head hyper answered itself (400,
             // 414, 431): polled as a whole, hyper sends what it still holds, then closes.
             Ok(()) => {
@@ -339,5 +352,26 @@ impl ClientConnections {
         }
         let parts = connection.into_parts();
         Some((parts.io.into_inner(), parts.read_buf))
+    }
+
+    /// Serves an HTTP/2 connection to its end; at shutdown its streams in progress finish.
+    async fn serve_http2(&self, stream: ParkableStream, peer: SocketAddr) {
+        let proxy = self.proxy.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+        });
+        let connection = self.http2.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let outcome = tokio::select! {
+            outcome = connection.as_mut() => outcome,
+            () = self.shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(err) = outcome {
+            tracing::debug!(%peer, error = %err, "HTTP/2 client connection ended");
+        }
     }
 }

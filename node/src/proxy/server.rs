@@ -1,16 +1,22 @@
 //! The proxy's HTTP server: accepts client connections within the limits and hands each to a
 //! [`ClientConnections`].
 //!
-//! hyper enforces the head limits: a head over `maxHeaderBytes` or with more than
+//! Clients speak HTTP/1.1 (or 1.0), or HTTP/2 with prior knowledge (h2c: the connection opens
+//! with HTTP/2's preface, as `curl --http2-prior-knowledge` does); `*.nyud.net` is plain HTTP,
+//! so there is no TLS to negotiate HTTP/2 in.
+//!
+//! hyper enforces the head limits: an HTTP/1 head over `maxHeaderBytes` or with more than
 //! `maxHeaders` fields gets 431, one not sent within `headerTimeout` (slowloris) has its
-//! connection closed, and so has a keep-alive connection idle for as long. At most
+//! connection closed, and so has a keep-alive connection idle for as long. An HTTP/2 header
+//! block over `maxHeaderBytes` is refused, a client has at most 100 requests under way per
+//! connection, and one that stops answering pings (every `headerTimeout`) is disconnected. At most
 //! `maxConnections` connections are served at once; further ones wait in the listen backlog
 //! rather than being accepted and starved.
 
 use std::sync::Arc;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use super::connection::ClientConnections;
 use super::service::Proxy;
 use crate::config::ClientLimits;
+
+/// Requests one HTTP/2 client may have under way at once.
+const HTTP2_STREAMS: u32 = 100;
 
 /// Serves clients until `shutdown` is cancelled; connections in progress finish their
 /// current request.
@@ -35,9 +44,17 @@ pub async fn serve(
         .max_buf_size(limits.max_header_bytes as usize)
         .max_header_size(limits.max_header_bytes as usize)
         .max_headers(limits.max_headers as usize);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes)
+        .max_concurrent_streams(HTTP2_STREAMS)
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout);
     let clients = ClientConnections {
         proxy: proxy.clone(),
         http1: Arc::new(http1),
+        http2: Arc::new(http2),
         header_timeout: limits.header_timeout,
         shutdown: shutdown.clone(),
     };

@@ -1,8 +1,12 @@
-//! Client connections on raw sockets: keep-alive connections parked between requests and
-//! resumed, pipelining, and the limits on heads and on silent clients.
+//! Client connections: keep-alive connections parked between requests and resumed,
+//! pipelining, the limits on heads and on silent clients (on raw sockets), and HTTP/2.
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -293,5 +297,55 @@ fn the_header_timeout_counts_from_when_the_connection_began_to_wait() {
             refused_after < Duration::from_secs(3),
             "the head was still taken {refused_after:?} after connecting"
         );
+    });
+}
+
+#[test]
+fn http2_clients_get_concurrent_answers_on_one_connection() {
+    in_private_network(|| async {
+        let origin = echo_origin().await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = origin.zone_host();
+        let stream = TcpStream::connect(proxy.address).await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let ask = |path: String| {
+            let mut sender = sender.clone();
+            let request = Request::get(format!("http://{host}{path}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            async move {
+                let response = sender.send_request(request).await.unwrap();
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                (parts, String::from_utf8(body.to_vec()).unwrap(), path)
+            }
+        };
+        // Twenty streams at once, two per path.
+        let crowd = (0..20).map(|index| ask(format!("/h2/{}", index % 10)));
+        for (parts, body, path) in futures::future::join_all(crowd).await {
+            assert_eq!(parts.status, StatusCode::OK, "{path}");
+            assert_eq!(parts.version, Version::HTTP_2);
+            assert_eq!(body, path);
+        }
+        for index in 0..10 {
+            assert_eq!(origin.hits(&format!("/h2/{index}")), 1, "/h2/{index}");
+        }
+        let (parts, body, _) = ask("/h2/3".to_owned()).await;
+        assert_eq!(body, "/h2/3");
+        assert_eq!(parts.headers["x-cache"], "hit");
+        let oversized = Request::get(format!("http://{host}/h2/big"))
+            .header("x-big", "a".repeat(40_000))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let refused = sender.clone().send_request(oversized).await.unwrap();
+        assert_eq!(
+            refused.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(origin.hits("/h2/big"), 0);
     });
 }
