@@ -249,8 +249,9 @@ impl ObjectCache {
     }
 
     /// Stores a response, replacing the variant it supersedes (the one answering the same
-    /// request), in memory and on disk. The URL's other variants are kept, also when only
-    /// the disk tier still held them.
+    /// request), in memory and on disk. A response that varies keeps the URL's other variants,
+    /// also when only the disk tier still held them; one that does not answers every request
+    /// and so replaces them all.
     pub async fn insert(
         &self,
         key: &str,
@@ -258,8 +259,16 @@ impl ObjectCache {
         stored: Arc<Stored>,
         now: SystemTime,
     ) {
+        let invalidations = self.invalidations.load(Ordering::Acquire);
+        let others = if stored.varies {
+            self.variants(key).await
+        } else {
+            None
+        };
         let mut variants = vec![stored];
-        if let Some(old) = self.variants(key).await {
+        // Variants read while something was invalidated may be what was invalidated.
+        let others = others.filter(|_| self.invalidations.load(Ordering::Acquire) == invalidations);
+        if let Some(old) = others {
             variants.extend(
                 old.iter()
                     .filter(|old| {

@@ -29,7 +29,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -186,13 +186,13 @@ impl AsyncWrite for ParkableStream {
     }
 }
 
-/// An answer's body that marks the exchange answered when it ends or hyper drops it.
-struct ExchangeBody {
+/// An answer's body that holds a guard until hyper has sent it (or given up on it).
+struct GuardedBody<G> {
     body: ProxyBody,
-    exchange: Arc<Exchange>,
+    _guard: G,
 }
 
-impl Body for ExchangeBody {
+impl<G: Unpin> Body for GuardedBody<G> {
     type Data = Bytes;
     type Error = <ProxyBody as Body>::Error;
 
@@ -212,9 +212,36 @@ impl Body for ExchangeBody {
     }
 }
 
-impl Drop for ExchangeBody {
+/// Marks an HTTP/1 exchange answered when dropped with its answer's body.
+struct Answered(Arc<Exchange>);
+
+impl Drop for Answered {
     fn drop(&mut self) {
-        self.exchange.advance(BUSY, ANSWERED);
+        self.0.advance(BUSY, ANSWERED);
+    }
+}
+
+/// The requests of an HTTP/2 connection: how many have begun, and how many are under way.
+#[derive(Default)]
+struct Streams {
+    begun: AtomicU64,
+    open: AtomicUsize,
+}
+
+/// Counts an HTTP/2 request under way until dropped with its answer's body.
+struct OpenStream(Arc<Streams>);
+
+impl OpenStream {
+    fn new(streams: &Arc<Streams>) -> Self {
+        streams.begun.fetch_add(1, Ordering::Relaxed);
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -294,7 +321,10 @@ impl ClientConnections {
             let exchange = on_request.clone();
             Box::pin(async move {
                 let response = proxy.handle(request, peer).await;
-                Ok::<_, Infallible>(response.map(|body| ExchangeBody { body, exchange }))
+                Ok::<_, Infallible>(response.map(|body| GuardedBody {
+                    body,
+                    _guard: Answered(exchange),
+                }))
             })
         });
         let mut connection = self.http1.serve_connection(TokioIo::new(stream), service);
@@ -354,20 +384,43 @@ impl ClientConnections {
         Some((parts.io.into_inner(), parts.read_buf))
     }
 
-    /// Serves an HTTP/2 connection to its end; at shutdown its streams in progress finish.
+    /// Serves an HTTP/2 connection until it ends, the server stops (streams under way
+    /// finish), or it has had no request under way and begun none for `headerTimeout` (checked
+    /// every `headerTimeout`, so idle connections close after one to two of them).
     async fn serve_http2(&self, stream: ParkableStream, peer: SocketAddr) {
+        let streams = Arc::new(Streams::default());
         let proxy = self.proxy.clone();
+        let counted = streams.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+            let open = OpenStream::new(&counted);
+            async move {
+                let response = proxy.handle(request, peer).await;
+                Ok::<_, Infallible>(response.map(|body| GuardedBody { body, _guard: open }))
+            }
         });
         let connection = self.http2.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
-        let outcome = tokio::select! {
-            outcome = connection.as_mut() => outcome,
-            () = self.shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
+        let (mut begun_before, mut idle_closing, mut stopping) = (0, false, false);
+        let outcome = loop {
+            tokio::select! {
+                outcome = connection.as_mut() => break outcome,
+                () = self.shutdown.cancelled(), if !stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    stopping = true;
+                }
+                () = tokio::time::sleep(self.header_timeout), if !stopping => {
+                    if idle_closing {
+                        // Told to go a headerTimeout ago and still there: dropped.
+                        break Ok(());
+                    }
+                    let begun = streams.begun.load(Ordering::Relaxed);
+                    if begun == begun_before && streams.open.load(Ordering::Relaxed) == 0 {
+                        connection.as_mut().graceful_shutdown();
+                        idle_closing = true;
+                    }
+                    begun_before = begun;
+                }
             }
         };
         if let Err(err) = outcome {

@@ -9,11 +9,13 @@
 //! `maxHeaders` fields gets 431, one not sent within `headerTimeout` (slowloris) has its
 //! connection closed, and so has a keep-alive connection idle for as long. An HTTP/2 header
 //! block over `maxHeaderBytes` is refused, a client has at most 100 requests under way per
-//! connection, and one that stops answering pings (every `headerTimeout`) is disconnected. At most
+//! connection, one that stops answering pings (sent every `headerTimeout`) is disconnected, and
+//! one with no request under way that starts none for `headerTimeout` is closed. At most
 //! `maxConnections` connections are served at once; further ones wait in the listen backlog
 //! rather than being accepted and starved.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -27,6 +29,12 @@ use crate::config::ClientLimits;
 
 /// Requests one HTTP/2 client may have under way at once.
 const HTTP2_STREAMS: u32 = 100;
+
+/// What an HTTP/2 client may send before the proxy reads it, per request and per connection:
+/// requests the proxy serves have no body to speak of.
+const HTTP2_WINDOW: u32 = 256 * 1024;
+/// Shortest wait for a ping's answer, which may queue behind megabytes of answers.
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves clients until `shutdown` is cancelled; connections in progress finish their
 /// current request.
@@ -49,8 +57,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes)
         .max_concurrent_streams(HTTP2_STREAMS)
+        .initial_stream_window_size(HTTP2_WINDOW)
+        .initial_connection_window_size(HTTP2_WINDOW)
         .keep_alive_interval(limits.header_timeout)
-        .keep_alive_timeout(limits.header_timeout);
+        .keep_alive_timeout(limits.header_timeout.max(HTTP2_PING_TIMEOUT));
     let clients = ClientConnections {
         proxy: proxy.clone(),
         http1: Arc::new(http1),

@@ -349,3 +349,35 @@ fn http2_clients_get_concurrent_answers_on_one_connection() {
         assert_eq!(origin.hits("/h2/big"), 0);
     });
 }
+
+#[test]
+fn idle_http2_connections_are_closed_and_busy_ones_kept() {
+    in_private_network(|| async {
+        let origin = echo_origin().await;
+        let mut config = test_config();
+        config.proxy.client_limits.header_timeout = Duration::from_secs(1);
+        let proxy = TestProxy::start(&config).await;
+        let host = origin.zone_host();
+        let open = || async {
+            let stream = TcpStream::connect(proxy.address).await.unwrap();
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            (sender, tokio::spawn(connection))
+        };
+        let (_idle_sender, idle) = open().await;
+        let (mut busy_sender, busy) = open().await;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(4) {
+            let request = Request::get(format!("http://{host}/busy"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response = busy_sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(idle.is_finished(), "the idle connection is still open");
+        assert!(!busy.is_finished(), "the busy connection was closed");
+    });
+}
