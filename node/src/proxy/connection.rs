@@ -350,10 +350,16 @@ impl ClientConnections {
             }
         };
         let parked = exchange.get() == PARKED;
-        match &outcome {
-            Ok(()) if parked => {}
+        let resumable = match &outcome {
+            Ok(()) => parked,
             // The input "ended" inside a pipelined request hyper had begun to read.
-            Err(err) if parked && err.is_incomplete_message() => {}
+            Err(err) => parked && err.is_incomplete_message(),
+        };
+        if resumable {
+            let parts = connection.into_parts();
+            return Some((parts.io.into_inner(), parts.read_buf));
+        }
+        match outcome {
             // The client opened with HTTP/2's preface, which hyper's HTTP/1 side kept.
             Err(err) if err.is_parse_version_h2() => {
                 let parts = connection.into_parts();
@@ -361,27 +367,20 @@ impl ClientConnections {
                 stream.exchange.set(HTTP2);
                 stream.unparsed = parts.read_buf;
                 self.serve_http2(stream, peer).await;
-                return None;
             }
-            // The client closed, asked to close, or sent a head hyper answered itself (400,
-            // 414, 431): polled as a whole, hyper sends what it still holds, then closes.
-            Ok(()) => {
-                let _ = connection.await;
-                return None;
-            }
-            Err(err) if err.is_parse() => {
-                let _ = connection.await;
-                return None;
-            }
-            // Anything else, such as an answer's body that broke off: closed as it stands,
-            // so that the client sees the answer cut rather than ended.
-            Err(err) => {
+            // Anything else but a head hyper answered itself (400, 414, 431), such as an
+            // answer's body that broke off: closed as it stands, so that the client sees the
+            // answer cut rather than ended.
+            Err(err) if !err.is_parse() => {
                 tracing::debug!(%peer, error = %err, "client connection ended");
-                return None;
+            }
+            // The client closed, asked to close, or was answered by hyper: polled as a whole,
+            // hyper sends what it still holds, then closes.
+            _ => {
+                let _ = connection.await;
             }
         }
-        let parts = connection.into_parts();
-        Some((parts.io.into_inner(), parts.read_buf))
+        None
     }
 
     /// Serves an HTTP/2 connection until it ends, the server stops (streams under way

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::support::*;
 
@@ -72,6 +74,19 @@ async fn until_idle(proxy: &TestProxy, count: i64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// An HTTP/2 client (prior knowledge) connected to the proxy, and the task running its
+/// connection, which finishes when the proxy closes it.
+async fn http2_client(
+    proxy: &TestProxy,
+) -> (SendRequest<Empty<Bytes>>, JoinHandle<hyper::Result<()>>) {
+    let stream = TcpStream::connect(proxy.address).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(connection))
 }
 
 /// Reads until the proxy closes the connection; what arrived before.
@@ -306,12 +321,7 @@ fn http2_clients_get_concurrent_answers_on_one_connection() {
         let origin = echo_origin().await;
         let proxy = TestProxy::start(&test_config()).await;
         let host = origin.zone_host();
-        let stream = TcpStream::connect(proxy.address).await.unwrap();
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
+        let (sender, _connection) = http2_client(&proxy).await;
         let ask = |path: String| {
             let mut sender = sender.clone();
             let request = Request::get(format!("http://{host}{path}"))
@@ -358,16 +368,8 @@ fn idle_http2_connections_are_closed_and_busy_ones_kept() {
         config.proxy.client_limits.header_timeout = Duration::from_secs(1);
         let proxy = TestProxy::start(&config).await;
         let host = origin.zone_host();
-        let open = || async {
-            let stream = TcpStream::connect(proxy.address).await.unwrap();
-            let (sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            (sender, tokio::spawn(connection))
-        };
-        let (_idle_sender, idle) = open().await;
-        let (mut busy_sender, busy) = open().await;
+        let (_idle_sender, idle) = http2_client(&proxy).await;
+        let (mut busy_sender, busy) = http2_client(&proxy).await;
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(4) {
             let request = Request::get(format!("http://{host}/busy"))
