@@ -374,6 +374,12 @@ pub(super) mod tests {
         }
     }
 
+    /// A 1 MiB disk tier in `dir` (a node's, or the same node's after a restart).
+    fn disk_tier(dir: &std::path::Path) -> Option<DiskTier> {
+        let counters = ProxyMetrics::unregistered().disk_counters();
+        Some(DiskTier::open(dir, 1 << 20, counters).unwrap())
+    }
+
     async fn store(cache: &ObjectCache, req: &request::Parts, response: Head, now: SystemTime) {
         let stored = Stored::new(req, response, Bytes::from_static(b"body"), now);
         assert!(stored.policy.is_storable());
@@ -516,10 +522,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn memory_misses_are_read_back_from_disk_once_then_served_from_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            let counters = ProxyMetrics::unregistered().disk_counters();
-            Some(DiskTier::open(dir.path(), 1 << 20, counters).unwrap())
-        };
+        let open = || disk_tier(dir.path());
         let now = SystemTime::now();
         let req = request(&[]);
         let first = ObjectCache::new(1 << 20, open());
@@ -546,10 +549,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_new_variant_keeps_the_ones_only_the_disk_tier_still_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            let counters = ProxyMetrics::unregistered().disk_counters();
-            Some(DiskTier::open(dir.path(), 1 << 20, counters).unwrap())
-        };
+        let open = || disk_tier(dir.path());
         let now = SystemTime::now();
         let vary = [("cache-control", "max-age=60"), ("vary", "accept-language")];
         let english = request(&[("accept-language", "en")]);
