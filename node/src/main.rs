@@ -158,7 +158,28 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
     Ok(loaded.value)
 }
 
+/// Raises the soft limit on open files to the hard one, as Go's runtime and nginx's
+/// `worker_rlimit_nofile` do: every client connection and every sealed cached body holds a
+/// descriptor, and container runtimes may start a process at a soft limit of 1024.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    /// The kernel's default ceiling (`fs.nr_open`) when the hard limit is unlimited.
+    const CEILING: u64 = 1 << 20;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard.min(CEILING) => {
+            let raised = hard.min(CEILING);
+            match setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
+                Ok(()) => tracing::info!(from = soft, to = raised, "raised the open-file limit"),
+                Err(error) => tracing::warn!(%error, soft, "could not raise the open-file limit"),
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open-file limit"),
+    }
+}
+
 async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let config = load_config(&args.config)?;
     let topology = Topology::load(&args.topology)?.value;
     let shutdown = CancellationToken::new();

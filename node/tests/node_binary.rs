@@ -69,8 +69,27 @@ fn sample_config(dir: &Path, key: &[u8]) -> PathBuf {
 }
 
 fn start(dir: &Path, node: &str, ip: [u8; 4], roles: &str, peers: &[&str]) -> Node {
+    start_through(&[], dir, node, ip, roles, peers)
+}
+
+/// Starts a node through `launcher` (a command and its arguments that runs the rest).
+fn start_through(
+    launcher: &[&str],
+    dir: &Path,
+    node: &str,
+    ip: [u8; 4],
+    roles: &str,
+    peers: &[&str],
+) -> Node {
     let admin = SocketAddr::from((ip, ADMIN_PORT));
-    let mut command = Command::new(BINARY);
+    let mut command = match launcher {
+        [program, arguments @ ..] => {
+            let mut command = Command::new(program);
+            command.args(arguments).arg(BINARY);
+            command
+        }
+        [] => Command::new(BINARY),
+    };
     command
         .args(["run", "--roles", roles, "--config"])
         .arg(dir.join("node.yaml"))
@@ -291,6 +310,28 @@ fn sigterm_stops_the_node_cleanly() {
     );
     let status = node.child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_low_open_file_limit_is_raised_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    sample_config(dir.path(), b"a test key of at least thirty-two bytes....");
+    let node = start_through(
+        &["prlimit", "--nofile=256:"],
+        dir.path(),
+        "node-a",
+        [127, 0, 0, 26],
+        "dht",
+        &[],
+    );
+    wait_for(node.admin, "/livez", |status, _| status == 200);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft and hard limits: {line}");
 }
 
 #[test]

@@ -22,6 +22,7 @@ use moka::sync::Cache;
 use tokio::sync::OnceCell;
 
 use super::disk::DiskTier;
+use super::sealed;
 use super::transfer::Head;
 
 /// Responses kept per URL that differ by `Vary`.
@@ -58,7 +59,8 @@ impl Stored {
         Self::with_policy(policy, head, body, response_time)
     }
 
-    /// A stored response with a policy already computed (after revalidation).
+    /// A stored response with a policy already computed (after revalidation). A large body
+    /// is moved into a sealed memory file, to be sent with `sendfile`.
     pub fn with_policy(policy: CachePolicy, head: Head, body: Bytes, now: SystemTime) -> Self {
         let expires_at = now
             .checked_add(policy.time_to_live(now).min(MAX_LIFETIME))
@@ -67,7 +69,7 @@ impl Stored {
         Self {
             policy,
             head,
-            body,
+            body: sealed::seal(body),
             expires_at,
             varies,
         }

@@ -45,6 +45,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::respond::ProxyBody;
+use super::sealed;
 use super::service::Proxy;
 
 /// Nothing has been read since the last answer was flushed (or since the client connected):
@@ -160,12 +161,12 @@ impl AsyncWrite for ParkableStream {
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.exchange.advance(WAITING, ANSWERED);
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        sealed::poll_write_vectored(&self.stream, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -11,6 +11,7 @@
 //! - [`cache`]: the object cache and the RFC 9111 policy of what it holds; [`disk`]: its
 //!   disk tier;
 //! - [`respond`]: answers from stored objects (conditional, range, HEAD) or transfers;
+//!   [`sealed`]: large cached bodies in sealed memory files, sent with `sendfile`;
 //! - [`ratelimit`]: request rate limits per client and per origin; [`quota`]: bandwidth
 //!   quotas with fair sharing, redirecting to the origin;
 //! - [`refusal`]: refusals and their explanation pages;
@@ -37,6 +38,7 @@ pub mod ratelimit;
 pub mod refusal;
 pub mod resolve;
 pub mod respond;
+pub mod sealed;
 pub mod server;
 pub mod service;
 pub mod target;

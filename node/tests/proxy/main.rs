@@ -531,6 +531,33 @@ fn ranges_conditionals_and_head_are_answered_from_the_cache() {
     });
 }
 
+/// Hits of objects large enough to be sent with `sendfile` from a sealed memory file.
+#[test]
+fn large_cached_objects_are_answered_whole_and_by_range_from_memory() {
+    in_private_network(|| async {
+        let object: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+        let served = object.clone();
+        let origin = TestOrigin::start(handler(move |_| {
+            let served = served.clone();
+            async move { respond(200, &[("cache-control", "max-age=60")], served) }
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = origin.zone_host();
+        proxy.get(&host, "/large", &[]).await;
+        for _ in 0..2 {
+            let whole = proxy.get(&host, "/large", &[]).await;
+            assert!(whole.body == object, "the whole object differs");
+        }
+        let range = proxy
+            .get(&host, "/large", &[("range", "bytes=123457-654320")])
+            .await;
+        assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+        assert!(range.body == object[123_457..=654_320], "the range differs");
+        assert_eq!(origin.hits("/large"), 1);
+    });
+}
+
 #[test]
 fn a_bodiless_request_never_forwards_the_clients_content_length() {
     in_private_network(|| async {
