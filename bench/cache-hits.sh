@@ -2,15 +2,18 @@
 # Cache-hit throughput and p99 latency of Coral's proxy against nginx proxy_cache and Varnish,
 # configured as equivalent reverse caches of one origin, in the same run, on loopback.
 #
-#   bench/cache-hits.sh [seconds per run, default 10] [connections, default 64]
+#   bench/cache-hits.sh [seconds per run, default 10] [connections, default 64] [rounds, default 3]
 #
 # The origin is nginx serving a 1 KiB and a 1 MiB file with `Cache-Control: max-age=3600`.
 # Each cache is warmed, then wrk (2 threads) asks it for the same object for the given time.
+# Every round runs each cache once, starting with a different one; the table gives the median
+# round of each (the machine is shared and noisy) and every round's rate.
 # Installs nginx-light, varnish and wrk from Debian when missing. Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 connections=${2:-64}
+rounds=${3:-3}
 
 source bench/lib.sh
 need nginx=nginx-light varnishd=varnish wrk=wrk
@@ -92,28 +95,47 @@ if [[ -z $ready ]]; then
   exit 1
 fi
 
-# run NAME PORT HOST OBJECT: warms the cache, then prints "requests/s p99".
+# run CACHE OBJECT: warms the cache, then prints "requests/s p99".
 run() {
-  local port=$2 host=$3 object=$4
-  for _ in 1 2 3; do curl -sf -o /dev/null "http://127.0.0.1:$port/$object" -H "Host: $host"; done
+  local port host=127.0.0.1
+  case $1 in
+    nginx) port=$nginx_port ;;
+    varnish) port=$varnish_port ;;
+    coral) port=$coral_port host=$coral_host ;;
+  esac
+  for _ in 1 2 3; do curl -sf -o /dev/null "http://127.0.0.1:$port/$2" -H "Host: $host"; done
   local out
-  out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Host: $host" "http://127.0.0.1:$port/$object")
+  out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Host: $host" "http://127.0.0.1:$port/$2")
   local rps p99
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
   echo "$rps $p99"
 }
 
-echo "| object | cache | requests/s | p99 latency | vs nginx | vs Varnish |"
-echo "|---|---|---|---|---|---|"
+# median FILE: of the lines "requests/s p99" in FILE, the one with the median requests/s.
+median() { sort -n "$1" | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
+# rounds FILE: every round's requests/s, rounded.
+rounds() { awk '{ printf "%s%d", (NR > 1 ? ", " : ""), $1 }' "$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+
+caches=(nginx varnish coral)
+echo "| object | cache | requests/s (median) | p99 latency | vs nginx | vs Varnish | every round |"
+echo "|---|---|---|---|---|---|---|"
 for object in 1k 1m; do
-  read -r nginx_rps nginx_p99 < <(run nginx "$nginx_port" "127.0.0.1" "$object")
-  read -r varnish_rps varnish_p99 < <(run varnish "$varnish_port" "127.0.0.1" "$object")
-  read -r coral_rps coral_p99 < <(run coral "$coral_port" "$coral_host" "$object")
-  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
-  echo "| $object | nginx proxy_cache | $nginx_rps | $nginx_p99 | 1.00x | $(ratio "$nginx_rps" "$varnish_rps") |"
-  echo "| $object | Varnish | $varnish_rps | $varnish_p99 | $(ratio "$varnish_rps" "$nginx_rps") | 1.00x |"
-  echo "| $object | Coral | $coral_rps | $coral_p99 | $(ratio "$coral_rps" "$nginx_rps") | $(ratio "$coral_rps" "$varnish_rps") |"
+  for cache in "${caches[@]}"; do : >"$work/$object-$cache"; done
+  # Each round starts with the next cache, so none always runs first or last on a busy machine.
+  for round in $(seq 0 $((rounds - 1))); do
+    for i in 0 1 2; do
+      cache=${caches[$(((round + i) % 3))]}
+      run "$cache" "$object" >>"$work/$object-$cache"
+    done
+  done
+  read -r nginx_rps nginx_p99 < <(median "$work/$object-nginx")
+  read -r varnish_rps varnish_p99 < <(median "$work/$object-varnish")
+  read -r coral_rps coral_p99 < <(median "$work/$object-coral")
+  echo "| $object | nginx proxy_cache | $nginx_rps | $nginx_p99 | 1.00x | $(ratio "$nginx_rps" "$varnish_rps") | $(rounds "$work/$object-nginx") |"
+  echo "| $object | Varnish | $varnish_rps | $varnish_p99 | $(ratio "$varnish_rps" "$nginx_rps") | 1.00x | $(rounds "$work/$object-varnish") |"
+  echo "| $object | Coral | $coral_rps | $coral_p99 | $(ratio "$coral_rps" "$nginx_rps") | $(ratio "$coral_rps" "$varnish_rps") | $(rounds "$work/$object-coral") |"
 done
 origin_hits=$(curl -s "http://127.0.0.1:$admin_port/metrics" | awk '/^coral_proxy_origin_fetches_total/ {sum += $2} END {print sum + 0}')
 echo

@@ -163,11 +163,14 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
 /// descriptor, and container runtimes may start a process at a soft limit of 1024.
 fn raise_open_file_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    /// The kernel's default ceiling (`fs.nr_open`) when the hard limit is unlimited.
-    const CEILING: u64 = 1 << 20;
+    // No process may open more than `fs.nr_open`, whatever its hard limit says.
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
     match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard.min(CEILING) => {
-            let raised = hard.min(CEILING);
+        Ok((soft, hard)) if soft < hard.min(most) => {
+            let raised = hard.min(most);
             match setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
                 Ok(()) => tracing::info!(from = soft, to = raised, "raised the open-file limit"),
                 Err(error) => tracing::warn!(%error, soft, "could not raise the open-file limit"),

@@ -331,7 +331,45 @@ fn a_low_open_file_limit_is_raised_to_the_hard_one() {
         .find(|line| line.starts_with("Max open files"))
         .unwrap();
     let fields: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(fields[3], fields[4], "soft and hard limits: {line}");
+    let (soft, hard): (u64, u64) = (fields[3].parse().unwrap(), fields[4].parse().unwrap());
+    let most: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(soft, hard.min(most), "soft and hard limits: {line}");
+}
+
+#[test]
+fn a_proxy_out_of_descriptors_pauses_its_accepts_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    sample_config(dir.path(), b"a test key of at least thirty-two bytes....");
+    let ip = [127, 0, 0, 27];
+    let node = start_through(
+        &["prlimit", "--nofile=64:64"],
+        dir.path(),
+        "node-a",
+        ip,
+        "proxy",
+        &[],
+    );
+    wait_for(node.admin, "/livez", |status, _| status == 200);
+    let proxy = SocketAddr::from((ip, 18080));
+    // More clients than the node has descriptors left: the rest wait in the listen queue.
+    let clients: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(proxy).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let log = std::fs::read_to_string(dir.path().join("node-a.log")).unwrap();
+    let failures = log.matches("accept failed").count();
+    // Retrying at once would fail hundreds of thousands of times a second.
+    assert!(
+        (1..100).contains(&failures),
+        "{failures} failed accepts in a second"
+    );
+    drop(clients);
+    let (status, body) = wait_for(proxy, "/", |_, _| true);
+    assert_eq!(status, 421, "the proxy answers again: {body}");
 }
 
 #[test]

@@ -59,8 +59,7 @@ impl Stored {
         Self::with_policy(policy, head, body, response_time)
     }
 
-    /// A stored response with a policy already computed (after revalidation). A large body
-    /// is moved into a sealed memory file, to be sent with `sendfile`.
+    /// A stored response with a policy already computed (after revalidation).
     pub fn with_policy(policy: CachePolicy, head: Head, body: Bytes, now: SystemTime) -> Self {
         let expires_at = now
             .checked_add(policy.time_to_live(now).min(MAX_LIFETIME))
@@ -69,9 +68,18 @@ impl Stored {
         Self {
             policy,
             head,
-            body: sealed::seal(body),
+            body,
             expires_at,
             varies,
+        }
+    }
+
+    /// The same response with a large body moved into a sealed memory file, to be sent with
+    /// `sendfile` ([`sealed`]): for what the memory tier keeps.
+    pub fn sealed(self) -> Self {
+        Self {
+            body: sealed::seal(self.body),
+            ..self
         }
     }
 

@@ -111,8 +111,9 @@ impl Exchange {
     }
 }
 
-/// A client socket that can tell hyper the input ended when the connection is idle, and that
-/// replays bytes an earlier hyper connection read but did not parse.
+/// A client socket that can tell hyper the input ended when the connection is idle, that
+/// replays bytes an earlier hyper connection read but did not parse, and that sends sealed
+/// bodies with `sendfile` ([`sealed`]).
 #[derive(Debug)]
 struct ParkableStream {
     stream: TcpStream,

@@ -508,7 +508,7 @@ fn read_file(path: &Path, now: SystemTime) -> Result<(String, Vec<Arc<Stored>>),
                 status: variant.status,
                 headers: variant.headers,
             };
-            Arc::new(Stored::with_policy(variant.policy, head, body, now))
+            Arc::new(Stored::with_policy(variant.policy, head, body, now).sealed())
         })
         .collect();
     Ok((header.key, variants))

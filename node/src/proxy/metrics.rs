@@ -1,6 +1,7 @@
 //! The proxy's Prometheus metrics, declared in one place, under `coral_proxy_`.
 
 use super::disk::DiskCounters;
+use super::sealed::SealedStats;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -120,6 +121,12 @@ pub struct ProxyMetrics {
     /// Client connections waiting for their next request (or their first), holding no HTTP
     /// state.
     pub idle_connections: IntGauge,
+    /// Cached bodies held in sealed memory files, sent with `sendfile` (process-wide).
+    pub sealed_bodies: IntGauge,
+    /// Bodies long enough to seal that stayed in ordinary memory (process-wide).
+    pub unsealed_bodies: IntCounter,
+    /// Bytes sent with `sendfile` from sealed bodies (process-wide).
+    pub sendfile_bytes: IntCounter,
     /// The request counter and latency histogram of each outcome, resolved once so that a
     /// cache hit does not look labels up.
     by_outcome: Vec<(IntCounter, Histogram)>,
@@ -143,6 +150,9 @@ impl ProxyMetrics {
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.open_connections.clone()))?;
         registry.register(Box::new(metrics.idle_connections.clone()))?;
+        registry.register(Box::new(metrics.sealed_bodies.clone()))?;
+        registry.register(Box::new(metrics.unsealed_bodies.clone()))?;
+        registry.register(Box::new(metrics.sendfile_bytes.clone()))?;
         Ok(metrics)
     }
 
@@ -240,6 +250,21 @@ impl ProxyMetrics {
                 "Client connections waiting for their next request (or their first), holding no HTTP state.",
             )
             .expect("valid metric"),
+            sealed_bodies: IntGauge::new(
+                "coral_proxy_sealed_bodies",
+                "Cached bodies held in sealed memory files, sent with sendfile.",
+            )
+            .expect("valid metric"),
+            unsealed_bodies: IntCounter::new(
+                "coral_proxy_unsealed_bodies_total",
+                "Bodies long enough to seal that stayed in ordinary memory (too many sealed, or no memory file).",
+            )
+            .expect("valid metric"),
+            sendfile_bytes: IntCounter::new(
+                "coral_proxy_sendfile_bytes_total",
+                "Bytes sent to clients with sendfile from sealed bodies.",
+            )
+            .expect("valid metric"),
             by_outcome,
             by_source,
         };
@@ -250,6 +275,17 @@ impl ProxyMetrics {
             metrics.peer_fetches.with_label_values(&[outcome]);
         }
         metrics
+    }
+
+    /// Brings the sealed-body metrics up to the process's figures.
+    pub fn record_sealed(&self, stats: SealedStats) {
+        self.sealed_bodies
+            .set(i64::try_from(stats.bodies).unwrap_or(i64::MAX));
+        let catch_up = |counter: &IntCounter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.unsealed_bodies, stats.unsealed);
+        catch_up(&self.sendfile_bytes, stats.sent_bytes);
     }
 
     /// The disk tier's counters.

@@ -20,15 +20,19 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock, RwLockWriteGuard};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use memmap2::Mmap;
+use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::sendfile::sendfile;
+use nix::sys::socket::{MsgFlags, sendmsg};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -38,6 +42,44 @@ pub const MIN_SEALED_LEN: usize = 64 * 1024;
 
 /// The sealed mappings alive, by start address.
 static MAPPINGS: LazyLock<RwLock<BTreeMap<usize, Region>>> = LazyLock::new(Default::default);
+/// Bodies left in ordinary memory although long enough to seal.
+static UNSEALED: AtomicU64 = AtomicU64::new(0);
+/// Bytes sent with `sendfile`.
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Most sealed bodies alive at once: each holds a file descriptor and a memory mapping, so
+/// half the open-file limit (connections need the rest) and a quarter of the mappings a
+/// process may have (`vm.max_map_count`; the allocator and threads need the rest). Read once,
+/// after `coral-node run` raised the open-file limit.
+static MAX_SEALED: LazyLock<usize> = LazyLock::new(|| {
+    let open_files = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let mappings = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(65_530);
+    usize::try_from((open_files / 2).min(mappings / 4)).unwrap_or(usize::MAX)
+});
+
+/// How much is sealed and sent, for the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealedStats {
+    /// Sealed bodies alive.
+    pub bodies: usize,
+    /// Bodies left in ordinary memory although long enough to seal (out of descriptors or
+    /// mappings, or memory files refused), since the process started.
+    pub unsealed: u64,
+    /// Bytes sent with `sendfile`, since the process started.
+    pub sent_bytes: u64,
+}
+
+/// The process's sealed bodies and what was sent from them.
+pub fn stats() -> SealedStats {
+    SealedStats {
+        bodies: mappings_read_len(),
+        unsealed: UNSEALED.load(Ordering::Relaxed),
+        sent_bytes: SENT.load(Ordering::Relaxed),
+    }
+}
 
 /// A registered mapping: its length and the file it maps.
 #[derive(Debug)]
@@ -59,32 +101,33 @@ impl AsRef<[u8]> for SealedMapping {
 
 impl Drop for SealedMapping {
     fn drop(&mut self) {
-        mappings_write().remove(&(self.map.as_ptr() as usize));
+        // The file closes once the lock is released.
+        let removed = mappings_write().remove(&(self.map.as_ptr() as usize));
+        drop(removed);
     }
 }
 
 /// `body` held in a sealed memory file when it is at least [`MIN_SEALED_LEN`] long and not
-/// sealed already; otherwise, or when the file cannot be made (say the process is out of file
-/// descriptors), `body` itself.
+/// sealed already; otherwise, or when no file can be made (too many sealed bodies, the process
+/// out of descriptors), `body` itself.
 pub fn seal(body: Bytes) -> Bytes {
     if body.len() < MIN_SEALED_LEN || region_of(&body).is_some() {
         return body;
     }
-    match sealed_copy(&body) {
-        Ok(sealed) => sealed,
-        Err(error) => {
-            tracing::debug!(%error, len = body.len(), "body kept in ordinary memory");
-            body
-        }
-    }
+    let sealed = if mappings_read_len() < *MAX_SEALED {
+        sealed_copy(&body)
+    } else {
+        Err(io::Error::other("the most sealed bodies are alive"))
+    };
+    sealed.unwrap_or_else(|error| {
+        UNSEALED.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%error, len = body.len(), "body kept in ordinary memory");
+        body
+    })
 }
 
 fn sealed_copy(body: &[u8]) -> io::Result<Bytes> {
-    let fd = memfd_create(
-        c"coral-body",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let mut file = File::from(fd);
+    let mut file = File::from(memory_file()?);
     file.write_all(body)?;
     fcntl(
         &file,
@@ -106,6 +149,17 @@ fn sealed_copy(body: &[u8]) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(SealedMapping { map }))
 }
 
+/// A new memory file that allows seals and can never be executed; kernels before 6.3 do not
+/// know the last flag.
+fn memory_file() -> io::Result<OwnedFd> {
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    let no_exec = MFdFlags::from_bits_retain(nix::libc::MFD_NOEXEC_SEAL);
+    match memfd_create(c"coral-body", flags | no_exec) {
+        Err(Errno::EINVAL) => Ok(memfd_create(c"coral-body", flags)?),
+        created => Ok(created?),
+    }
+}
+
 /// The file and offset `buf` lies at, when it lies wholly in a sealed mapping.
 fn region_of(buf: &[u8]) -> Option<(Arc<OwnedFd>, usize)> {
     let start = buf.as_ptr() as usize;
@@ -117,10 +171,79 @@ fn region_of(buf: &[u8]) -> Option<(Arc<OwnedFd>, usize)> {
     (offset + buf.len() <= region.len).then(|| (Arc::clone(&region.file), offset))
 }
 
-fn mappings_write() -> std::sync::RwLockWriteGuard<'static, BTreeMap<usize, Region>> {
+fn mappings_read_len() -> usize {
+    MAPPINGS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .len()
+}
+
+fn mappings_write() -> RwLockWriteGuard<'static, BTreeMap<usize, Region>> {
     MAPPINGS
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What one write sends: ordinary buffers in one vectored write (told more follows when a
+/// sealed buffer is next), or one sealed buffer from its file.
+enum NextWrite<'a, 'b> {
+    Vectored {
+        bufs: &'a [IoSlice<'b>],
+        more: bool,
+    },
+    Sealed {
+        file: Arc<OwnedFd>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl<'a, 'b> NextWrite<'a, 'b> {
+    /// The first write of `bufs`: the buffers before the first sealed one, or that one.
+    fn first(bufs: &'a [IoSlice<'b>]) -> Self {
+        let sealed = bufs
+            .iter()
+            .enumerate()
+            .filter(|(_, buf)| buf.len() >= MIN_SEALED_LEN)
+            .find_map(|(index, buf)| Some((index, buf.len(), region_of(buf)?)));
+        match sealed {
+            None => NextWrite::Vectored { bufs, more: false },
+            Some((index, len, (file, offset))) => {
+                let before = &bufs[..index];
+                if before.iter().all(|buf| buf.is_empty()) {
+                    NextWrite::Sealed { file, offset, len }
+                } else {
+                    NextWrite::Vectored {
+                        bufs: before,
+                        more: true,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tries the write once on the non-blocking socket.
+    fn send(&self, stream: &TcpStream) -> io::Result<usize> {
+        match self {
+            NextWrite::Vectored { bufs, more: false } => stream.try_write_vectored(bufs),
+            NextWrite::Vectored { bufs, more: true } => stream.try_io(Interest::WRITABLE, || {
+                // The head waits in the socket for the body instead of leaving alone.
+                Ok(sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    bufs,
+                    &[],
+                    MsgFlags::from_bits_retain(nix::libc::MSG_MORE),
+                    None,
+                )?)
+            }),
+            NextWrite::Sealed { file, offset, len } => stream.try_io(Interest::WRITABLE, || {
+                let mut offset = i64::try_from(*offset).map_err(io::Error::other)?;
+                let sent = sendfile(stream.as_fd(), file.as_fd(), Some(&mut offset), *len)?;
+                SENT.fetch_add(sent as u64, Ordering::Relaxed);
+                Ok(sent)
+            }),
+        }
+    }
 }
 
 /// Writes a prefix of `bufs` to `stream`, as `poll_write_vectored` does, except that a buffer
@@ -131,27 +254,10 @@ pub fn poll_write_vectored(
     cx: &mut Context<'_>,
     bufs: &[IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
-    let sealed = bufs
-        .iter()
-        .enumerate()
-        .filter(|(_, buf)| buf.len() >= MIN_SEALED_LEN)
-        .find_map(|(index, buf)| region_of(buf).map(|region| (index, buf.len(), region)));
+    let write = NextWrite::first(bufs);
     loop {
         ready!(stream.poll_write_ready(cx))?;
-        let written = match &sealed {
-            Some((0, len, (file, offset))) => stream.try_io(Interest::WRITABLE, || {
-                let mut offset = i64::try_from(*offset).map_err(io::Error::other)?;
-                Ok(sendfile(
-                    stream.as_fd(),
-                    file.as_fd(),
-                    Some(&mut offset),
-                    *len,
-                )?)
-            }),
-            Some((index, ..)) => stream.try_write_vectored(&bufs[..*index]),
-            None => stream.try_write_vectored(bufs),
-        };
-        match written {
+        match write.send(stream) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             written => return Poll::Ready(written),
         }

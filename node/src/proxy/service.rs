@@ -40,6 +40,7 @@ use super::quota::{BandwidthQuotas, OverQuota};
 use super::ratelimit::RateLimiter;
 use super::refusal::Refusal;
 use super::respond::{self, ProxyBody};
+use super::sealed;
 use super::target::Origin;
 use super::transfer::{Head, Transfer, TransferFailed, TransferReader};
 use crate::config::{MethodPolicy, NodeConfig};
@@ -275,6 +276,7 @@ impl Proxy {
 
     /// Updates the cache gauges (called before each scrape).
     pub fn update_gauges(&self) {
+        self.metrics.record_sealed(sealed::stats());
         let Usage { memory, disk } = self.cache.usage();
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         for (tier, (objects, bytes)) in [("memory", Some(memory)), ("disk", disk)]
@@ -1003,7 +1005,7 @@ impl Proxy {
                     .insert(
                         &request.key,
                         &request.parts,
-                        Arc::new(stored),
+                        Arc::new(stored.sealed()),
                         response_time,
                     )
                     .await;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use coral_node::proxy::sealed;
 use futures::StreamExt;
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty, StreamBody};
@@ -545,6 +546,7 @@ fn large_cached_objects_are_answered_whole_and_by_range_from_memory() {
         let proxy = TestProxy::start(&test_config()).await;
         let host = origin.zone_host();
         proxy.get(&host, "/large", &[]).await;
+        let sent_before = sealed::stats().sent_bytes;
         for _ in 0..2 {
             let whole = proxy.get(&host, "/large", &[]).await;
             assert!(whole.body == object, "the whole object differs");
@@ -555,6 +557,12 @@ fn large_cached_objects_are_answered_whole_and_by_range_from_memory() {
         assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
         assert!(range.body == object[123_457..=654_320], "the range differs");
         assert_eq!(origin.hits("/large"), 1);
+        // The hits went by sendfile, not by copying.
+        let sent = sealed::stats().sent_bytes - sent_before;
+        assert!(
+            sent >= 2 * 1_000_003 + 530_864,
+            "{sent} bytes sent by sendfile"
+        );
     });
 }
 
