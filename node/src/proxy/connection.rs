@@ -33,13 +33,14 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use hyper::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -188,6 +189,46 @@ impl AsyncWrite for ParkableStream {
     }
 }
 
+/// What an HTTP/2 client sends first (RFC 9113 section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How far a connection's first bytes have come.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstBytes {
+    /// None yet: the socket's readiness was spurious, and the connection waits again.
+    NotYet,
+    /// Here, and not a part of HTTP/2's preface that hyper would take for bad HTTP/1.
+    Arrived,
+    /// The client closed, or the head deadline passed in the middle of the preface.
+    Gone,
+}
+
+/// When a connection's first bytes are only the start of HTTP/2's preface, reads on until
+/// they are the whole preface or something else, and keeps what it read for hyper, which
+/// tells the preface from HTTP/1 only when it has all of it.
+async fn whole_preface_if_begun(stream: &mut ParkableStream, head_deadline: Instant) -> FirstBytes {
+    let mut first = [0; HTTP2_PREFACE.len()];
+    let peeked = match stream.stream.peek(&mut first).now_or_never() {
+        None => return FirstBytes::NotYet,
+        Some(Ok(0) | Err(_)) => return FirstBytes::Gone,
+        Some(Ok(n)) => &first[..n],
+    };
+    let partial =
+        |bytes: &[u8]| bytes.len() < HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(bytes);
+    if !partial(peeked) {
+        return FirstBytes::Arrived;
+    }
+    let mut read = BytesMut::with_capacity(HTTP2_PREFACE.len());
+    while read.is_empty() || partial(&read) {
+        let more = tokio::time::timeout_at(head_deadline, stream.stream.read_buf(&mut read)).await;
+        if !matches!(more, Ok(Ok(1..))) {
+            return FirstBytes::Gone;
+        }
+    }
+    stream.unparsed = read.freeze();
+    FirstBytes::Arrived
+}
+
 /// An answer's body that holds a guard until hyper has sent it (or given up on it).
 struct GuardedBody<G> {
     body: ProxyBody,
@@ -273,12 +314,21 @@ impl ClientConnections {
             unparsed: Bytes::new(),
             exchange: Arc::new(Exchange::new()),
         };
+        let mut first_bytes = FirstBytes::NotYet;
+        let mut head_deadline = Instant::now() + self.header_timeout;
         loop {
-            let head_deadline = Instant::now() + self.header_timeout;
             if stream.unparsed.is_empty()
                 && !self.client_speaks(&stream.stream, head_deadline).await
             {
                 return;
+            }
+            if first_bytes == FirstBytes::NotYet {
+                first_bytes = whole_preface_if_begun(&mut stream, head_deadline).await;
+                match first_bytes {
+                    FirstBytes::NotYet => continue,
+                    FirstBytes::Gone => return,
+                    FirstBytes::Arrived => {}
+                }
             }
             // Boxed, so that a parked connection's task does not keep room for hyper's state.
             match Box::pin(self.serve_exchanges(stream, peer, head_deadline)).await {
@@ -287,6 +337,7 @@ impl ClientConnections {
                     stream.exchange.resume();
                     // A copy: the bytes hyper left are a view of its whole read buffer.
                     stream.unparsed = Bytes::copy_from_slice(&unparsed);
+                    head_deadline = Instant::now() + self.header_timeout;
                 }
                 None => return,
             }

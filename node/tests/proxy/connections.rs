@@ -316,6 +316,39 @@ fn the_header_timeout_counts_from_when_the_connection_began_to_wait() {
 }
 
 #[test]
+fn a_preface_sent_in_pieces_is_still_http2_and_a_head_cut_after_p_still_http1() {
+    in_private_network(|| async {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let origin = echo_origin().await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let mut client = TcpStream::connect(proxy.address).await.unwrap();
+        for piece in [&PREFACE[..12], &PREFACE[12..20], &PREFACE[20..]] {
+            client.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // An empty SETTINGS frame; the proxy's own SETTINGS comes first.
+        client
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        let mut frame = [0; 9];
+        client.read_exact(&mut frame).await.unwrap();
+        assert_eq!(frame[3], 4, "{:?}", String::from_utf8_lossy(&frame));
+
+        let mut client = TcpStream::connect(proxy.address).await.unwrap();
+        client.write_all(b"P").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rest = format!(
+            "OST /form HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            origin.zone_host()
+        );
+        client.write_all(rest.as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    });
+}
+
+#[test]
 fn http2_clients_get_concurrent_answers_on_one_connection() {
     in_private_network(|| async {
         let origin = echo_origin().await;
