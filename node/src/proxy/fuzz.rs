@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode};
+use http::{Method, StatusCode, Version};
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 
@@ -178,7 +178,7 @@ proptest! {
         request_id in "[ -~]{0,70}",
     ) {
         let client_ip = IpAddr::from(Ipv4Addr::new(192, 0, 2, 7));
-        let sent = headers::to_origin(&client, client_ip, ZONE, &request_id, forwarding);
+        let sent = headers::to_origin(&client, Version::HTTP_11, client_ip, ZONE, &request_id, forwarding);
         for name in HOP_BY_HOP.iter().copied().chain(["cookie", "host"]) {
             prop_assert!(!sent.contains_key(name), "{name} crossed");
         }
@@ -203,7 +203,7 @@ proptest! {
 
     #[test]
     fn peer_marks_are_removed_whatever_the_via(via in header_value()) {
-        let ours = headers::via_value(ZONE);
+        let ours = headers::via_value(Version::HTTP_11, ZONE);
         let mut received = HeaderMap::new();
         received.insert(header::VIA, via);
         let before = received.get(header::VIA).unwrap().as_bytes().to_vec();

@@ -15,8 +15,8 @@
 
 use std::net::IpAddr;
 
-use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
 
 use super::target::zone_url;
 
@@ -63,10 +63,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Via` entry of this CDN.
-pub fn via_value(zone: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("1.1 {} (coral)", zone.trim_end_matches('.')))
-        .expect("a zone name is valid header text")
+/// The `Via` entry of this CDN for a message it received over `version`: the entry names
+/// the protocol of the message as received (RFC 9110 section 7.6.3), so `2` for a request
+/// from an HTTP/2 client and `1.1` for an answer from an origin.
+pub fn via_value(version: Version, zone: &str) -> HeaderValue {
+    let protocol = match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    HeaderValue::from_str(&format!(
+        "{protocol} {} (coral)",
+        zone.trim_end_matches('.')
+    ))
+    .expect("a zone name is valid header text")
 }
 
 /// The entries of every `Via` header, trimmed, as bytes (a value need not be text, and an
@@ -109,6 +121,7 @@ pub enum Forwarding {
 /// would wait for (or, worse, read from the next pooled request) a body that never comes.
 pub fn to_origin(
     client: &HeaderMap,
+    client_version: Version,
     client_ip: IpAddr,
     zone: &str,
     request_id: &str,
@@ -135,7 +148,7 @@ pub fn to_origin(
         "x-forwarded-for",
         HeaderValue::from_str(&forwarded_for).expect("addresses are valid header text"),
     );
-    append_via(&mut headers, &via_value(zone));
+    append_via(&mut headers, &via_value(client_version, zone));
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, id);
     }
@@ -243,6 +256,8 @@ pub fn append_via(headers: &mut HeaderMap, ours: &HeaderValue) {
 mod tests {
     use super::*;
 
+    const V11: Version = Version::HTTP_11;
+
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
@@ -276,7 +291,7 @@ mod tests {
             ("expect", "100-continue"),
         ]);
         let ip = "192.0.2.9".parse().unwrap();
-        let headers = to_origin(&client, ip, "nyud.net", "r1", Forwarding::CacheFill);
+        let headers = to_origin(&client, V11, ip, "nyud.net", "r1", Forwarding::CacheFill);
         assert_eq!(
             headers,
             map(&[
@@ -285,11 +300,20 @@ mod tests {
                 ("x-request-id", "r1"),
             ])
         );
-        let pass = to_origin(&client, ip, "nyud.net", "r1", Forwarding::Bodiless);
+        let pass = to_origin(&client, V11, ip, "nyud.net", "r1", Forwarding::Bodiless);
         assert!(pass.contains_key("if-none-match") && pass.contains_key("range"));
         assert!(!pass.contains_key("content-length") && !pass.contains_key("expect"));
-        let with_body = to_origin(&client, ip, "nyud.net", "r1", Forwarding::WithBody);
+        let with_body = to_origin(&client, V11, ip, "nyud.net", "r1", Forwarding::WithBody);
         assert_eq!(with_body["content-length"], "40");
+        let from_http2 = to_origin(
+            &client,
+            Version::HTTP_2,
+            ip,
+            "nyud.net",
+            "r1",
+            Forwarding::CacheFill,
+        );
+        assert_eq!(from_http2["via"], "2 nyud.net (coral)");
     }
 
     #[test]
@@ -300,13 +324,13 @@ mod tests {
             ("x-request-id", "abc"),
             ("etag", "\"e\""),
         ]);
-        strip_peer_marks(&mut headers, &via_value("nyud.net"));
+        strip_peer_marks(&mut headers, &via_value(V11, "nyud.net"));
         assert_eq!(
             headers,
             map(&[("via", "1.0 origin-proxy"), ("etag", "\"e\"")])
         );
         let mut only_ours = map(&[("via", "1.1 nyud.net (coral)")]);
-        strip_peer_marks(&mut only_ours, &via_value("nyud.net"));
+        strip_peer_marks(&mut only_ours, &via_value(V11, "nyud.net"));
         assert!(only_ours.is_empty());
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, request};
+use http::{Method, Request, Response, StatusCode, Version, request};
 use http_body_util::BodyExt;
 use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 use hyper::body::Incoming;
@@ -169,6 +169,8 @@ struct CacheRequest {
     key: String,
     /// The request normalised for the cache policy (GET, origin URL, client headers).
     parts: request::Parts,
+    /// The HTTP version the client asked with, for the origin's `Via`.
+    client_version: Version,
     origin: Origin,
     path: String,
     client_ip: IpAddr,
@@ -200,7 +202,8 @@ impl Proxy {
         let timeouts = proxy.origin_timeouts;
         Ok(Self {
             zone: config.zone.trim_end_matches('.').to_ascii_lowercase(),
-            via: headers::via_value(&config.zone),
+            // Answers come from origins and peers over HTTP/1.1.
+            via: headers::via_value(Version::HTTP_11, &config.zone),
             max_object_bytes: proxy.max_object_bytes,
             max_url_bytes: proxy.client_limits.max_url_bytes as usize,
             max_connections: proxy.client_limits.max_connections.into(),
@@ -471,6 +474,7 @@ impl Proxy {
         let cache_request = CacheRequest {
             key,
             parts: cache_parts(&origin, &path, request_headers)?,
+            client_version: request.version(),
             origin,
             path,
             client_ip,
@@ -703,6 +707,7 @@ impl Proxy {
         loop {
             let mut headers = headers::to_origin(
                 &request.parts.headers,
+                request.client_version,
                 request.client_ip,
                 &self.zone,
                 &request.request_id,
@@ -828,6 +833,7 @@ impl Proxy {
         }
         let mut headers = headers::to_origin(
             &request.parts.headers,
+            request.client_version,
             request.client_ip,
             &self.zone,
             &request.request_id,
@@ -1046,6 +1052,7 @@ impl Proxy {
         };
         let headers = headers::to_origin(
             &client_headers,
+            request.client_version,
             request.client_ip,
             &self.zone,
             &request.request_id,

@@ -377,6 +377,9 @@ fn http2_clients_get_concurrent_answers_on_one_connection() {
         for index in 0..10 {
             assert_eq!(origin.hits(&format!("/h2/{index}")), 1, "/h2/{index}");
         }
+        // The proxy received the request over HTTP/2 (RFC 9110 section 7.6.3).
+        let fetched = origin.last("/h2/0").unwrap();
+        assert_eq!(fetched.headers["via"], "2 nyud.net (coral)");
         let (parts, body, _) = ask("/h2/3".to_owned()).await;
         assert_eq!(body, "/h2/3");
         assert_eq!(parts.headers["x-cache"], "hit");
