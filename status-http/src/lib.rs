@@ -1,7 +1,8 @@
 //! A minimal HTTP/1.1 server for small status endpoints, shared by the node's admin port and
 //! the operator's metrics port (a crate of its own, so the operator needs the node crate only
 //! for the configuration type): every request goes to one synchronous responder, headers must
-//! arrive within five seconds, and connections end with the shutdown token.
+//! arrive within five seconds, and connections end with the shutdown token. Its accept loop's
+//! pause after a failure is shared with the node's other listeners.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,20 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     })
 }
 
+/// The pause after `accept` failed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Logs a failed `accept` and pauses, or until `shutdown`: a failure for want of descriptors
+/// or memory leaves the connection queued, so accepting again at once fails again at once,
+/// hundreds of thousands of times a second.
+pub async fn pause_after_accept_error(error: &std::io::Error, shutdown: &CancellationToken) {
+    tracing::warn!(%error, "accept failed");
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+    }
+}
+
 /// Serves `listener` with `responder` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, responder: Responder, shutdown: CancellationToken) {
     let mut connections = tokio::task::JoinSet::new();
@@ -35,7 +50,7 @@ pub async fn serve(listener: TcpListener, responder: Responder, shutdown: Cancel
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    tracing::warn!(%err, "accept failed");
+                    pause_after_accept_error(&err, &shutdown).await;
                     continue;
                 }
             },

@@ -37,10 +37,12 @@ pub async fn serve(
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, peer)) = accepted else {
-            // Out of file descriptors and the like: pause rather than spin.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                coral_status_http::pause_after_accept_error(&err, &shutdown).await;
+                continue;
+            }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.tcp_refused.inc();

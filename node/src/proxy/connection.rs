@@ -27,6 +27,7 @@ use std::convert::Infallible;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -34,13 +35,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures::FutureExt;
 use hyper::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use nix::sys::socket::{MsgFlags, recv};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -113,8 +114,9 @@ impl Exchange {
 }
 
 /// A client socket that can tell hyper the input ended when the connection is idle, that
-/// replays bytes an earlier hyper connection read but did not parse, and that sends sealed
-/// bodies with `sendfile` ([`sealed`]).
+/// replays bytes read before hyper saw them (what an earlier hyper connection read but did
+/// not parse, or the start of HTTP/2's preface), and that sends sealed bodies with `sendfile`
+/// ([`sealed`]).
 #[derive(Debug)]
 struct ParkableStream {
     stream: TcpStream,
@@ -208,10 +210,18 @@ enum FirstBytes {
 /// tells the preface from HTTP/1 only when it has all of it.
 async fn whole_preface_if_begun(stream: &mut ParkableStream, head_deadline: Instant) -> FirstBytes {
     let mut first = [0; HTTP2_PREFACE.len()];
-    let peeked = match stream.stream.peek(&mut first).now_or_never() {
-        None => return FirstBytes::NotYet,
-        Some(Ok(0) | Err(_)) => return FirstBytes::Gone,
-        Some(Ok(n)) => &first[..n],
+    // One non-blocking peek: a spurious readiness finds nothing, and clears the readiness.
+    let peeked = stream.stream.try_io(Interest::READABLE, || {
+        Ok(recv(
+            stream.stream.as_raw_fd(),
+            &mut first,
+            MsgFlags::MSG_PEEK,
+        )?)
+    });
+    let peeked = match peeked {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => return FirstBytes::NotYet,
+        Ok(0) | Err(_) => return FirstBytes::Gone,
+        Ok(n) => &first[..n],
     };
     let partial =
         |bytes: &[u8]| bytes.len() < HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(bytes);

@@ -1,5 +1,7 @@
 //! The proxy's Prometheus metrics, declared in one place, under `coral_proxy_`.
 
+use std::sync::{Arc, Mutex};
+
 use super::disk::DiskCounters;
 use super::sealed::SealedStats;
 use prometheus::{
@@ -132,6 +134,9 @@ pub struct ProxyMetrics {
     by_outcome: Vec<(IntCounter, Histogram)>,
     /// The bytes counter of each source, resolved once.
     by_source: Vec<IntCounter>,
+    /// Held while the sealed-body counters catch up, so that two scrapes at once do not both
+    /// add the same difference.
+    sealed_catch_up: Arc<Mutex<()>>,
 }
 
 impl ProxyMetrics {
@@ -267,6 +272,7 @@ impl ProxyMetrics {
             .expect("valid metric"),
             by_outcome,
             by_source,
+            sealed_catch_up: Arc::default(),
         };
         for outcome in ["ok", "not_modified", "error"] {
             metrics.origin_fetches.with_label_values(&[outcome]);
@@ -281,6 +287,10 @@ impl ProxyMetrics {
     pub fn record_sealed(&self, stats: SealedStats) {
         self.sealed_bodies
             .set(i64::try_from(stats.bodies).unwrap_or(i64::MAX));
+        let _alone = self
+            .sealed_catch_up
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let catch_up = |counter: &IntCounter, total: u64| {
             counter.inc_by(total.saturating_sub(counter.get()));
         };

@@ -35,8 +35,6 @@ const HTTP2_STREAMS: u32 = 100;
 const HTTP2_WINDOW: u32 = 256 * 1024;
 /// Shortest wait for a ping's answer, which may queue behind megabytes of answers.
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(30);
-/// The pause after `accept` failed for want of descriptors or memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves clients until `shutdown` is cancelled; connections in progress finish their
 /// current request.
@@ -80,14 +78,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    if out_of_resources(&err) {
-                        // The waiting connection stays queued: retrying at once would spin.
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                        }
-                    }
+                    coral_status_http::pause_after_accept_error(&err, &shutdown).await;
                     continue;
                 }
             },
@@ -100,13 +91,4 @@ pub async fn serve(
             drop((open, slot));
         });
     }
-}
-
-/// Whether an `accept` failed for want of descriptors or memory, which passes with time.
-fn out_of_resources(error: &std::io::Error) -> bool {
-    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
-    matches!(
-        error.raw_os_error(),
-        Some(EMFILE | ENFILE | ENOBUFS | ENOMEM)
-    )
 }
