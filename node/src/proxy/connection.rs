@@ -195,7 +195,6 @@ impl AsyncWrite for ParkableStream {
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How far a connection's first bytes have come.
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum FirstBytes {
     /// None yet: the socket's readiness was spurious, and the connection waits again.
     NotYet,
@@ -324,7 +323,7 @@ impl ClientConnections {
             unparsed: Bytes::new(),
             exchange: Arc::new(Exchange::new()),
         };
-        let mut first_bytes = FirstBytes::NotYet;
+        let mut first_bytes_arrived = false;
         let mut head_deadline = Instant::now() + self.header_timeout;
         loop {
             if stream.unparsed.is_empty()
@@ -332,12 +331,11 @@ impl ClientConnections {
             {
                 return;
             }
-            if first_bytes == FirstBytes::NotYet {
-                first_bytes = whole_preface_if_begun(&mut stream, head_deadline).await;
-                match first_bytes {
+            if !first_bytes_arrived {
+                match whole_preface_if_begun(&mut stream, head_deadline).await {
                     FirstBytes::NotYet => continue,
                     FirstBytes::Gone => return,
-                    FirstBytes::Arrived => {}
+                    FirstBytes::Arrived => first_bytes_arrived = true,
                 }
             }
             // Boxed, so that a parked connection's task does not keep room for hyper's state.

@@ -89,6 +89,14 @@ async fn http2_client(
     (sender, tokio::spawn(connection))
 }
 
+/// An origin that answers with the path, and a proxy whose `headerTimeout` is `header_timeout`.
+async fn echo_origin_and_proxy(header_timeout: Duration) -> (TestOrigin, TestProxy) {
+    let origin = echo_origin().await;
+    let mut config = test_config();
+    config.proxy.client_limits.header_timeout = header_timeout;
+    (origin, TestProxy::start(&config).await)
+}
+
 /// Reads until the proxy closes the connection; what arrived before.
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut rest = Vec::new();
@@ -175,10 +183,7 @@ fn pipelined_requests_are_answered_in_order_across_a_pause() {
 #[test]
 fn silent_and_slow_clients_are_closed_after_the_header_timeout() {
     in_private_network(|| async {
-        let origin = echo_origin().await;
-        let mut config = test_config();
-        config.proxy.client_limits.header_timeout = Duration::from_secs(1);
-        let proxy = TestProxy::start(&config).await;
+        let (origin, proxy) = echo_origin_and_proxy(Duration::from_secs(1)).await;
         let host = origin.zone_host();
         let silent = TcpStream::connect(proxy.address).await.unwrap();
         let mut slow = TcpStream::connect(proxy.address).await.unwrap();
@@ -399,10 +404,7 @@ fn http2_clients_get_concurrent_answers_on_one_connection() {
 #[test]
 fn idle_http2_connections_are_closed_and_busy_ones_kept() {
     in_private_network(|| async {
-        let origin = echo_origin().await;
-        let mut config = test_config();
-        config.proxy.client_limits.header_timeout = Duration::from_secs(1);
-        let proxy = TestProxy::start(&config).await;
+        let (origin, proxy) = echo_origin_and_proxy(Duration::from_secs(1)).await;
         let host = origin.zone_host();
         let (_idle_sender, idle) = http2_client(&proxy).await;
         let (mut busy_sender, busy) = http2_client(&proxy).await;
