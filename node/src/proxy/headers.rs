@@ -244,6 +244,10 @@ pub fn strip_peer_marks(headers: &mut HeaderMap, ours: &HeaderValue) {
 /// Adds this CDN's `Via` entry (from [`via_value`]).
 pub fn append_via(headers: &mut HeaderMap, ours: &HeaderValue) {
     let mut hops: Vec<&[u8]> = via_hops(headers).filter(|hop| !hop.is_empty()).collect();
+    if hops.is_empty() {
+        headers.insert(header::VIA, ours.clone());
+        return;
+    }
     hops.push(ours.as_bytes());
     let joined = hops.join(&b", "[..]);
     headers.insert(

@@ -142,9 +142,10 @@ pub fn precondition_failed(request: &HeaderMap, response: &HeaderMap) -> bool {
             .map(str::trim)
             .any(|tag| tag == "*" || Some(tag) == etag);
     }
-    let since = header_date(request, &header::IF_UNMODIFIED_SINCE);
-    let modified = header_date(response, &header::LAST_MODIFIED);
-    matches!((since, modified), (Some(since), Some(modified)) if modified > since)
+    let Some(since) = header_date(request, &header::IF_UNMODIFIED_SINCE) else {
+        return false;
+    };
+    header_date(response, &header::LAST_MODIFIED).is_some_and(|modified| modified > since)
 }
 
 fn not_modified_response(headers: &HeaderMap) -> Response<ProxyBody> {
@@ -170,9 +171,10 @@ pub fn not_modified(request: &HeaderMap, response: &HeaderMap) -> bool {
             .map(str::trim)
             .any(|tag| tag == "*" || weak_eq(tag, etag));
     }
-    let since = header_date(request, &header::IF_MODIFIED_SINCE);
-    let modified = header_date(response, &header::LAST_MODIFIED);
-    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+    let Some(since) = header_date(request, &header::IF_MODIFIED_SINCE) else {
+        return false;
+    };
+    header_date(response, &header::LAST_MODIFIED).is_some_and(|modified| modified <= since)
 }
 
 /// The single byte range a request asks for, inclusive, when the proxy should honour it:

@@ -27,6 +27,10 @@ use super::connection::ClientConnections;
 use super::service::Proxy;
 use crate::config::ClientLimits;
 
+/// The fields hyper allows an HTTP/1 head by default. It parses up to that many into room on
+/// the stack; told any number, even this one, it fills a vector of that size for every head.
+const HYPER_MAX_HEADERS: u32 = 100;
+
 /// Requests one HTTP/2 client may have under way at once.
 const HTTP2_STREAMS: u32 = 100;
 
@@ -50,8 +54,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes as usize)
-        .max_header_size(limits.max_header_bytes as usize)
-        .max_headers(limits.max_headers as usize);
+        .max_header_size(limits.max_header_bytes as usize);
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        http1.max_headers(limits.max_headers as usize);
+    }
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
@@ -85,7 +91,12 @@ pub async fn serve(
         };
         let open = proxy.open_connection();
         let _ = stream.set_nodelay(true);
-        let clients = clients.clone();
+        let clients = ClientConnections {
+            // A connection polls its token whenever it wakes; polling the server's own token
+            // would take a lock that every connection shares.
+            shutdown: shutdown.child_token(),
+            ..clients.clone()
+        };
         tokio::spawn(async move {
             clients.serve(stream, peer).await;
             drop((open, slot));

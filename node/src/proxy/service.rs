@@ -307,7 +307,7 @@ impl Proxy {
         let request_id = request_id(request.headers());
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let answer = match self.admit(&request, client.ip()) {
+        let answer = match self.admit(&request, client.ip(), started) {
             Ok(()) => self.route(request, client.ip(), &request_id).await,
             Err(refusal) => Err(refusal),
         };
@@ -345,11 +345,16 @@ impl Proxy {
 
     /// Applies the client's rate limit. Peer requests are exempt here: a forged peer token
     /// is refused by [`Proxy::for_peer`] without any work.
-    fn admit(&self, request: &Request<Incoming>, client: IpAddr) -> Result<(), Refusal> {
+    fn admit(
+        &self,
+        request: &Request<Incoming>,
+        client: IpAddr,
+        now: Instant,
+    ) -> Result<(), Refusal> {
         if request.headers().contains_key(PEER_HEADER) {
             return Ok(());
         }
-        self.limiter.check(client, Instant::now()).map_err(|wait| {
+        self.limiter.check(client, now).map_err(|wait| {
             Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -391,9 +396,11 @@ impl Proxy {
             .ok_or(super::target::TargetError::NoHost)?;
         let origin = Origin::from_zone_host(&host, &self.zone)?;
         if let Some(token) = request.headers().get(PEER_HEADER) {
-            let key = format!("{origin}{path}");
+            let key = origin.cache_key(&path);
             let parts = cache_parts(&origin, &path, request.headers())?;
-            return self.for_peer(request.method(), &key, parts, token).await;
+            // Boxed, as are the fetches below: a hit awaits nothing, and every request's
+            // future would otherwise carry room for their state.
+            return Box::pin(self.for_peer(request.method(), &key, parts, token)).await;
         }
         if headers::is_loop(request.headers(), &self.zone) || origin.is_in_zone(&self.zone) {
             return Err(Refusal::new(
@@ -417,6 +424,7 @@ impl Proxy {
             return Err(refusal);
         }
         if cacheable_method
+            && self.quotas.enabled()
             && let Err(over) = self.quotas.check(&origin.host, client_ip, Instant::now())
         {
             return Ok((
@@ -459,7 +467,7 @@ impl Proxy {
         let method = request.method().clone();
         let cacheable_method = method == Method::GET || method == Method::HEAD;
         let request_headers = request.headers();
-        let key = format!("{origin}{path}");
+        let key = origin.cache_key(&path);
         if cacheable_method {
             self.popular.record(&key);
         }
@@ -483,12 +491,11 @@ impl Proxy {
         if !cacheable {
             let (parts, body) = request.into_parts();
             let body = (!cacheable_method).then(|| body.map_err(BoxError::from).boxed());
-            let response = self
-                .pass(parts.method, parts.headers, body, &cache_request)
-                .await?;
+            let response =
+                Box::pin(self.pass(parts.method, parts.headers, body, &cache_request)).await?;
             return Ok((Outcome::Pass, response));
         }
-        self.cached(&method, request_headers, cache_request).await
+        Box::pin(self.cached(&method, request_headers, cache_request)).await
     }
 
     /// Serves a GET or HEAD from the cache or through a shared fetch.
@@ -1242,7 +1249,9 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The client's request ID when it is short and plain, else a new random one.
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// The client's request ID when it is short and plain, else a new random one (16 hex digits).
 fn request_id(headers: &HeaderMap) -> String {
     let offered = headers
         .get(REQUEST_ID)
@@ -1256,7 +1265,14 @@ fn request_id(headers: &HeaderMap) -> String {
         });
     match offered {
         Some(id) => id.to_owned(),
-        None => format!("{:016x}", rand::random::<u64>()),
+        None => {
+            let random = rand::random::<u64>();
+            let mut digits = [0; 16];
+            for (place, digit) in digits.iter_mut().enumerate() {
+                *digit = HEX_DIGITS[(random >> (60 - 4 * place)) as usize & 0xf];
+            }
+            String::from_utf8(digits.to_vec()).expect("hex digits are ASCII")
+        }
     }
 }
 
@@ -1310,6 +1326,7 @@ mod tests {
         headers.insert(REQUEST_ID, HeaderValue::from_static("evil\tid"));
         let made_up = request_id(&headers);
         assert_eq!(made_up.len(), 16);
-        assert_ne!(made_up, "evil\tid");
+        assert!(made_up.bytes().all(|b| b.is_ascii_hexdigit()), "{made_up}");
+        assert_ne!(request_id(&headers), made_up);
     }
 }

@@ -55,18 +55,13 @@ impl Origin {
     /// Reads the origin from a request's host (with or without `:port`, which is ignored: the
     /// proxy's own port says nothing about the origin's) and the zone served.
     pub fn from_zone_host(host: &str, zone: &str) -> Result<Self, TargetError> {
-        let name = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
-        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-        let outside = || TargetError::OutsideZone {
-            host: name.clone(),
-            zone: zone.clone(),
-        };
-        let inner = name
-            .strip_suffix(zone.as_str())
-            .and_then(|rest| rest.strip_suffix('.'))
-            .filter(|rest| !rest.is_empty())
-            .ok_or_else(outside)?;
-        Self::from_labels(inner)
+        let name = strip_port(host).trim_end_matches('.');
+        let zone = zone.trim_end_matches('.');
+        let inner = below_zone(name, zone).ok_or_else(|| TargetError::OutsideZone {
+            host: name.to_ascii_lowercase(),
+            zone: zone.to_ascii_lowercase(),
+        })?;
+        Self::from_labels(&inner.to_ascii_lowercase())
     }
 
     /// Parses `host` or `host.port` (the part of a zone name before the zone).
@@ -127,10 +122,17 @@ impl Origin {
         }
     }
 
+    /// The key of `path` (with its query) at this origin in the cache and the DHT:
+    /// `host:port/path`.
+    pub fn cache_key(&self, path: &str) -> String {
+        let mut port = itoa::Buffer::new();
+        [self.host.as_str(), ":", port.format(self.port), path].concat()
+    }
+
     /// Whether this origin is itself a name in the zone (fetching it would loop).
     pub fn is_in_zone(&self, zone: &str) -> bool {
-        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-        self.host == zone || self.host.ends_with(&format!(".{zone}"))
+        let zone = zone.trim_end_matches('.');
+        self.host.eq_ignore_ascii_case(zone) || below_zone(&self.host, zone).is_some()
     }
 
     /// The `authority` of requests to this origin, with the port only when it is not 80.
@@ -174,6 +176,16 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
+/// What comes before `.zone` in `name` (compared ignoring ASCII case), when `name` is a name
+/// under `zone` and not the zone itself.
+fn below_zone<'a>(name: &'a str, zone: &str) -> Option<&'a str> {
+    let dot = name.len().checked_sub(zone.len() + 1)?;
+    let (inner, suffix) = (name.get(..dot)?, name.get(dot + 1..)?);
+    let under =
+        !inner.is_empty() && name.as_bytes()[dot] == b'.' && suffix.eq_ignore_ascii_case(zone);
+    under.then_some(inner)
+}
+
 fn is_digits(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit())
 }
@@ -183,17 +195,20 @@ fn is_host_name(name: &str) -> bool {
     if name.is_empty() || name.len() > MAX_NAME {
         return false;
     }
-    let labels: Vec<&str> = name.split('.').collect();
-    let label_ok = |label: &&str| {
+    let label_ok = |label: &[u8]| {
         !label.is_empty()
             && label.len() <= MAX_LABEL
-            && !label.starts_with('-')
-            && !label.ends_with('-')
+            && label.first() != Some(&b'-')
+            && label.last() != Some(&b'-')
             && label
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+                .iter()
+                .all(|byte| byte.is_ascii_alphanumeric() || *byte == b'-')
     };
-    labels.iter().all(label_ok) && labels.last().is_some_and(|last| !is_digits(last))
+    let mut labels = name.as_bytes().split(|byte| *byte == b'.');
+    labels.clone().all(label_ok)
+        && labels
+            .next_back()
+            .is_some_and(|last| !last.iter().all(u8::is_ascii_digit))
 }
 
 #[cfg(test)]
@@ -299,6 +314,12 @@ mod tests {
         );
         assert_eq!(zone_url("/relative/path", "nyud.net"), None);
         assert_eq!(zone_url("ftp://example.com/file", "nyud.net"), None);
+    }
+
+    #[test]
+    fn cache_keys_are_host_port_and_path() {
+        assert_eq!(origin("a.b", 8080).cache_key("/x?y=1"), "a.b:8080/x?y=1");
+        assert_eq!(origin("192.0.2.7", 80).cache_key("/"), "192.0.2.7:80/");
     }
 
     #[test]

@@ -231,6 +231,18 @@ fn oversized_heads_are_refused_and_a_request_body_keeps_its_connection() {
                 &answer[..answer.len().min(200)]
             );
         }
+        // A count other than hyper's default of 100 holds too.
+        let mut strict = test_config();
+        strict.proxy.client_limits.max_headers = 30;
+        let strict = TestProxy::start(&strict).await;
+        for (fields, status) in [(28, "HTTP/1.1 200 "), (31, "HTTP/1.1 431 ")] {
+            let extra: String = (1..fields).map(|i| format!("X-H{i}: v\r\n")).collect();
+            let mut client = TcpStream::connect(strict.address).await.unwrap();
+            let request = get(&host, "/a", &format!("{extra}Connection: close\r\n"));
+            client.write_all(request.as_bytes()).await.unwrap();
+            let answer = read_to_close(&mut client).await;
+            assert!(answer.starts_with(status), "{fields} fields: {answer:.200}");
+        }
         let mut client = TcpStream::connect(proxy.address).await.unwrap();
         let post = format!(
             "POST /form HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello{}",
