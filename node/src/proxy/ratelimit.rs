@@ -2,28 +2,39 @@
 //!
 //! Each key may be used for `burst` requests at once and `requestsPerSecond` sustained; the
 //! caller decides what happens beyond (a client gets 429 with `Retry-After`; an origin is not
-//! asked, and the client gets a stale copy or 503). Buckets idle for a minute are dropped, and
-//! at most [`MAX_KEYS`] are kept (the least used go first), so a scan from many addresses, or
-//! of many origins, cannot exhaust memory.
+//! asked, and the client gets a stale copy or 503). Every request takes this path, so the
+//! buckets are spread over [`SHARDS`] locked maps rather than kept in a concurrent cache.
+//! Buckets idle for a minute are dropped (an idle bucket is full again), and at most
+//! [`MAX_KEYS`] are kept: a scan from many addresses, or of many origins, cannot exhaust
+//! memory. Past that, a new key first sweeps its map of buckets that have refilled, then, if
+//! none has, takes the place of an arbitrary one, whose key starts again from a full burst.
 
-use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use moka::sync::Cache;
 
 use crate::config::RateLimit;
 
 /// Most buckets kept.
-pub const MAX_KEYS: u64 = 1_000_000;
+pub const MAX_KEYS: usize = 1_000_000;
 /// A bucket is forgotten after this long without requests (it would be full again).
 const IDLE: Duration = Duration::from_secs(60);
+/// Maps the buckets are spread over, each under its own lock.
+const SHARDS: usize = 32;
 
 /// The same rate limit for every key.
 pub struct RateLimiter<K> {
     rate: f64,
     burst: f64,
-    buckets: Cache<K, Arc<Mutex<Bucket>>>,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard<K>>]>,
+}
+
+/// Some of the buckets, and when they were last swept of idle ones.
+struct Shard<K> {
+    buckets: HashMap<K, Bucket>,
+    swept: Instant,
 }
 
 struct Bucket {
@@ -31,37 +42,76 @@ struct Bucket {
     updated: Instant,
 }
 
-impl<K: Hash + Eq + Send + Sync + 'static> RateLimiter<K> {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// Limits of `limit` for every key.
     pub fn new(limit: RateLimit) -> Self {
+        let now = Instant::now();
         Self {
             rate: f64::from(limit.requests_per_second.max(1)),
             burst: f64::from(limit.burst.max(1)),
-            buckets: Cache::builder()
-                .max_capacity(MAX_KEYS)
-                .time_to_idle(IDLE)
-                .build(),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        buckets: HashMap::new(),
+                        swept: now,
+                    })
+                })
+                .collect(),
         }
     }
 
     /// Takes a token for a request of `key` at `now`; when none is left, returns how long
     /// until one is.
     pub fn check(&self, key: K, now: Instant) -> Result<(), Duration> {
-        let bucket = self.buckets.get_with(key, || {
-            Arc::new(Mutex::new(Bucket {
-                tokens: self.burst,
-                updated: now,
-            }))
+        let shard = &self.shards[self.hasher.hash_one(&key) as usize % SHARDS];
+        let mut shard = shard.lock().expect("bucket lock");
+        if now.saturating_duration_since(shard.swept) >= IDLE {
+            shard.sweep(now, |bucket| {
+                now.saturating_duration_since(bucket.updated) < IDLE
+            });
+        }
+        if shard.buckets.len() >= MAX_KEYS / SHARDS && !shard.buckets.contains_key(&key) {
+            shard.make_room(now, |bucket| self.refilled(bucket, now) < self.burst);
+        }
+        let bucket = shard.buckets.entry(key).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
         });
-        let mut bucket = bucket.lock().expect("bucket lock");
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.tokens = self.refilled(bucket, now);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+        }
+    }
+
+    /// The tokens `bucket` holds at `now`.
+    fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        (bucket.tokens + elapsed * self.rate).min(self.burst)
+    }
+}
+
+impl<K: Hash + Eq + Clone> Shard<K> {
+    /// Keeps only the buckets `keep` holds on to.
+    fn sweep(&mut self, now: Instant, keep: impl Fn(&Bucket) -> bool) {
+        self.buckets.retain(|_, bucket| keep(bucket));
+        self.swept = now;
+    }
+
+    /// Frees a place for a new bucket: drops those that have refilled (`in_use` says which
+    /// have not), at most once a second, and else an arbitrary one.
+    fn make_room(&mut self, now: Instant, in_use: impl Fn(&Bucket) -> bool) {
+        if now.saturating_duration_since(self.swept) >= Duration::from_secs(1) {
+            self.sweep(now, in_use);
+        }
+        if self.buckets.len() >= MAX_KEYS / SHARDS
+            && let Some(victim) = self.buckets.keys().next().cloned()
+        {
+            self.buckets.remove(&victim);
         }
     }
 }
@@ -71,7 +121,7 @@ mod tests {
     use super::*;
     use std::net::IpAddr;
 
-    fn limiter(per_second: u32, burst: u32) -> RateLimiter<IpAddr> {
+    fn limiter<K: Hash + Eq + Clone>(per_second: u32, burst: u32) -> RateLimiter<K> {
         RateLimiter::new(RateLimit {
             requests_per_second: per_second,
             burst,
@@ -81,7 +131,7 @@ mod tests {
     #[test]
     fn a_burst_passes_then_the_rate_holds() {
         let limiter = limiter(2, 3);
-        let client = "192.0.2.1".parse().unwrap();
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
         let now = Instant::now();
         for _ in 0..3 {
             assert_eq!(limiter.check(client, now), Ok(()));
@@ -92,8 +142,49 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_limited_separately() {
+    fn a_minute_after_its_last_sweep_a_map_drops_its_idle_buckets() {
         let limiter = limiter(1, 1);
+        let start = Instant::now();
+        for key in 0..200u32 {
+            limiter.check(key, start).unwrap();
+        }
+        let later = 1_000u32;
+        limiter.check(later, start + IDLE).unwrap();
+        let shard = &limiter.shards[limiter.hasher.hash_one(later) as usize % SHARDS];
+        let keys: Vec<u32> = shard.lock().unwrap().buckets.keys().copied().collect();
+        assert_eq!(keys, [later]);
+    }
+
+    #[test]
+    fn a_full_map_drops_its_refilled_buckets_and_else_any_one() {
+        let now = Instant::now();
+        let full = MAX_KEYS / SHARDS;
+        let bucket = |key: usize| Bucket {
+            tokens: if key.is_multiple_of(2) { 1.0 } else { 0.0 },
+            updated: now,
+        };
+        let mut shard = Shard {
+            buckets: (0..full).map(|key| (key, bucket(key))).collect(),
+            swept: now - Duration::from_secs(1),
+        };
+        let in_use = |bucket: &Bucket| bucket.tokens < 1.0;
+        shard.make_room(now, in_use);
+        assert_eq!(shard.buckets.len(), full / 2);
+        assert!(shard.buckets.values().all(in_use));
+        shard
+            .buckets
+            .extend((full..full + full / 2).map(|key| (key, bucket(1))));
+        shard.make_room(now, in_use);
+        assert_eq!(
+            shard.buckets.len(),
+            full - 1,
+            "swept a moment ago: one goes"
+        );
+    }
+
+    #[test]
+    fn keys_are_limited_separately() {
+        let limiter = limiter::<IpAddr>(1, 1);
         let now = Instant::now();
         assert!(limiter.check("192.0.2.1".parse().unwrap(), now).is_ok());
         assert!(limiter.check("192.0.2.1".parse().unwrap(), now).is_err());
