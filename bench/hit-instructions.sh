@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Instructions one 1 KiB cache hit costs the proxy, counted by callgrind: a measure of the node's own
+# work that this shared machine's noise does not move, for comparing two versions of the hit path.
+#
+#   bench/hit-instructions.sh [seconds counted, default 4]
+#
+# The node runs under valgrind (about 50 times slower); after a warm-up, wrk (1 thread, 16
+# connections) asks it for the same cached object while callgrind counts, and the script prints
+# the instructions per request and the 25 functions with the most instructions of their own.
+# Installs nginx-light (the origin), wrk and valgrind from Debian when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-4}
+
+source bench/lib.sh
+need nginx=nginx-light wrk=wrk valgrind=valgrind
+build_coral_node
+make_work
+
+origin_port=18481 coral_port=18484 admin_port=18490
+mkdir -p "$work/www"
+head -c 1024 /dev/urandom >"$work/www/1k"
+cat >"$work/nginx.conf" <<EOF
+user root; worker_processes 1; pid $work/nginx.pid; error_log $work/nginx-error.log;
+events {}
+http {
+  access_log off;
+  server { listen 127.0.0.1:$origin_port; root $work/www; add_header Cache-Control "max-age=3600"; }
+}
+EOF
+nginx -c "$work/nginx.conf"
+
+{
+  proxy_config "$admin_port" "$coral_port"
+  cat <<EOF
+dns: { port: 5353, answerTtl: 20s, answersPerQuery: 2, nameservers: [] }
+locality: { labelKeys: [topology.kubernetes.io/zone], clientNetworks: [] }
+dht: { port: 9410, keyFile: /nonexistent, protocolVersion: 1, bootstrapName: localhost }
+health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
+EOF
+} >"$work/node.yaml"
+echo "nodes: {}" >"$work/topology.yaml"
+RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
+  target/release/coral-node run --roles proxy --config "$work/node.yaml" \
+  --topology "$work/topology.yaml" --node-name bench --pod-ip 127.0.0.1 \
+  --admin-address "127.0.0.1:$admin_port" --proxy-address "127.0.0.1:$coral_port" \
+  >"$work/coral.log" 2>&1 &
+pids+=($!)
+
+host="origin.test.$origin_port.nyud.net"
+url="http://127.0.0.1:$coral_port/1k"
+for _ in $(seq 150); do
+  curl -sf -o /dev/null "$url" -H "Host: $host" && break
+  sleep 0.2
+done
+curl -sf -o /dev/null "$url" -H "Host: $host" || {
+  echo "the node did not come up; its log:" >&2
+  tail -n 20 "$work/coral.log" >&2
+  exit 1
+}
+wrk -t1 -c16 -d2s -H "Host: $host" "$url" >/dev/null
+callgrind_control -i on "${pids[-1]}" >/dev/null 2>&1
+requests=$(wrk -t1 -c16 -d"${seconds}s" -H "Host: $host" "$url" | awk '/requests in/ {print $1}')
+callgrind_control -i off "${pids[-1]}" >/dev/null 2>&1
+callgrind_control -d "${pids[-1]}" >/dev/null 2>&1
+sleep 1
+profile=$(ls -S "$work"/callgrind.out* | head -n 1)
+total=$(callgrind_annotate "$profile" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "Requests counted: $requests; instructions per 1 KiB hit: $((total / requests))."
+echo
+echo "Functions with the most instructions of their own:"
+callgrind_annotate --inclusive=no "$profile" | sed -E 's/ \[[^]]*\]$//; s/\?\?\?://' |
+  awk '/file:function/ {on = 1; next} on && NF && !/^-/ && shown < 25 {print; shown++}'
