@@ -62,21 +62,8 @@ varnishd -a "127.0.0.1:$varnish_port" -f "$work/default.vcl" -n "$work/varnish" 
   >"$work/varnish.log" 2>&1 &
 pids+=($!)
 
-{
-  proxy_config "$admin_port" "$coral_port"
-  cat <<EOF
-dns: { port: 5353, answerTtl: 20s, answersPerQuery: 2, nameservers: [] }
-locality: { labelKeys: [topology.kubernetes.io/zone], clientNetworks: [] }
-dht: { port: 9410, keyFile: /nonexistent, protocolVersion: 1, bootstrapName: localhost }
-health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
-EOF
-} >"$work/node.yaml"
-echo "nodes: {}" >"$work/topology.yaml"
-RUST_LOG=warn target/release/coral-node run --roles proxy --config "$work/node.yaml" \
-  --topology "$work/topology.yaml" --node-name bench --pod-ip 127.0.0.1 \
-  --admin-address "127.0.0.1:$admin_port" --proxy-address "127.0.0.1:$coral_port" \
-  >"$work/coral.log" 2>&1 &
-pids+=($!)
+proxy_node_files "$admin_port" "$coral_port"
+start_proxy_node "$admin_port" "$coral_port"
 
 coral_host="origin.test.$origin_port.nyud.net"
 ready=

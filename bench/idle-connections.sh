@@ -30,22 +30,9 @@ http {
 EOF
 nginx -c "$work/nginx.conf"
 
-{
-  proxy_config 18390 18384
-  cat <<EOF
-  clientLimits: { headerTimeout: 60s }
-dns: { port: 5353, answerTtl: 20s, answersPerQuery: 2, nameservers: [] }
-locality: { labelKeys: [topology.kubernetes.io/zone], clientNetworks: [] }
-dht: { port: 9410, keyFile: /nonexistent, protocolVersion: 1, bootstrapName: localhost }
-health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
-EOF
-} >"$work/node.yaml"
-echo "nodes: {}" >"$work/topology.yaml"
-RUST_LOG=warn target/release/coral-node run --roles proxy --config "$work/node.yaml" \
-  --topology "$work/topology.yaml" --node-name idle --pod-ip 127.0.0.1 \
-  --admin-address 127.0.0.1:18390 --proxy-address 127.0.0.1:18384 >"$work/coral.log" 2>&1 &
-coral_pid=$!
-pids+=($coral_pid)
+proxy_node_files 18390 18384 "  clientLimits: { headerTimeout: 60s }"
+start_proxy_node 18390 18384
+coral_pid=${pids[-1]}
 sleep 1
 
 cat >"$work/idle.py" <<'EOF'
