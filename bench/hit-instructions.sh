@@ -46,13 +46,31 @@ curl -sf -o /dev/null "$url" -H "Host: $host" || {
   exit 1
 }
 wrk -t1 -c16 -d2s -H "Host: $host" "$url" >/dev/null
-callgrind_control -i on "${pids[-1]}" >/dev/null 2>&1
+# callgrind PID COMMAND...: callgrind_control's COMMAND for the node, or a clear failure.
+callgrind() {
+  callgrind_control "$@" >"$work/callgrind-control.log" 2>&1 || {
+    echo "callgrind_control $* failed:" >&2
+    cat "$work/callgrind-control.log" >&2
+    exit 1
+  }
+}
+callgrind -i on "${pids[-1]}"
 requests=$(wrk -t1 -c16 -d"${seconds}s" -H "Host: $host" "$url" | awk '/requests in/ {print $1}')
-callgrind_control -i off "${pids[-1]}" >/dev/null 2>&1
-callgrind_control -d "${pids[-1]}" >/dev/null 2>&1
+callgrind -i off "${pids[-1]}"
+callgrind -d "${pids[-1]}"
 sleep 1
-profile=$(ls -S "$work"/callgrind.out* | head -n 1)
-total=$(callgrind_annotate "$profile" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+profile=
+for _ in $(seq 50); do
+  profile=$(find "$work" -name 'callgrind.out.*' -size +0 | head -n 1)
+  [[ -z $profile ]] || break
+  sleep 0.2
+done
+total=$( [[ -z $profile ]] || callgrind_annotate "$profile" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+if [[ -z $profile || -z $total || ${requests:-0} -eq 0 ]]; then
+  echo "no count: profile '${profile}', ${requests:-no} requests; the node's log:" >&2
+  tail -n 20 "$work/coral.log" >&2
+  exit 1
+fi
 echo "Requests counted: $requests; instructions per 1 KiB hit: $((total / requests))."
 echo
 echo "Functions with the most instructions of their own:"

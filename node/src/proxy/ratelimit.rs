@@ -4,10 +4,11 @@
 //! caller decides what happens beyond (a client gets 429 with `Retry-After`; an origin is not
 //! asked, and the client gets a stale copy or 503). Every request takes this path, so the
 //! buckets are spread over [`SHARDS`] locked maps rather than kept in a concurrent cache.
-//! Buckets idle for a minute are dropped (an idle bucket is full again), and at most
-//! [`MAX_KEYS`] are kept: a scan from many addresses, or of many origins, cannot exhaust
-//! memory. Past that, a new key first sweeps its map of buckets that have refilled, then, if
-//! none has, takes the place of an arbitrary one, whose key starts again from a full burst.
+//! Buckets idle for a minute are dropped (with a burst of at most a minute's requests, such a
+//! bucket is full again), and at most [`MAX_KEYS`] are kept: a scan from many addresses, or of
+//! many origins, cannot exhaust memory. Past that, a new key sweeps its map of buckets that
+//! have refilled (at most once a second), and otherwise takes the place of an arbitrary one,
+//! whose key starts again from a full burst.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -31,10 +32,11 @@ pub struct RateLimiter<K> {
     shards: Box<[Mutex<Shard<K>>]>,
 }
 
-/// Some of the buckets, and when they were last swept of idle ones.
+/// Some of the buckets, and when they were last swept of idle ones and of refilled ones.
 struct Shard<K> {
     buckets: HashMap<K, Bucket>,
-    swept: Instant,
+    idle_swept: Instant,
+    refilled_swept: Instant,
 }
 
 struct Bucket {
@@ -54,7 +56,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
                 .map(|_| {
                     Mutex::new(Shard {
                         buckets: HashMap::new(),
-                        swept: now,
+                        idle_swept: now,
+                        refilled_swept: now,
                     })
                 })
                 .collect(),
@@ -66,10 +69,9 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn check(&self, key: K, now: Instant) -> Result<(), Duration> {
         let shard = &self.shards[self.hasher.hash_one(&key) as usize % SHARDS];
         let mut shard = shard.lock().expect("bucket lock");
-        if now.saturating_duration_since(shard.swept) >= IDLE {
-            shard.sweep(now, |bucket| {
-                now.saturating_duration_since(bucket.updated) < IDLE
-            });
+        if now.saturating_duration_since(shard.idle_swept) >= IDLE {
+            shard.sweep(|bucket| now.saturating_duration_since(bucket.updated) < IDLE);
+            shard.idle_swept = now;
         }
         if shard.buckets.len() >= MAX_KEYS / SHARDS && !shard.buckets.contains_key(&key) {
             shard.make_room(now, |bucket| self.refilled(bucket, now) < self.burst);
@@ -79,7 +81,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             updated: now,
         });
         bucket.tokens = self.refilled(bucket, now);
-        bucket.updated = now;
+        // Requests may take the lock out of order of their clocks.
+        bucket.updated = bucket.updated.max(now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
@@ -96,17 +99,20 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 }
 
 impl<K: Hash + Eq + Clone> Shard<K> {
-    /// Keeps only the buckets `keep` holds on to.
-    fn sweep(&mut self, now: Instant, keep: impl Fn(&Bucket) -> bool) {
+    /// Keeps only the buckets `keep` holds on to, and gives memory back when most went.
+    fn sweep(&mut self, keep: impl Fn(&Bucket) -> bool) {
         self.buckets.retain(|_, bucket| keep(bucket));
-        self.swept = now;
+        if self.buckets.len() < self.buckets.capacity() / 4 {
+            self.buckets.shrink_to_fit();
+        }
     }
 
     /// Frees a place for a new bucket: drops those that have refilled (`in_use` says which
     /// have not), at most once a second, and else an arbitrary one.
     fn make_room(&mut self, now: Instant, in_use: impl Fn(&Bucket) -> bool) {
-        if now.saturating_duration_since(self.swept) >= Duration::from_secs(1) {
-            self.sweep(now, in_use);
+        if now.saturating_duration_since(self.refilled_swept) >= Duration::from_secs(1) {
+            self.sweep(in_use);
+            self.refilled_swept = now;
         }
         if self.buckets.len() >= MAX_KEYS / SHARDS
             && let Some(victim) = self.buckets.keys().next().cloned()
@@ -165,7 +171,8 @@ mod tests {
         };
         let mut shard = Shard {
             buckets: (0..full).map(|key| (key, bucket(key))).collect(),
-            swept: now - Duration::from_secs(1),
+            idle_swept: now,
+            refilled_swept: now - Duration::from_secs(1),
         };
         let in_use = |bucket: &Bucket| bucket.tokens < 1.0;
         shard.make_room(now, in_use);
@@ -173,12 +180,46 @@ mod tests {
         assert!(shard.buckets.values().all(in_use));
         shard
             .buckets
-            .extend((full..full + full / 2).map(|key| (key, bucket(1))));
+            .extend((full..full + full / 2).map(|key| (key, bucket(key))));
         shard.make_room(now, in_use);
         assert_eq!(
             shard.buckets.len(),
             full - 1,
             "swept a moment ago: one goes"
+        );
+    }
+
+    #[test]
+    fn at_capacity_a_new_key_takes_one_place_and_a_kept_key_none() {
+        let limiter = limiter::<u32>(1, 1);
+        let now = Instant::now();
+        let shard_of = |key: u32| limiter.hasher.hash_one(key) as usize % SHARDS;
+        let kept = 0;
+        let new = (1..).find(|key| shard_of(*key) == shard_of(kept)).unwrap();
+        let full = MAX_KEYS / SHARDS;
+        let in_use = || Bucket {
+            tokens: 0.0,
+            updated: now,
+        };
+        {
+            let mut shard = limiter.shards[shard_of(kept)].lock().unwrap();
+            shard.buckets.insert(kept, in_use());
+            // Keys of other shards do as well as any to fill this one's map.
+            let filler = u32::MAX - full as u32 + 2..=u32::MAX;
+            shard.buckets.extend(filler.map(|key| (key, in_use())));
+            shard.refilled_swept = now - Duration::from_secs(1);
+        }
+        let buckets_in_shard = || limiter.shards[shard_of(kept)].lock().unwrap().buckets.len();
+        assert!(limiter.check(kept, now).is_err(), "its bucket is empty");
+        assert_eq!(buckets_in_shard(), full, "a kept key took someone's place");
+        assert!(limiter.check(new, now).is_ok());
+        assert_eq!(buckets_in_shard(), full, "buckets in use were swept");
+        assert!(
+            limiter.shards[shard_of(kept)]
+                .lock()
+                .unwrap()
+                .buckets
+                .contains_key(&new)
         );
     }
 

@@ -67,13 +67,7 @@ pub async fn serve(
         .initial_connection_window_size(HTTP2_WINDOW)
         .keep_alive_interval(limits.header_timeout)
         .keep_alive_timeout(limits.header_timeout.max(HTTP2_PING_TIMEOUT));
-    let clients = ClientConnections {
-        proxy: proxy.clone(),
-        http1: Arc::new(http1),
-        http2: Arc::new(http2),
-        header_timeout: limits.header_timeout,
-        shutdown: shutdown.clone(),
-    };
+    let (http1, http2) = (Arc::new(http1), Arc::new(http2));
     loop {
         let slot = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -92,10 +86,13 @@ pub async fn serve(
         let open = proxy.open_connection();
         let _ = stream.set_nodelay(true);
         let clients = ClientConnections {
+            proxy: proxy.clone(),
+            http1: http1.clone(),
+            http2: http2.clone(),
+            header_timeout: limits.header_timeout,
             // A connection polls its token whenever it wakes; polling the server's own token
             // would take a lock that every connection shares.
             shutdown: shutdown.child_token(),
-            ..clients.clone()
         };
         tokio::spawn(async move {
             clients.serve(stream, peer).await;

@@ -398,8 +398,9 @@ impl Proxy {
         if let Some(token) = request.headers().get(PEER_HEADER) {
             let key = origin.cache_key(&path);
             let parts = cache_parts(&origin, &path, request.headers())?;
-            // Boxed, as are the fetches below: a hit awaits nothing, and every request's
-            // future would otherwise carry room for their state.
+            // Boxed, as are the lookups and fetches below: a hit on the fast path
+            // (`ObjectCache::fresh`) awaits nothing, and every request's future would otherwise
+            // carry room for their state.
             return Box::pin(self.for_peer(request.method(), &key, parts, token)).await;
         }
         if headers::is_loop(request.headers(), &self.zone) || origin.is_in_zone(&self.zone) {
