@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Cache-hit throughput and p99 latency of Coral's proxy against nginx proxy_cache and Varnish,
+# Cache-hit throughput and latency of Coral's proxy against nginx proxy_cache and Varnish,
 # configured as equivalent reverse caches of one origin, in the same run, on loopback.
 #
 #   bench/cache-hits.sh [seconds per run, default 10] [connections, default 64] [rounds, default 3]
+#                       [protocol: http1 (default) or http2]
 #
 # The origin is nginx serving a 1 KiB and a 1 MiB file with `Cache-Control: max-age=3600`.
-# Each cache is warmed, then wrk (2 threads) asks it for the same object for the given time.
+# Each cache is warmed, then wrk (2 threads) asks it for the same object for the given time and
+# the table gives its p99 latency; with http2, h2load (2 threads, 10 streams at once on each
+# connection, HTTP/2 with prior knowledge on all three caches) does, and the table gives its mean
+# latency, as h2load reports no percentiles.
 # Every round runs each cache once, starting with a different one; the table gives the median
 # round of each (the machine is shared and noisy) and every round's rate.
 # Installs nginx-light, varnish and wrk from Debian when missing. Prints a Markdown table.
@@ -14,9 +18,18 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 connections=${2:-64}
 rounds=${3:-3}
+protocol=${4:-http1}
+case $protocol in
+  http1) curl_protocol=() nginx_listen="" varnish_http2=() latency="p99 latency" ;;
+  http2)
+    curl_protocol=(--http2-prior-knowledge) nginx_listen=" http2"
+    varnish_http2=(-p feature=+http2) latency="mean latency"
+    ;;
+  *) echo "protocol: http1 or http2, not $protocol" >&2 && exit 2 ;;
+esac
 
 source bench/lib.sh
-need nginx=nginx-light varnishd=varnish wrk=wrk
+need nginx=nginx-light varnishd=varnish wrk=wrk h2load=nghttp2-client
 build_coral_node
 make_work
 
@@ -33,6 +46,7 @@ error_log $work/nginx-error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
+  keepalive_requests 1000000;
   sendfile on;
   proxy_cache_path $work/nginx-cache keys_zone=bench:16m max_size=1g;
   server {
@@ -41,7 +55,7 @@ http {
     add_header Cache-Control "max-age=3600";
   }
   server {
-    listen 127.0.0.1:$nginx_port;
+    listen 127.0.0.1:$nginx_port$nginx_listen;
     location / {
       proxy_pass http://127.0.0.1:$origin_port;
       proxy_cache bench;
@@ -58,7 +72,8 @@ cat >"$work/default.vcl" <<EOF
 vcl 4.1;
 backend origin { .host = "127.0.0.1"; .port = "$origin_port"; }
 EOF
-varnishd -a "127.0.0.1:$varnish_port" -f "$work/default.vcl" -n "$work/varnish" -s malloc,256m -F \
+varnishd -a "127.0.0.1:$varnish_port" -f "$work/default.vcl" -n "$work/varnish" -s malloc,256m \
+  "${varnish_http2[@]}" -F \
   >"$work/varnish.log" 2>&1 &
 pids+=($!)
 
@@ -68,9 +83,9 @@ start_proxy_node "$admin_port" "$coral_port"
 coral_host="origin.test.$origin_port.nyud.net"
 ready=
 for _ in $(seq 50); do
-  if curl -sf -o /dev/null "http://127.0.0.1:$coral_port/1k" -H "Host: $coral_host" &&
-    curl -sf -o /dev/null "http://127.0.0.1:$varnish_port/1k" &&
-    curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/1k"; then
+  if curl "${curl_protocol[@]}" -sf -o /dev/null "http://127.0.0.1:$coral_port/1k" -H "Host: $coral_host" &&
+    curl "${curl_protocol[@]}" -sf -o /dev/null "http://127.0.0.1:$varnish_port/1k" &&
+    curl "${curl_protocol[@]}" -sf -o /dev/null "http://127.0.0.1:$nginx_port/1k"; then
     ready=1
     break
   fi
@@ -82,7 +97,7 @@ if [[ -z $ready ]]; then
   exit 1
 fi
 
-# run CACHE OBJECT: warms the cache, then prints "requests/s p99".
+# run CACHE OBJECT: warms the cache, then prints "requests/s latency".
 run() {
   local port host=127.0.0.1
   case $1 in
@@ -90,23 +105,26 @@ run() {
     varnish) port=$varnish_port ;;
     coral) port=$coral_port host=$coral_host ;;
   esac
-  for _ in 1 2 3; do curl -sf -o /dev/null "http://127.0.0.1:$port/$2" -H "Host: $host"; done
-  local out
-  out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Host: $host" "http://127.0.0.1:$port/$2")
-  local rps p99
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  echo "$rps $p99"
+  for _ in 1 2 3; do curl "${curl_protocol[@]}" -sf -o /dev/null "http://127.0.0.1:$port/$2" -H "Host: $host"; done
+  local url="http://127.0.0.1:$port/$2" out
+  if [[ $protocol == http2 ]]; then
+    out=$(h2load -t2 -c"$connections" -m10 -D"$seconds" -H ":authority: $host" "$url")
+    grep -q ' [1-9][0-9]* 2xx' <<<"$out" || { echo "h2load got no 2xx from $1: $out" >&2 && exit 1; }
+    awk '/^finished in/ {rps = $4} /^time for request:/ {mean = $6} END {print rps, mean}' <<<"$out"
+  else
+    out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Host: $host" "$url")
+    awk '/^Requests\/sec/ {rps = $2} $1 == "99%" {p99 = $2} END {print rps, p99}' <<<"$out"
+  fi
 }
 
-# median FILE: of the lines "requests/s p99" in FILE, the one with the median requests/s.
+# median FILE: of the lines "requests/s latency" in FILE, the one with the median requests/s.
 median() { sort -n "$1" | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 # rounds FILE: every round's requests/s, rounded.
 rounds() { awk '{ printf "%s%d", (NR > 1 ? ", " : ""), $1 }' "$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
 caches=(nginx varnish coral)
-echo "| object | cache | requests/s (median) | p99 latency | vs nginx | vs Varnish | every round |"
+echo "| object | cache | requests/s (median) | $latency | vs nginx | vs Varnish | every round |"
 echo "|---|---|---|---|---|---|---|"
 for object in 1k 1m; do
   for cache in "${caches[@]}"; do : >"$work/$object-$cache"; done
@@ -117,12 +135,12 @@ for object in 1k 1m; do
       run "$cache" "$object" >>"$work/$object-$cache"
     done
   done
-  read -r nginx_rps nginx_p99 < <(median "$work/$object-nginx")
-  read -r varnish_rps varnish_p99 < <(median "$work/$object-varnish")
-  read -r coral_rps coral_p99 < <(median "$work/$object-coral")
-  echo "| $object | nginx proxy_cache | $nginx_rps | $nginx_p99 | 1.00x | $(ratio "$nginx_rps" "$varnish_rps") | $(rounds "$work/$object-nginx") |"
-  echo "| $object | Varnish | $varnish_rps | $varnish_p99 | $(ratio "$varnish_rps" "$nginx_rps") | 1.00x | $(rounds "$work/$object-varnish") |"
-  echo "| $object | Coral | $coral_rps | $coral_p99 | $(ratio "$coral_rps" "$nginx_rps") | $(ratio "$coral_rps" "$varnish_rps") | $(rounds "$work/$object-coral") |"
+  read -r nginx_rps nginx_latency < <(median "$work/$object-nginx")
+  read -r varnish_rps varnish_latency < <(median "$work/$object-varnish")
+  read -r coral_rps coral_latency < <(median "$work/$object-coral")
+  echo "| $object | nginx proxy_cache | $nginx_rps | $nginx_latency | 1.00x | $(ratio "$nginx_rps" "$varnish_rps") | $(rounds "$work/$object-nginx") |"
+  echo "| $object | Varnish | $varnish_rps | $varnish_latency | $(ratio "$varnish_rps" "$nginx_rps") | 1.00x | $(rounds "$work/$object-varnish") |"
+  echo "| $object | Coral | $coral_rps | $coral_latency | $(ratio "$coral_rps" "$nginx_rps") | $(ratio "$coral_rps" "$varnish_rps") | $(rounds "$work/$object-coral") |"
 done
 origin_hits=$(curl -s "http://127.0.0.1:$admin_port/metrics" | awk '/^coral_proxy_origin_fetches_total/ {sum += $2} END {print sum + 0}')
 echo
