@@ -46,7 +46,7 @@ curl -sf -o /dev/null "$url" -H "Host: $host" || {
   exit 1
 }
 wrk -t1 -c16 -d2s -H "Host: $host" "$url" >/dev/null
-# callgrind PID COMMAND...: callgrind_control's COMMAND for the node, or a clear failure.
+# callgrind ARGS...: callgrind_control ARGS (a command, then the node's pid), or a clear failure.
 callgrind() {
   callgrind_control "$@" >"$work/callgrind-control.log" 2>&1 || {
     echo "callgrind_control $* failed:" >&2

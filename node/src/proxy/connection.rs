@@ -299,7 +299,6 @@ impl Drop for OpenStream {
 }
 
 /// Serves client connections: what each is answered with and within which limits.
-#[derive(Clone)]
 pub struct ClientConnections {
     /// The proxy answering requests.
     pub proxy: Arc<Proxy>,

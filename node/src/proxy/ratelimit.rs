@@ -23,6 +23,8 @@ pub const MAX_KEYS: usize = 1_000_000;
 const IDLE: Duration = Duration::from_secs(60);
 /// Maps the buckets are spread over, each under its own lock.
 const SHARDS: usize = 32;
+/// Most buckets one map keeps.
+const SHARD_KEYS: usize = MAX_KEYS / SHARDS;
 
 /// The same rate limit for every key.
 pub struct RateLimiter<K> {
@@ -73,7 +75,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             shard.sweep(|bucket| now.saturating_duration_since(bucket.updated) < IDLE);
             shard.idle_swept = now;
         }
-        if shard.buckets.len() >= MAX_KEYS / SHARDS && !shard.buckets.contains_key(&key) {
+        if shard.buckets.len() >= SHARD_KEYS && !shard.buckets.contains_key(&key) {
             shard.make_room(now, |bucket| self.refilled(bucket, now) < self.burst);
         }
         let bucket = shard.buckets.entry(key).or_insert(Bucket {
@@ -114,7 +116,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             self.sweep(in_use);
             self.refilled_swept = now;
         }
-        if self.buckets.len() >= MAX_KEYS / SHARDS
+        if self.buckets.len() >= SHARD_KEYS
             && let Some(victim) = self.buckets.keys().next().cloned()
         {
             self.buckets.remove(&victim);
@@ -164,7 +166,7 @@ mod tests {
     #[test]
     fn a_full_map_drops_its_refilled_buckets_and_else_any_one() {
         let now = Instant::now();
-        let full = MAX_KEYS / SHARDS;
+        let full = SHARD_KEYS;
         let bucket = |key: usize| Bucket {
             tokens: if key.is_multiple_of(2) { 1.0 } else { 0.0 },
             updated: now,
@@ -196,7 +198,7 @@ mod tests {
         let shard_of = |key: u32| limiter.hasher.hash_one(key) as usize % SHARDS;
         let kept = 0;
         let new = (1..).find(|key| shard_of(*key) == shard_of(kept)).unwrap();
-        let full = MAX_KEYS / SHARDS;
+        let full = SHARD_KEYS;
         let in_use = || Bucket {
             tokens: 0.0,
             updated: now,

@@ -308,7 +308,7 @@ impl Proxy {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let answer = match self.admit(&request, client.ip(), started) {
-            Ok(()) => self.route(request, client.ip(), &request_id).await,
+            Ok(()) => self.route(request, client.ip(), &request_id, started).await,
             Err(refusal) => Err(refusal),
         };
         let (outcome, mut response) = match answer {
@@ -369,6 +369,7 @@ impl Proxy {
         request: Request<Incoming>,
         client_ip: IpAddr,
         request_id: &str,
+        now: Instant,
     ) -> Result<(Outcome, Response<ProxyBody>), Refusal> {
         let path = request
             .uri()
@@ -424,10 +425,7 @@ impl Proxy {
                 .push_str("; send other requests to the origin directly");
             return Err(refusal);
         }
-        if cacheable_method
-            && self.quotas.enabled()
-            && let Err(over) = self.quotas.check(&origin.host, client_ip, Instant::now())
-        {
+        if cacheable_method && let Err(over) = self.quotas.check(&origin.host, client_ip, now) {
             return Ok((
                 Outcome::Redirected,
                 redirect_to_origin(&origin, &path, over),

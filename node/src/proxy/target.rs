@@ -73,7 +73,7 @@ impl Origin {
             });
         }
         let (host, port) = match inner.rsplit_once('.') {
-            Some((host, last)) if is_digits(last) => {
+            Some((host, last)) if is_digits(last.as_bytes()) => {
                 let port = last
                     .parse::<u16>()
                     .ok()
@@ -171,7 +171,7 @@ pub fn zone_url(location: &str, zone: &str) -> Option<String> {
 /// Removes a `:port` suffix from a Host value (IPv6 literals are not origins, so no brackets).
 fn strip_port(host: &str) -> &str {
     match host.rsplit_once(':') {
-        Some((name, port)) if is_digits(port) => name,
+        Some((name, port)) if is_digits(port.as_bytes()) => name,
         _ => host,
     }
 }
@@ -186,8 +186,8 @@ fn below_zone<'a>(name: &'a str, zone: &str) -> Option<&'a str> {
     under.then_some(inner)
 }
 
-fn is_digits(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit())
+fn is_digits(text: &[u8]) -> bool {
+    !text.is_empty() && text.iter().all(u8::is_ascii_digit)
 }
 
 /// Whether `name` is a DNS host name (letters, digits and hyphens; a non-numeric last label).
@@ -205,10 +205,7 @@ fn is_host_name(name: &str) -> bool {
                 .all(|byte| byte.is_ascii_alphanumeric() || *byte == b'-')
     };
     let mut labels = name.as_bytes().split(|byte| *byte == b'.');
-    labels.clone().all(label_ok)
-        && labels
-            .next_back()
-            .is_some_and(|last| !last.iter().all(u8::is_ascii_digit))
+    labels.clone().all(label_ok) && labels.next_back().is_some_and(|last| !is_digits(last))
 }
 
 #[cfg(test)]
