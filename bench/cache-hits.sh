@@ -10,6 +10,9 @@
 # the table gives its p99 latency; with http2, h2load (2 threads, 10 streams at once on each
 # connection, HTTP/2 with prior knowledge on all three caches) does, and the table gives its mean
 # latency, as h2load reports no percentiles.
+# Coral runs twice: as set by default, copying bodies to the socket, and with
+# `sendfileMinBytes: 65536`, sending the 1 MiB body with `sendfile` (the 1 KiB one is too short:
+# that row only shows the spread between two identical nodes).
 # Every round runs each cache once, starting with a different one; the table gives the median
 # round of each (the machine is shared and noisy) and every round's rate.
 # Installs nginx-light, varnish and wrk from Debian when missing. Prints a Markdown table.
@@ -34,6 +37,7 @@ build_coral_node
 make_work
 
 origin_port=18081 nginx_port=18082 varnish_port=18083 coral_port=18084 admin_port=18090
+sendfile_port=18085 sendfile_admin_port=18091
 mkdir -p "$work/www" "$work/nginx-cache" "$work/varnish"
 head -c 1024 /dev/urandom >"$work/www/1k"
 head -c $((1024 * 1024)) /dev/urandom >"$work/www/1m"
@@ -79,11 +83,14 @@ pids+=($!)
 
 proxy_node_files "$admin_port" "$coral_port"
 start_proxy_node "$admin_port" "$coral_port"
+proxy_node_files "$sendfile_admin_port" "$sendfile_port" "  sendfileMinBytes: 65536"
+start_proxy_node "$sendfile_admin_port" "$sendfile_port"
 
 coral_host="origin.test.$origin_port.nyud.net"
 ready=
 for _ in $(seq 50); do
   if curl "${curl_protocol[@]}" -sf -o /dev/null "http://127.0.0.1:$coral_port/1k" -H "Host: $coral_host" &&
+    curl "${curl_protocol[@]}" -sf -o /dev/null "http://127.0.0.1:$sendfile_port/1k" -H "Host: $coral_host" &&
     curl "${curl_protocol[@]}" -sf -o /dev/null "http://127.0.0.1:$varnish_port/1k" &&
     curl "${curl_protocol[@]}" -sf -o /dev/null "http://127.0.0.1:$nginx_port/1k"; then
     ready=1
@@ -104,6 +111,7 @@ run() {
     nginx) port=$nginx_port ;;
     varnish) port=$varnish_port ;;
     coral) port=$coral_port host=$coral_host ;;
+    coral-sendfile) port=$sendfile_port host=$coral_host ;;
   esac
   for _ in 1 2 3; do curl "${curl_protocol[@]}" -sf -o /dev/null "http://127.0.0.1:$port/$2" -H "Host: $host"; done
   local url="http://127.0.0.1:$port/$2" out
@@ -123,25 +131,29 @@ median() { sort -n "$1" | awk '{ line[NR] = $0 } END { print line[int((NR + 1) /
 rounds() { awk '{ printf "%s%d", (NR > 1 ? ", " : ""), $1 }' "$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
-caches=(nginx varnish coral)
+caches=(nginx varnish coral coral-sendfile)
 echo "| object | cache | requests/s (median) | $latency | vs nginx | vs Varnish | every round |"
 echo "|---|---|---|---|---|---|---|"
 for object in 1k 1m; do
   for cache in "${caches[@]}"; do : >"$work/$object-$cache"; done
   # Each round starts with the next cache, so none always runs first or last on a busy machine.
   for round in $(seq 0 $((rounds - 1))); do
-    for i in 0 1 2; do
-      cache=${caches[$(((round + i) % 3))]}
+    for i in "${!caches[@]}"; do
+      cache=${caches[$(((round + i) % ${#caches[@]}))]}
       run "$cache" "$object" >>"$work/$object-$cache"
     done
   done
   read -r nginx_rps nginx_latency < <(median "$work/$object-nginx")
   read -r varnish_rps varnish_latency < <(median "$work/$object-varnish")
   read -r coral_rps coral_latency < <(median "$work/$object-coral")
+  read -r sendfile_rps sendfile_latency < <(median "$work/$object-coral-sendfile")
   echo "| $object | nginx proxy_cache | $nginx_rps | $nginx_latency | 1.00x | $(ratio "$nginx_rps" "$varnish_rps") | $(rounds "$work/$object-nginx") |"
   echo "| $object | Varnish | $varnish_rps | $varnish_latency | $(ratio "$varnish_rps" "$nginx_rps") | 1.00x | $(rounds "$work/$object-varnish") |"
   echo "| $object | Coral | $coral_rps | $coral_latency | $(ratio "$coral_rps" "$nginx_rps") | $(ratio "$coral_rps" "$varnish_rps") | $(rounds "$work/$object-coral") |"
+  echo "| $object | Coral, sendfile | $sendfile_rps | $sendfile_latency | $(ratio "$sendfile_rps" "$nginx_rps") | $(ratio "$sendfile_rps" "$varnish_rps") | $(rounds "$work/$object-coral-sendfile") |"
 done
-origin_hits=$(curl -s "http://127.0.0.1:$admin_port/metrics" | awk '/^coral_proxy_origin_fetches_total/ {sum += $2} END {print sum + 0}')
+origin_hits=$(for port in "$admin_port" "$sendfile_admin_port"; do curl -s "http://127.0.0.1:$port/metrics"; done |
+  awk '/^coral_proxy_origin_fetches_total/ {sum += $2} END {print sum + 0}')
+sent=$(curl -s "http://127.0.0.1:$sendfile_admin_port/metrics" | awk '/^coral_proxy_sendfile_bytes_total/ {print $2}')
 echo
-echo "Coral origin fetches during the run: $origin_hits (2 objects)."
+echo "Coral origin fetches during the run: $origin_hits (2 objects, 2 nodes). Bytes the sendfile node sent with sendfile: $sent."

@@ -42,7 +42,7 @@ for _ in $(seq 150); do
 done
 curl -sf -o /dev/null "$url" -H "Host: $host" || {
   echo "the node did not come up; its log:" >&2
-  tail -n 20 "$work/coral.log" >&2
+  tail -n 20 "$work/coral-$coral_port.log" >&2
   exit 1
 }
 wrk -t1 -c16 -d2s -H "Host: $host" "$url" >/dev/null
@@ -68,7 +68,7 @@ done
 total=$( [[ -z $profile ]] || callgrind_annotate "$profile" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 if [[ -z $profile || -z $total || ${requests:-0} -eq 0 ]]; then
   echo "no count: profile '${profile}', ${requests:-no} requests; the node's log:" >&2
-  tail -n 20 "$work/coral.log" >&2
+  tail -n 20 "$work/coral-$coral_port.log" >&2
   exit 1
 fi
 echo "Requests counted: $requests; instructions per 1 KiB hit: $((total / requests))."

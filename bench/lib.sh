@@ -64,9 +64,9 @@ proxy:
 CONFIG
 }
 
-# proxy_node_files ADMIN_PORT HTTP_PORT [PROXY_SETTINGS]: $work/node.yaml and $work/topology.yaml for one
-# proxy-only node on loopback: proxy_config's proxy section, with PROXY_SETTINGS (lines indented under
-# `proxy:`) appended to it.
+# proxy_node_files ADMIN_PORT HTTP_PORT [PROXY_SETTINGS]: $work/node-HTTP_PORT.yaml and $work/topology.yaml
+# for one proxy-only node on loopback: proxy_config's proxy section, with PROXY_SETTINGS (lines indented
+# under `proxy:`) appended to it.
 proxy_node_files() {
   {
     proxy_config "$1" "$2"
@@ -77,19 +77,19 @@ locality: { labelKeys: [topology.kubernetes.io/zone], clientNetworks: [] }
 dht: { port: 9410, keyFile: /nonexistent, protocolVersion: 1, bootstrapName: localhost }
 health: { interval: 1s, timeout: 500ms, failureThreshold: 2, successThreshold: 2 }
 CONFIG
-  } >"$work/node.yaml"
+  } >"$work/node-$2.yaml"
   echo "nodes: {}" >"$work/topology.yaml"
 }
 
-# start_proxy_node ADMIN_PORT HTTP_PORT [WRAPPER...]: starts the node of proxy_node_files in the
-# background, under WRAPPER (such as valgrind and its options) when given, logging to $work/coral.log;
-# its pid joins $pids.
+# start_proxy_node ADMIN_PORT HTTP_PORT [WRAPPER...]: starts the node proxy_node_files made for these
+# ports in the background, under WRAPPER (such as valgrind and its options) when given, logging to
+# $work/coral-HTTP_PORT.log; its pid joins $pids.
 start_proxy_node() {
   local admin_port=$1 http_port=$2
   shift 2
-  RUST_LOG=warn "$@" target/release/coral-node run --roles proxy --config "$work/node.yaml" \
+  RUST_LOG=warn "$@" target/release/coral-node run --roles proxy --config "$work/node-$http_port.yaml" \
     --topology "$work/topology.yaml" --node-name bench --pod-ip 127.0.0.1 \
     --admin-address "127.0.0.1:$admin_port" --proxy-address "127.0.0.1:$http_port" \
-    >"$work/coral.log" 2>&1 &
+    >"$work/coral-$http_port.log" 2>&1 &
   pids+=($!)
 }

@@ -22,6 +22,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::sealed::SMALLEST_SEALED_LEN;
+
 /// File name of the node configuration inside the ConfigMap and the pod's config directory.
 pub const CONFIG_FILE: &str = "node.yaml";
 /// File name of the topology map inside the ConfigMap and the pod's config directory.
@@ -68,6 +70,10 @@ pub struct ProxyConfig {
     pub cache_dir: PathBuf,
     /// Objects larger than this are streamed to the client, never cached.
     pub max_object_bytes: u64,
+    /// Cached bodies at least this long are kept in sealed memory files and sent to HTTP/1
+    /// clients with `sendfile`; absent, every body is written from ordinary memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sendfile_min_bytes: Option<u64>,
     /// Timeouts applied to origin fetches.
     pub origin_timeouts: OriginTimeouts,
     /// How long past expiry a cached object may still be served when the origin fails.
@@ -498,6 +504,14 @@ impl NodeConfig {
         positive("proxy.httpPort", self.proxy.http_port.into())?;
         positive("proxy.cacheMemoryBytes", self.proxy.cache_memory_bytes)?;
         positive("proxy.maxObjectBytes", self.proxy.max_object_bytes)?;
+        if let Some(min) = self.proxy.sendfile_min_bytes
+            && min < SMALLEST_SEALED_LEN as u64
+        {
+            return Err((
+                "proxy.sendfileMinBytes",
+                format!("must be at least {SMALLEST_SEALED_LEN} when set"),
+            ));
+        }
         positive(
             "proxy.originAccess.maxConcurrentFetches",
             self.proxy.origin_access.max_concurrent_fetches.into(),
@@ -692,6 +706,7 @@ mod tests {
                 cache_disk_bytes: 1 << 30,
                 cache_dir: "/var/cache/coral".into(),
                 max_object_bytes: 50 << 20,
+                sendfile_min_bytes: Some(64 << 10),
                 origin_timeouts: OriginTimeouts {
                     connect: Duration::from_secs(5),
                     first_byte: Duration::from_secs(15),
@@ -804,6 +819,18 @@ mod tests {
         let err = NodeConfig::load(&path).unwrap_err().to_string();
         assert!(
             err.contains("field `health.failureThreshold`: must be greater than 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sendfile_below_its_least_length_is_refused_by_name() {
+        let mut config = sample();
+        config.proxy.sendfile_min_bytes = Some(4096);
+        let (_dir, path) = write(&config.to_yaml());
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("field `proxy.sendfileMinBytes`: must be at least 16384 when set"),
             "{err}"
         );
     }

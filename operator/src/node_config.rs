@@ -52,6 +52,12 @@ pub fn node_config(cluster: &CoralCluster) -> Result<NodeConfig, SpecError> {
             cache_disk_bytes: bytes("spec.proxy.cacheDiskSize", &spec.proxy.cache_disk_size.0)?,
             cache_dir: CACHE_DIR.into(),
             max_object_bytes: bytes("spec.proxy.maxObjectSize", &spec.proxy.max_object_size.0)?,
+            sendfile_min_bytes: spec
+                .proxy
+                .sendfile_min_size
+                .as_ref()
+                .map(|size| bytes("spec.proxy.sendfileMinSize", &size.0))
+                .transpose()?,
             origin_timeouts: OriginTimeouts {
                 connect: duration(
                     "spec.proxy.originTimeouts.connect",

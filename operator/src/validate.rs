@@ -75,6 +75,8 @@ fn display_path(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
     use crate::api::{ClientNetworkSpec, CoralClusterSpec, NameServerSpec};
 
     fn cluster(spec: CoralClusterSpec) -> CoralCluster {
@@ -150,6 +152,19 @@ mod tests {
             err.contains("cacheMemorySize must be a positive quantity"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sendfile_below_16_kibibytes_is_refused_and_from_there_accepted() {
+        let mut spec = CoralClusterSpec::default();
+        spec.proxy.sendfile_min_size = Some(Quantity("1Ki".into()));
+        let err = check_rules(&cluster(spec.clone())).unwrap_err().to_string();
+        assert!(
+            err.contains("sendfileMinSize must be a quantity of at least 16Ki"),
+            "{err}"
+        );
+        spec.proxy.sendfile_min_size = Some(Quantity("16Ki".into()));
+        assert_eq!(check_rules(&cluster(spec)), Ok(()));
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn full_example_passes_every_rule_and_converts() {
     assert_eq!(cluster.spec.dns.exposure, DnsExposure::LoadBalancer);
     let config = node_config(&cluster).unwrap();
     assert_eq!(config.proxy.cache_disk_bytes, 10 << 30);
+    assert_eq!(config.proxy.sendfile_min_bytes, Some(64 << 10));
     assert_eq!(
         config.health.interval,
         std::time::Duration::from_millis(500)
@@ -69,6 +70,7 @@ fn illegal_example_is_refused_naming_each_broken_rule() {
     for expected in [
         "zone must be a lower-case DNS name",
         "cacheMemorySize must be a positive quantity",
+        "sendfileMinSize must be a quantity of at least 16Ki",
         "cidr must be a network",
         "health.timeout must not exceed health.interval",
         "internalNetworks entries must be networks",

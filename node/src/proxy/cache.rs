@@ -74,15 +74,6 @@ impl Stored {
         }
     }
 
-    /// The same response with a large body moved into a sealed memory file, to be sent with
-    /// `sendfile` ([`sealed`]): for what the memory tier keeps.
-    pub fn sealed(self) -> Self {
-        Self {
-            body: sealed::seal(self.body),
-            ..self
-        }
-    }
-
     /// How long ago it stopped being fresh (zero while fresh).
     pub fn staleness(&self, now: SystemTime) -> Duration {
         now.duration_since(self.expires_at).unwrap_or_default()
@@ -160,11 +151,20 @@ pub struct ObjectCache {
     loads: Mutex<HashMap<String, Load>>,
     /// Invalidations so far: a disk read that overlapped one does not fill the memory tier.
     invalidations: AtomicU64,
+    /// Bodies at least this long are kept in sealed memory files ([`sealed`]); `None` keeps
+    /// every body in ordinary memory.
+    sendfile_min_len: Option<usize>,
 }
 
 impl ObjectCache {
-    /// A cache holding at most `memory_budget` bytes in memory, and what `disk` holds.
-    pub fn new(memory_budget: u64, disk: Option<DiskTier>) -> Self {
+    /// A cache holding at most `memory_budget` bytes in memory, and what `disk` holds; bodies
+    /// at least `sendfile_min_len` long are kept in sealed memory files, to be sent with
+    /// `sendfile` ([`sealed`]).
+    pub fn new(
+        memory_budget: u64,
+        disk: Option<DiskTier>,
+        sendfile_min_len: Option<usize>,
+    ) -> Self {
         Self {
             memory: Cache::builder()
                 .max_capacity(memory_budget)
@@ -177,7 +177,19 @@ impl ObjectCache {
             disk,
             loads: Mutex::new(HashMap::new()),
             invalidations: AtomicU64::new(0),
+            sendfile_min_len,
         }
+    }
+
+    /// `stored` as the memory tier keeps it: its body sealed when long enough.
+    fn kept(&self, stored: Stored) -> Arc<Stored> {
+        Arc::new(match self.sendfile_min_len {
+            Some(min_len) => Stored {
+                body: sealed::seal(stored.body, min_len),
+                ..stored
+            },
+            None => stored,
+        })
     }
 
     /// The fast path of cache hits: the URL's only response in memory, when it is fresh,
@@ -240,7 +252,8 @@ impl ObjectCache {
         };
         load.get_or_init(|| async {
             let invalidations = self.invalidations.load(Ordering::Acquire);
-            let variants = Arc::new(disk.load(key).await?);
+            let loaded = disk.load(key).await?;
+            let variants = Arc::new(loaded.into_iter().map(|stored| self.kept(stored)).collect());
             if self.invalidations.load(Ordering::Acquire) != invalidations {
                 // Something was invalidated while the file was read: it may have been this
                 // URL, so the copy answers the request that asked, and is not kept.
@@ -259,23 +272,24 @@ impl ObjectCache {
     }
 
     /// Stores a response, replacing the variant it supersedes (the one answering the same
-    /// request), in memory and on disk. A response that varies keeps the URL's other variants,
-    /// also when only the disk tier still held them; one that does not answers every request
-    /// and so replaces them all.
+    /// request), in memory and on disk, and returns it as kept. A response that varies keeps
+    /// the URL's other variants, also when only the disk tier still held them; one that does
+    /// not answers every request and so replaces them all.
     pub async fn insert(
         &self,
         key: &str,
         request: &request::Parts,
-        stored: Arc<Stored>,
+        stored: Stored,
         now: SystemTime,
-    ) {
+    ) -> Arc<Stored> {
+        let stored = self.kept(stored);
         let invalidations = self.invalidations.load(Ordering::Acquire);
         let others = if stored.varies {
             self.variants(key).await
         } else {
             None
         };
-        let mut variants = vec![stored];
+        let mut variants = vec![stored.clone()];
         // Variants read while something was invalidated may be what was invalidated.
         let others = others.filter(|_| self.invalidations.load(Ordering::Acquire) == invalidations);
         if let Some(old) = others {
@@ -295,6 +309,7 @@ impl ObjectCache {
             disk.store(key, variants.clone());
         }
         self.memory.insert(key.to_owned(), Arc::new(variants));
+        stored
     }
 
     /// Forgets every response for a URL.
@@ -393,12 +408,12 @@ pub(super) mod tests {
     async fn store(cache: &ObjectCache, req: &request::Parts, response: Head, now: SystemTime) {
         let stored = Stored::new(req, response, Bytes::from_static(b"body"), now);
         assert!(stored.policy.is_storable());
-        cache.insert("k", req, Arc::new(stored), now).await;
+        cache.insert("k", req, stored, now).await;
     }
 
     #[tokio::test]
     async fn fresh_then_stale_as_max_age_passes() {
-        let cache = ObjectCache::new(1 << 20, None);
+        let cache = ObjectCache::new(1 << 20, None, None);
         let now = SystemTime::now();
         let req = request(&[]);
         store(&cache, &req, head(&[("cache-control", "max-age=60")]), now).await;
@@ -417,7 +432,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn vary_keeps_one_response_per_variant() {
-        let cache = ObjectCache::new(1 << 20, None);
+        let cache = ObjectCache::new(1 << 20, None, None);
         let now = SystemTime::now();
         let vary = [("cache-control", "max-age=60"), ("vary", "accept-language")];
         let english = request(&[("accept-language", "en")]);
@@ -444,7 +459,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn request_directives_take_the_full_check() {
-        let cache = ObjectCache::new(1 << 20, None);
+        let cache = ObjectCache::new(1 << 20, None, None);
         let now = SystemTime::now();
         store(
             &cache,
@@ -511,7 +526,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn the_budget_evicts() {
-        let cache = ObjectCache::new(64 * 1024, None);
+        let cache = ObjectCache::new(64 * 1024, None, None);
         let now = SystemTime::now();
         let req = request(&[]);
         for index in 0..100 {
@@ -521,9 +536,7 @@ pub(super) mod tests {
                 Bytes::from(vec![0; 4096]),
                 now,
             );
-            cache
-                .insert(&format!("k{index}"), &req, Arc::new(stored), now)
-                .await;
+            cache.insert(&format!("k{index}"), &req, stored, now).await;
         }
         let (_, bytes) = cache.usage().memory;
         assert!(bytes <= 64 * 1024, "{bytes} bytes held");
@@ -535,11 +548,11 @@ pub(super) mod tests {
         let open = || disk_tier(dir.path());
         let now = SystemTime::now();
         let req = request(&[]);
-        let first = ObjectCache::new(1 << 20, open());
+        let first = ObjectCache::new(1 << 20, open(), None);
         store(&first, &req, head(&[("cache-control", "max-age=60")]), now).await;
         first.flush().await;
 
-        let second = ObjectCache::new(1 << 20, open());
+        let second = ObjectCache::new(1 << 20, open(), None);
         assert!(
             second.fresh("k", &req.headers, now).is_none(),
             "not in memory yet"
@@ -552,7 +565,7 @@ pub(super) mod tests {
 
         second.invalidate("k");
         second.flush().await;
-        let third = ObjectCache::new(1 << 20, open());
+        let third = ObjectCache::new(1 << 20, open(), None);
         assert!(matches!(third.lookup("k", &req, now).await, Lookup::Miss));
     }
 
@@ -564,17 +577,17 @@ pub(super) mod tests {
         let vary = [("cache-control", "max-age=60"), ("vary", "accept-language")];
         let english = request(&[("accept-language", "en")]);
         let french = request(&[("accept-language", "fr")]);
-        let first = ObjectCache::new(1 << 20, open());
+        let first = ObjectCache::new(1 << 20, open(), None);
         store(&first, &english, head(&vary), now).await;
         first.flush().await;
 
         // A restarted node: English is on disk only when French arrives.
-        let second = ObjectCache::new(1 << 20, open());
+        let second = ObjectCache::new(1 << 20, open(), None);
         store(&second, &french, head(&vary), now).await;
         second.flush().await;
         for (cache, name) in [
             (&second, "memory"),
-            (&ObjectCache::new(1 << 20, open()), "disk"),
+            (&ObjectCache::new(1 << 20, open(), None), "disk"),
         ] {
             for language in [&english, &french] {
                 assert!(
@@ -584,5 +597,40 @@ pub(super) mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn long_bodies_are_sealed_when_set_also_when_read_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = request(&[]);
+        let now = SystemTime::now();
+        let stored = |len: usize| {
+            let response = head(&[("cache-control", "max-age=60")]);
+            Stored::new(&req, response, Bytes::from(vec![7; len]), now)
+        };
+        let min_len = 64 * 1024;
+        let sealing = ObjectCache::new(1 << 20, disk_tier(dir.path()), Some(min_len));
+        let long = sealing.insert("long", &req, stored(min_len), now).await;
+        let short = sealing
+            .insert("short", &req, stored(min_len - 1), now)
+            .await;
+        assert!(sealed::is_sealed(&long.body));
+        assert!(!sealed::is_sealed(&short.body));
+        sealing.flush().await;
+
+        let restarted = ObjectCache::new(1 << 20, disk_tier(dir.path()), Some(min_len));
+        let Lookup::Fresh(read_back) = restarted.lookup("long", &req, now).await else {
+            panic!("expected the disk copy");
+        };
+        assert!(sealed::is_sealed(&read_back.body));
+        assert_eq!(read_back.body.len(), min_len);
+
+        let copying = ObjectCache::new(1 << 20, disk_tier(dir.path()), None);
+        let Lookup::Fresh(read_back) = copying.lookup("long", &req, now).await else {
+            panic!("expected the disk copy");
+        };
+        assert!(!sealed::is_sealed(&read_back.body));
+        let inserted = copying.insert("new", &req, stored(min_len), now).await;
+        assert!(!sealed::is_sealed(&inserted.body));
     }
 }

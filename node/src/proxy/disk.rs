@@ -221,7 +221,7 @@ impl DiskTier {
     }
 
     /// The URL's variants as stored on disk, if any.
-    pub async fn load(&self, key: &str) -> Option<Vec<Arc<Stored>>> {
+    pub async fn load(&self, key: &str) -> Option<Vec<Stored>> {
         if self
             .shared
             .removing
@@ -486,7 +486,7 @@ fn read_key(path: &Path) -> Result<(String, u64), DiskError> {
 }
 
 /// The key a file holds and its variants, as of `now`.
-fn read_file(path: &Path, now: SystemTime) -> Result<(String, Vec<Arc<Stored>>), DiskError> {
+fn read_file(path: &Path, now: SystemTime) -> Result<(String, Vec<Stored>), DiskError> {
     let mut file = File::open(path)?;
     let (header, size) = read_header(&mut file)?;
     let expected = header.body_bytes().ok_or(DiskError::Foreign)?;
@@ -508,7 +508,7 @@ fn read_file(path: &Path, now: SystemTime) -> Result<(String, Vec<Arc<Stored>>),
                 status: variant.status,
                 headers: variant.headers,
             };
-            Arc::new(Stored::with_policy(variant.policy, head, body, now).sealed())
+            Stored::with_policy(variant.policy, head, body, now)
         })
         .collect();
     Ok((header.key, variants))

@@ -5,7 +5,11 @@
 //! file's pages instead, so only the reader copies: that is how nginx sends its cache files,
 //! and on a cache hit of a large object the copy is most of the work.
 //!
-//! [`seal`] copies a body of at least [`MIN_SEALED_LEN`] bytes into an anonymous memory file
+//! Whether that pays depends on the machine: on some days on the benchmark machine `sendfile`
+//! over loopback ran 3.5 times slower than a copy (BENCHMARKS.md), so it is a setting
+//! (`proxy.sendfileMinBytes`), off unless set.
+//!
+//! [`seal`] copies a body of at least the set length into an anonymous memory file
 //! (`memfd`), seals it against any change and maps it read-only; the returned [`Bytes`] reads
 //! that mapping, so everything else (ranges, peers, the disk tier) uses it as before. The
 //! mapping's address range is registered, and [`poll_write_vectored`] recognises a buffer
@@ -36,9 +40,9 @@ use nix::sys::socket::{MsgFlags, sendmsg};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Bodies shorter than this stay in ordinary memory: the copy is cheap next to the rest of an
-/// answer, and a file descriptor and whole pages per body are not.
-pub const MIN_SEALED_LEN: usize = 64 * 1024;
+/// The least length a body to seal may be set to: below it, the copy `sendfile` saves is cheap
+/// next to the rest of an answer, and a file descriptor and whole pages per body are not.
+pub const SMALLEST_SEALED_LEN: usize = 16 * 1024;
 
 /// The sealed mappings alive, by start address.
 static MAPPINGS: LazyLock<RwLock<BTreeMap<usize, Region>>> = LazyLock::new(Default::default);
@@ -107,11 +111,11 @@ impl Drop for SealedMapping {
     }
 }
 
-/// `body` held in a sealed memory file when it is at least [`MIN_SEALED_LEN`] long and not
-/// sealed already; otherwise, or when no file can be made (too many sealed bodies, the process
-/// out of descriptors), `body` itself.
-pub fn seal(body: Bytes) -> Bytes {
-    if body.len() < MIN_SEALED_LEN || region_of(&body).is_some() {
+/// `body` held in a sealed memory file when it is at least `min_len` long (and
+/// [`SMALLEST_SEALED_LEN`]) and not sealed already; otherwise, or when no file can be made (too
+/// many sealed bodies, the process out of descriptors), `body` itself.
+pub fn seal(body: Bytes, min_len: usize) -> Bytes {
+    if body.len() < min_len.max(SMALLEST_SEALED_LEN) || is_sealed(&body) {
         return body;
     }
     let sealed = if mappings_read_len() < *MAX_SEALED {
@@ -160,6 +164,11 @@ fn memory_file() -> io::Result<OwnedFd> {
     }
 }
 
+/// Whether `buf` lies wholly in a sealed mapping, and so goes out with `sendfile`.
+pub fn is_sealed(buf: &[u8]) -> bool {
+    region_of(buf).is_some()
+}
+
 /// The file and offset `buf` lies at, when it lies wholly in a sealed mapping.
 fn region_of(buf: &[u8]) -> Option<(Arc<OwnedFd>, usize)> {
     let start = buf.as_ptr() as usize;
@@ -204,7 +213,7 @@ impl<'a, 'b> NextWrite<'a, 'b> {
         let sealed = bufs
             .iter()
             .enumerate()
-            .filter(|(_, buf)| buf.len() >= MIN_SEALED_LEN)
+            .filter(|(_, buf)| buf.len() >= SMALLEST_SEALED_LEN)
             .find_map(|(index, buf)| Some((index, buf.len(), region_of(buf)?)));
         match sealed {
             None => NextWrite::Vectored { bufs, more: false },
@@ -278,24 +287,28 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>().into()
     }
 
-    #[test]
-    fn large_bodies_are_sealed_with_the_same_bytes_and_small_ones_are_not() {
-        let large = body(MIN_SEALED_LEN + 10);
-        let sealed = seal(large.clone());
-        assert_eq!(sealed, large);
-        assert!(region_of(&sealed).is_some());
-        assert!(region_of(&large).is_none());
+    /// The length from which the tests seal bodies.
+    const MIN_LEN: usize = 64 * 1024;
 
-        let small = seal(body(MIN_SEALED_LEN - 1));
-        assert!(region_of(&small).is_none());
+    #[test]
+    fn bodies_from_the_set_length_are_sealed_with_the_same_bytes_and_shorter_ones_are_not() {
+        let large = body(MIN_LEN + 10);
+        let sealed = seal(large.clone(), MIN_LEN);
+        assert_eq!(sealed, large);
+        assert!(is_sealed(&sealed));
+        assert!(!is_sealed(&large));
+
+        assert!(!is_sealed(&seal(body(MIN_LEN - 1), MIN_LEN)));
+        assert!(is_sealed(&seal(body(SMALLEST_SEALED_LEN), 0)));
+        assert!(!is_sealed(&seal(body(SMALLEST_SEALED_LEN - 1), 0)));
     }
 
     #[test]
     fn a_slice_of_a_sealed_body_is_found_at_its_offset_and_the_region_goes_with_the_body() {
-        let sealed = seal(body(3 * MIN_SEALED_LEN));
-        let (_, offset) = region_of(&sealed.slice(100..2 * MIN_SEALED_LEN)).unwrap();
+        let sealed = seal(body(3 * MIN_LEN), MIN_LEN);
+        let (_, offset) = region_of(&sealed.slice(100..2 * MIN_LEN)).unwrap();
         assert_eq!(offset, 100);
-        assert!(seal(sealed.clone()).as_ptr() == sealed.as_ptr());
+        assert!(seal(sealed.clone(), MIN_LEN).as_ptr() == sealed.as_ptr());
 
         let start = sealed.as_ptr() as usize;
         drop(sealed);
@@ -323,9 +336,9 @@ mod tests {
             .unwrap();
         let (writer, _) = listener.accept().await.unwrap();
 
-        let sealed = seal(body(160 * MIN_SEALED_LEN));
+        let sealed = seal(body(160 * MIN_LEN), MIN_LEN);
         let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n");
-        let part = sealed.slice(1000..150 * MIN_SEALED_LEN);
+        let part = sealed.slice(1000..150 * MIN_LEN);
         let tail = Bytes::from_static(b"tail");
         let expected = [&head[..], &part[..], &tail[..]].concat();
 

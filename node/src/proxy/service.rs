@@ -212,7 +212,13 @@ impl Proxy {
             announce_while_fetching: timeouts.connect + timeouts.first_byte + timeouts.idle,
             other_methods: proxy.other_methods,
             client: OriginClient::new(proxy)?,
-            cache: ObjectCache::new(proxy.cache_memory_bytes, disk),
+            cache: ObjectCache::new(
+                proxy.cache_memory_bytes,
+                disk,
+                proxy
+                    .sendfile_min_bytes
+                    .map(|min| usize::try_from(min).unwrap_or(usize::MAX)),
+            ),
             inflight: Mutex::new(HashMap::new()),
             peers: peering
                 .map(|peering| Peers::new(peering, timeouts.connect + timeouts.first_byte)),
@@ -914,11 +920,12 @@ impl Proxy {
         for (name, value) in update.headers.iter().filter(|(name, _)| kept(name)) {
             head.headers.append(name, value.clone());
         }
-        let refreshed = Arc::new(Stored::with_policy(policy, head, stale.body.clone(), now));
-        self.cache
-            .insert(&request.key, &request.parts, refreshed.clone(), now)
+        let refreshed = Stored::with_policy(policy, head, stale.body.clone(), now);
+        let kept = self
+            .cache
+            .insert(&request.key, &request.parts, refreshed, now)
             .await;
-        Some(refreshed)
+        Some(kept)
     }
 
     /// Streams an origin response into the transfer and stores it when it is cacheable.
@@ -1014,12 +1021,7 @@ impl Proxy {
                     );
                 }
                 self.cache
-                    .insert(
-                        &request.key,
-                        &request.parts,
-                        Arc::new(stored.sealed()),
-                        response_time,
-                    )
+                    .insert(&request.key, &request.parts, stored, response_time)
                     .await;
             }
         }

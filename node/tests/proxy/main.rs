@@ -532,7 +532,8 @@ fn ranges_conditionals_and_head_are_answered_from_the_cache() {
     });
 }
 
-/// Hits of objects large enough to be sent with `sendfile` from a sealed memory file.
+/// Hits of large objects, copied from memory or, when the node is set to, sent with
+/// `sendfile` from a sealed memory file.
 #[test]
 fn large_cached_objects_are_answered_whole_and_by_range_from_memory() {
     in_private_network(|| async {
@@ -543,26 +544,33 @@ fn large_cached_objects_are_answered_whole_and_by_range_from_memory() {
             async move { respond(200, &[("cache-control", "max-age=60")], served) }
         }))
         .await;
-        let proxy = TestProxy::start(&test_config()).await;
-        let host = origin.zone_host();
-        proxy.get(&host, "/large", &[]).await;
-        let sent_before = sealed::stats().sent_bytes;
-        for _ in 0..2 {
-            let whole = proxy.get(&host, "/large", &[]).await;
-            assert!(whole.body == object, "the whole object differs");
+        for sendfile_min_bytes in [None, Some(64 * 1024)] {
+            let mut config = test_config();
+            config.proxy.sendfile_min_bytes = sendfile_min_bytes;
+            let proxy = TestProxy::start(&config).await;
+            let host = origin.zone_host();
+            let path = format!("/large-{sendfile_min_bytes:?}");
+            proxy.get(&host, &path, &[]).await;
+            let sent_before = sealed::stats().sent_bytes;
+            for _ in 0..2 {
+                let whole = proxy.get(&host, &path, &[]).await;
+                assert!(whole.body == object, "the whole object differs");
+            }
+            let range = proxy
+                .get(&host, &path, &[("range", "bytes=123457-654320")])
+                .await;
+            assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+            assert!(range.body == object[123_457..=654_320], "the range differs");
+            assert_eq!(origin.hits(&path), 1);
+            if sendfile_min_bytes.is_some() {
+                // The hits went by sendfile, not by copying.
+                let sent = sealed::stats().sent_bytes - sent_before;
+                assert!(
+                    sent >= 2 * 1_000_003 + 530_864,
+                    "{sent} bytes sent by sendfile"
+                );
+            }
         }
-        let range = proxy
-            .get(&host, "/large", &[("range", "bytes=123457-654320")])
-            .await;
-        assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
-        assert!(range.body == object[123_457..=654_320], "the range differs");
-        assert_eq!(origin.hits("/large"), 1);
-        // The hits went by sendfile, not by copying.
-        let sent = sealed::stats().sent_bytes - sent_before;
-        assert!(
-            sent >= 2 * 1_000_003 + 530_864,
-            "{sent} bytes sent by sendfile"
-        );
     });
 }
 

@@ -35,6 +35,14 @@ pub struct ProxySpec {
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))", "message": "maxObjectSize must be a positive quantity such as 50Mi"}]))]
     pub max_object_size: Quantity,
 
+    /// Cached bodies at least this large, such as `64Ki`, are kept in sealed memory files and
+    /// sent to HTTP/1 clients with `sendfile`. Unset, every body is copied to the socket from
+    /// ordinary memory, which was up to 3.5 times faster over loopback on the benchmark machine
+    /// (README, "Large hits").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('16Ki'))", "message": "sendfileMinSize must be a quantity of at least 16Ki, such as 64Ki"}]))]
+    pub sendfile_min_size: Option<Quantity>,
+
     /// Timeouts of fetches from origin servers.
     pub origin_timeouts: OriginTimeoutsSpec,
 
@@ -283,6 +291,7 @@ impl Default for ProxySpec {
             cache_memory_size: Quantity("256Mi".to_owned()),
             cache_disk_size: Quantity("1Gi".to_owned()),
             max_object_size: Quantity("50Mi".to_owned()),
+            sendfile_min_size: None,
             origin_timeouts: OriginTimeoutsSpec::default(),
             serve_stale: std::time::Duration::from_secs(3600).into(),
             origin_allow: Vec::new(),
