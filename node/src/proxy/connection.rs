@@ -13,11 +13,9 @@
 //!
 //! A client has `headerTimeout` from the moment its connection starts waiting (accepted, or
 //! its last answer sent) to send a whole head, parked or not, as with hyper alone. An exchange
-//! whose request has a body is never parked: hyper may still be reading that body. A
-//! keep-alive client that waits for each answer before asking again is parked after every
-//! answer, which costs a new hyper connection per request: roughly 4,000 of the 26,000
-//! instructions of a 1 KiB hit (`bench/hit-instructions.sh`, BENCHMARKS.md), the price of
-//! holding 1.2 KiB rather than 27 KiB for each idle connection.
+//! whose request has a body is never parked: hyper may still be reading that body. Parking
+//! costs a new hyper connection when the client speaks again, so a connection waiting for its
+//! next request first lingers with hyper for a moment ([`super::linger`]).
 //!
 //! This leans on how hyper 1.12 orders its work (checked against its source): it drops an
 //! answer's body only once the end of the message is queued, flushes the socket only once its
@@ -47,6 +45,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::linger::{Linger, Lingering};
 use super::respond::ProxyBody;
 use super::sealed;
 use super::service::Proxy;
@@ -123,6 +122,7 @@ struct ParkableStream {
     stream: TcpStream,
     unparsed: Bytes,
     exchange: Arc<Exchange>,
+    linger: Linger,
 }
 
 impl AsyncRead for ParkableStream {
@@ -141,12 +141,16 @@ impl AsyncRead for ParkableStream {
         let before = buf.filled().len();
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.linger.spoke();
                 // Bytes after an answer are the next request, even before the answer is flushed.
                 self.exchange.advance(WAITING, BUSY);
                 self.exchange.advance(ANSWERED, BUSY);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if self.exchange.get() == WAITING => {
+                if self.linger.stays(cx) {
+                    return Poll::Pending;
+                }
                 self.exchange.set(PARKED);
                 Poll::Ready(Ok(()))
             }
@@ -306,6 +310,8 @@ pub struct ClientConnections {
     pub http1: Arc<http1::Builder>,
     /// hyper's settings for HTTP/2 connections (prior knowledge, in cleartext).
     pub http2: Arc<http2::Builder<TokioExecutor>>,
+    /// The server's connections lingering with hyper before they are parked.
+    pub lingering: Arc<Lingering>,
     /// How long a client may take, from the moment its connection starts waiting (accepted,
     /// or its last answer sent), to send a whole request head.
     pub header_timeout: Duration,
@@ -322,6 +328,7 @@ impl ClientConnections {
             stream,
             unparsed: Bytes::new(),
             exchange: Arc::new(Exchange::new()),
+            linger: Linger::new(self.lingering.clone()),
         };
         let mut first_bytes_arrived = false;
         let mut head_deadline = Instant::now() + self.header_timeout;
@@ -345,7 +352,7 @@ impl ClientConnections {
                     stream.exchange.resume();
                     // A copy: the bytes hyper left are a view of its whole read buffer.
                     stream.unparsed = Bytes::copy_from_slice(&unparsed);
-                    head_deadline = Instant::now() + self.header_timeout;
+                    head_deadline = stream.linger.parked() + self.header_timeout;
                 }
                 None => return,
             }

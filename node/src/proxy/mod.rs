@@ -11,11 +11,13 @@
 //! - [`cache`]: the object cache and the RFC 9111 policy of what it holds; [`disk`]: its
 //!   disk tier;
 //! - [`respond`]: answers from stored objects (conditional, range, HEAD) or transfers;
-//!   [`sealed`]: large cached bodies in sealed memory files, sent with `sendfile`;
+//!   [`sealed`]: large cached bodies in sealed memory files, sent with `sendfile` when set;
 //! - [`ratelimit`]: request rate limits per client and per origin; [`quota`]: bandwidth
 //!   quotas with fair sharing, redirecting to the origin;
 //! - [`refusal`]: refusals and their explanation pages;
 //! - [`service`]: the request flow; [`server`]: the HTTP server and its limits;
+//!   [`connection`]: one client connection, parked while idle; [`linger`]: a moment with
+//!   hyper before parking;
 //! - [`health`]: able to serve or not, and the load, for `/healthz`; [`popular`]: the URLs
 //!   asked for most, for the admin page;
 //! - [`metrics`]: the `coral_proxy_*` metrics.
@@ -30,6 +32,7 @@ mod fuzz;
 pub mod guard;
 pub mod headers;
 pub mod health;
+pub mod linger;
 pub mod metrics;
 pub mod peers;
 pub mod popular;

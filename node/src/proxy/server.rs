@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::ClientConnections;
+use super::linger::{Lingering, MAX_LINGERING};
 use super::service::Proxy;
 use crate::config::ClientLimits;
 
@@ -68,6 +69,7 @@ pub async fn serve(
         .keep_alive_interval(limits.header_timeout)
         .keep_alive_timeout(limits.header_timeout.max(HTTP2_PING_TIMEOUT));
     let (http1, http2) = (Arc::new(http1), Arc::new(http2));
+    let lingering = Arc::new(Lingering::new(MAX_LINGERING));
     loop {
         let slot = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -89,6 +91,7 @@ pub async fn serve(
             proxy: proxy.clone(),
             http1: http1.clone(),
             http2: http2.clone(),
+            lingering: lingering.clone(),
             header_timeout: limits.header_timeout,
             // A connection polls its token whenever it wakes; polling the server's own token
             // would take a lock that every connection shares.
