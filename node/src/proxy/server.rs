@@ -8,7 +8,8 @@
 //! hyper enforces the head limits: an HTTP/1 head over `maxHeaderBytes` or with more than
 //! `maxHeaders` fields gets 431, one not sent within `headerTimeout` (slowloris) has its
 //! connection closed, and so has a keep-alive connection idle for as long. An HTTP/2 header
-//! block over `maxHeaderBytes` is refused, a client has at most 100 requests under way per
+//! block over `maxHeaderBytes` is refused (and one with more than `maxHeaders` fields gets 431
+//! from the proxy's service), a client has at most 100 requests under way per
 //! connection, one that stops answering pings (sent every `headerTimeout`) is disconnected, and
 //! one with no request under way that starts none for `headerTimeout` is closed. At most
 //! `maxConnections` connections are served at once; further ones wait in the listen backlog

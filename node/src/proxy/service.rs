@@ -81,6 +81,9 @@ pub struct Proxy {
     via: HeaderValue,
     max_object_bytes: u64,
     max_url_bytes: usize,
+    /// Most header fields a request may have: hyper refuses more in HTTP/1 heads, this
+    /// refuses them in HTTP/2 ones.
+    max_headers: usize,
     max_connections: u64,
     serve_stale: Duration,
     idle_timeout: Duration,
@@ -206,6 +209,7 @@ impl Proxy {
             via: headers::via_value(Version::HTTP_11, &config.zone),
             max_object_bytes: proxy.max_object_bytes,
             max_url_bytes: proxy.client_limits.max_url_bytes as usize,
+            max_headers: proxy.client_limits.max_headers as usize,
             max_connections: proxy.client_limits.max_connections.into(),
             serve_stale: proxy.serve_stale,
             idle_timeout: proxy.origin_timeouts.idle,
@@ -389,6 +393,16 @@ impl Proxy {
                 format!(
                     "the request target is longer than {} bytes",
                     self.max_url_bytes
+                ),
+            ));
+        }
+        if request.headers().len() > self.max_headers {
+            return Err(Refusal::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too_many_headers",
+                format!(
+                    "the request has more than {} header fields",
+                    self.max_headers
                 ),
             ));
         }

@@ -410,6 +410,27 @@ fn http2_clients_get_concurrent_answers_on_one_connection() {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
         assert_eq!(origin.hits("/h2/big"), 0);
+        // The field count holds as in HTTP/1: at most `maxHeaders`.
+        let mut strict = test_config();
+        strict.proxy.client_limits.max_headers = 30;
+        let strict = TestProxy::start(&strict).await;
+        let (strict_sender, _strict_connection) = http2_client(&strict).await;
+        for (fields, status) in [
+            (30, StatusCode::OK),
+            (31, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        ] {
+            let mut many = Request::get(format!("http://{host}/h2/many-{fields}"));
+            for index in 0..fields {
+                many = many.header(format!("x-h{index}"), "v");
+            }
+            let answer = strict_sender
+                .clone()
+                .send_request(many.body(Empty::<Bytes>::new()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), status, "{fields} fields");
+        }
+        assert_eq!(origin.hits("/h2/many-31"), 0);
     });
 }
 
