@@ -2,18 +2,21 @@
 # Instructions one 1 KiB cache hit costs the proxy, counted by callgrind: a measure of the node's own
 # work that this shared machine's noise does not move, for comparing two versions of the hit path.
 #
-#   bench/hit-instructions.sh [seconds counted, default 4]
+#   bench/hit-instructions.sh [seconds counted, default 4] [protocol: http1 (default) or http2]
 #
 # The node runs under valgrind (about 50 times slower); after a warm-up, wrk (1 thread, 16
 # connections) asks it for the same cached object while callgrind counts, and the script prints
-# the instructions per request and the 25 functions with the most instructions of their own.
-# Installs nginx-light (the origin), wrk and valgrind from Debian when missing.
+# the instructions per request and the 25 functions with the most instructions of their own. With
+# http2, h2load does (1 thread, 16 connections, 10 streams at once on each, prior knowledge).
+# Installs nginx-light (the origin), wrk, h2load and valgrind from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-4}
+protocol=${2:-http1}
+[[ $protocol == http1 || $protocol == http2 ]] || { echo "protocol: http1 or http2, not $protocol" >&2 && exit 2; }
 
 source bench/lib.sh
-need nginx=nginx-light wrk=wrk valgrind=valgrind
+need nginx=nginx-light wrk=wrk h2load=nghttp2-client valgrind=valgrind
 build_coral_node
 make_work
 
@@ -45,7 +48,15 @@ curl -sf -o /dev/null "$url" -H "Host: $host" || {
   tail -n 20 "$work/coral-$coral_port.log" >&2
   exit 1
 }
-wrk -t1 -c16 -d2s -H "Host: $host" "$url" >/dev/null
+# load SECONDS: asks for the object for that long; prints how many requests were answered.
+load() {
+  if [[ $protocol == http2 ]]; then
+    h2load -t1 -c16 -m10 -D"$1" -H ":authority: $host" "$url" | awk '/^requests:/ {print $6}'
+  else
+    wrk -t1 -c16 -d"$1s" -H "Host: $host" "$url" | awk '/requests in/ {print $1}'
+  fi
+}
+load 2 >/dev/null
 # callgrind ARGS...: callgrind_control ARGS (a command, then the node's pid), or a clear failure.
 callgrind() {
   callgrind_control "$@" >"$work/callgrind-control.log" 2>&1 || {
@@ -55,7 +66,7 @@ callgrind() {
   }
 }
 callgrind -i on "${pids[-1]}"
-requests=$(wrk -t1 -c16 -d"${seconds}s" -H "Host: $host" "$url" | awk '/requests in/ {print $1}')
+requests=$(load "$seconds")
 callgrind -i off "${pids[-1]}"
 callgrind -d "${pids[-1]}"
 sleep 1
@@ -71,7 +82,7 @@ if [[ -z $profile || -z $total || ${requests:-0} -eq 0 ]]; then
   tail -n 20 "$work/coral-$coral_port.log" >&2
   exit 1
 fi
-echo "Requests counted: $requests; instructions per 1 KiB hit: $((total / requests))."
+echo "Requests counted ($protocol): $requests; instructions per 1 KiB hit: $((total / requests))."
 echo
 echo "Functions with the most instructions of their own:"
 callgrind_annotate --inclusive=no "$profile" | sed -E 's/ \[[^]]*\]$//; s/\?\?\?://' |

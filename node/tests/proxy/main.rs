@@ -2,6 +2,7 @@
 //! namespace of its own.
 
 mod connections;
+mod last_legs;
 mod nasty;
 mod support;
 
