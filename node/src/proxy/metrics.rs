@@ -312,13 +312,13 @@ impl ProxyMetrics {
         }
     }
 
-    /// Counts body bytes sent to a client.
-    pub fn served(&self, source: Source, bytes: u64) {
+    /// The counter of body bytes sent to clients from `source`.
+    pub fn served(&self, source: Source) -> &IntCounter {
         let index = Source::ALL
             .iter()
             .position(|candidate| *candidate == source)
             .expect("every source is in ALL");
-        self.by_source[index].inc_by(bytes);
+        &self.by_source[index]
     }
 
     /// Counts a request and its time to the response head.

@@ -10,6 +10,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
+use prometheus::IntCounter;
 
 use super::cache::Stored;
 use super::client::BoxError;
@@ -39,11 +40,18 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// A body that streams from a transfer as its chunks arrive.
-pub fn streamed(reader: TransferReader) -> ProxyBody {
-    let chunks = stream::unfold(reader, |mut reader| async move {
+/// A body that streams from a transfer as its chunks arrive, counting them in `served` as
+/// they are handed on.
+pub fn streamed(reader: TransferReader, served: IntCounter) -> ProxyBody {
+    let chunks = stream::unfold((reader, served), |(mut reader, served)| async move {
         let chunk = reader.next_chunk().await?;
-        Some((chunk.map(Frame::data).map_err(BoxError::from), reader))
+        if let Ok(bytes) = &chunk {
+            served.inc_by(bytes.len() as u64);
+        }
+        Some((
+            chunk.map(Frame::data).map_err(BoxError::from),
+            (reader, served),
+        ))
     });
     BodyExt::boxed(StreamBody::new(chunks))
 }
@@ -102,12 +110,14 @@ pub fn from_stored(
     response
 }
 
-/// The answer to a GET or HEAD from a response head whose body is still arriving.
+/// The answer to a GET or HEAD from a response head whose body is still arriving; the body's
+/// bytes are counted in `served` as they are handed on.
 pub fn from_transfer(
     method: &Method,
     request: &HeaderMap,
     head: &Head,
     reader: TransferReader,
+    served: IntCounter,
 ) -> Response<ProxyBody> {
     if head.status == StatusCode::OK && precondition_failed(request, &head.headers) {
         return precondition_failed_response();
@@ -118,7 +128,7 @@ pub fn from_transfer(
     let body = if *method == Method::HEAD {
         empty()
     } else {
-        streamed(reader)
+        streamed(reader, served)
     };
     let mut response = Response::new(body);
     *response.status_mut() = head.status;

@@ -21,7 +21,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version, request};
 use http_body_util::BodyExt;
 use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use prometheus::IntGauge;
 use serde::Serialize;
 use tracing::Instrument;
@@ -560,21 +560,19 @@ impl Proxy {
                 .await
                 .map_err(|failed| failed.0)?;
         }
-        if let Some(length) = content_length(&head.headers) {
-            let source = match outcome {
-                Outcome::Peer => Source::Peer,
-                Outcome::Stale | Outcome::Revalidated | Outcome::RememberedError => Source::Cache,
-                _ => Source::Origin,
-            };
-            self.count_bytes(source, method, length);
-        }
+        let source = match outcome {
+            Outcome::Peer => Source::Peer,
+            Outcome::Stale | Outcome::Revalidated | Outcome::RememberedError => Source::Cache,
+            _ => Source::Origin,
+        };
         let outcome = match outcome {
             Outcome::Miss | Outcome::Peer if joined.leader.is_some() => Outcome::Coalesced,
             other => other,
         };
+        let served = self.metrics.served(source).clone();
         Ok((
             outcome,
-            respond::from_transfer(method, client_headers, &head, joined.reader),
+            respond::from_transfer(method, client_headers, &head, joined.reader, served),
         ))
     }
 
@@ -603,9 +601,10 @@ impl Proxy {
         }
         let now = SystemTime::now();
         if let Lookup::Fresh(stored) = self.cache.lookup(key, &parts, now).await {
-            self.count_bytes(Source::Cache, method, stored.body.len() as u64);
-            let response = respond::from_stored(method, &parts.headers, &stored, now);
-            return Ok((Outcome::ForPeer, response));
+            return Ok((
+                Outcome::ForPeer,
+                self.hit(method, &parts.headers, &stored, now),
+            ));
         }
         let joined = joinable(&self.inflight.lock().expect("in-flight lock"), key, &parts);
         let (mut reader, leader) = joined.ok_or_else(miss)?;
@@ -613,9 +612,10 @@ impl Proxy {
         if !shareable(&leader, &parts, &head) {
             return Err(miss());
         }
+        let served = self.metrics.served(Source::Origin).clone();
         Ok((
             Outcome::ForPeer,
-            respond::from_transfer(method, &parts.headers, &head, reader),
+            respond::from_transfer(method, &parts.headers, &head, reader, served),
         ))
     }
 
@@ -626,8 +626,12 @@ impl Proxy {
         stored: &Stored,
         now: SystemTime,
     ) -> Response<ProxyBody> {
-        self.count_bytes(Source::Cache, method, stored.body.len() as u64);
-        respond::from_stored(method, client_headers, stored, now)
+        let response = respond::from_stored(method, client_headers, stored, now);
+        // The body as answered: none for HEAD, 304 and 412, the range for 206.
+        if let Some(length) = response.body().size_hint().exact() {
+            self.metrics.served(Source::Cache).inc_by(length);
+        }
+        response
     }
 
     /// Joins the fetch in flight for the request's URL, or starts one that later requests
@@ -1124,12 +1128,6 @@ impl Proxy {
             .origin_fetches
             .with_label_values(&[outcome])
             .inc();
-    }
-
-    fn count_bytes(&self, source: Source, method: &Method, length: u64) {
-        if *method != Method::HEAD {
-            self.metrics.served(source, length);
-        }
     }
 }
 

@@ -576,6 +576,47 @@ fn large_cached_objects_are_answered_whole_and_by_range_from_memory() {
 }
 
 #[test]
+fn bytes_served_count_the_bodies_clients_get() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|parts| async move {
+            if parts.uri.path() == "/chunked" {
+                // No Content-Length: two pieces of 300 bytes.
+                let pieces = futures::stream::iter(0..2).map(|_| {
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![b'c'; 300])))
+                });
+                let mut response = respond(200, &[("cache-control", "max-age=60")], "");
+                *response.body_mut() = BodyExt::boxed(StreamBody::new(pieces));
+                return response;
+            }
+            let headers = [("cache-control", "max-age=60"), ("etag", "\"v1\"")];
+            respond(200, &headers, vec![b'x'; 1000])
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = origin.zone_host();
+        let served = || (proxy.bytes_served("origin"), proxy.bytes_served("cache"));
+
+        proxy.get(&host, "/fixed", &[]).await;
+        assert_eq!(served(), (1000, 0), "a miss");
+        proxy.get(&host, "/fixed", &[]).await;
+        assert_eq!(served(), (1000, 1000), "a hit");
+        proxy.send("HEAD", &host, "/fixed", &[]).await;
+        assert_eq!(served(), (1000, 1000), "HEAD sends no body");
+        let range = proxy.get(&host, "/fixed", &[("range", "bytes=0-99")]).await;
+        assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(served(), (1000, 1100), "a range sends its bytes");
+        let unchanged = proxy
+            .get(&host, "/fixed", &[("if-none-match", "\"v1\"")])
+            .await;
+        assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(served(), (1000, 1100), "a 304 sends no body");
+        let chunked = proxy.get(&host, "/chunked", &[]).await;
+        assert_eq!(chunked.body.len(), 600);
+        assert_eq!(served(), (1600, 1100), "a body without Content-Length");
+    });
+}
+
+#[test]
 fn a_bodiless_request_never_forwards_the_clients_content_length() {
     in_private_network(|| async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -389,6 +389,11 @@ impl TestProxy {
             .get()
     }
 
+    /// Body bytes sent to clients so far from `source` (`cache`, `origin`, `peer`).
+    pub fn bytes_served(&self, source: &str) -> u64 {
+        self.metrics.bytes_served.with_label_values(&[source]).get()
+    }
+
     /// Client connections parked between requests.
     pub fn idle_connections(&self) -> i64 {
         self.metrics.idle_connections.get()
