@@ -173,6 +173,8 @@ pub enum MethodPolicy {
 pub struct ClientLimits {
     /// Client connections open at once on one node; more wait in the kernel's backlog.
     pub max_connections: u32,
+    /// Client connections open at once from one address; more are refused with 429.
+    pub max_connections_per_client: u32,
     /// Longest request target (path and query), in bytes.
     pub max_url_bytes: u32,
     /// Most header fields in one request.
@@ -188,6 +190,7 @@ impl Default for ClientLimits {
     fn default() -> Self {
         Self {
             max_connections: 20_000,
+            max_connections_per_client: 1_000,
             max_url_bytes: 8_192,
             max_headers: 100,
             max_header_bytes: 32_768,
@@ -520,6 +523,10 @@ impl NodeConfig {
         positive(
             "proxy.clientLimits.maxConnections",
             limits.max_connections.into(),
+        )?;
+        positive(
+            "proxy.clientLimits.maxConnectionsPerClient",
+            limits.max_connections_per_client.into(),
         )?;
         if limits.max_url_bytes < 256 {
             return Err((

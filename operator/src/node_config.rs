@@ -234,6 +234,7 @@ fn origin_access(spec: &OriginAccessSpec) -> Result<OriginAccess, SpecError> {
 fn client_limits(spec: &ClientLimitsSpec) -> Result<ClientLimits, SpecError> {
     Ok(ClientLimits {
         max_connections: spec.max_connections,
+        max_connections_per_client: spec.max_connections_per_client,
         max_url_bytes: spec.max_url_bytes,
         max_headers: spec.max_headers,
         max_header_bytes: spec.max_header_bytes,

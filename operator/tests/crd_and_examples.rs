@@ -56,6 +56,7 @@ fn full_example_passes_every_rule_and_converts() {
     let config = node_config(&cluster).unwrap();
     assert_eq!(config.proxy.cache_disk_bytes, 10 << 30);
     assert_eq!(config.proxy.sendfile_min_bytes, Some(64 << 10));
+    assert_eq!(config.proxy.client_limits.max_connections_per_client, 500);
     assert_eq!(
         config.health.interval,
         std::time::Duration::from_millis(500)

@@ -4,13 +4,11 @@
 //! idle timeout but no connection limit, so the framing (RFC 1035 4.2.2: a two-byte length,
 //! then the message) is done here and each query goes through [`exchange`] like UDP's.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::net::xfer::Protocol;
-use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -20,6 +18,7 @@ use super::exchange::exchange;
 use super::handler::DnsHandler;
 use super::metrics::DnsMetrics;
 use super::placement::client_network;
+use crate::client_slots::ClientSlots;
 use crate::config::DnsTcpLimits;
 
 /// Accepts connections on `listener` until `shutdown`.
@@ -31,7 +30,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let clients = Arc::new(OpenPerClient::default());
+    let clients = ClientSlots::new(limits.max_connections_per_client);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -49,7 +48,7 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let Some(client_slot) = clients.acquire(peer, limits.max_connections_per_client) else {
+        let Some(client_slot) = clients.enter(client_network(peer.ip(), u8::MAX)) else {
             metrics.tcp_refused.inc();
             drop(stream);
             continue;
@@ -63,47 +62,6 @@ pub async fn serve(
             }
             drop((slot, client_slot));
         });
-    }
-}
-
-/// Connections open per client network.
-#[derive(Default)]
-struct OpenPerClient {
-    open: Mutex<HashMap<IpNet, u32>>,
-}
-
-impl OpenPerClient {
-    /// A slot for one more connection from `peer`'s network, unless it has `limit` open.
-    fn acquire(self: &Arc<Self>, peer: SocketAddr, limit: u32) -> Option<ClientSlot> {
-        let network = client_network(peer.ip(), u8::MAX);
-        let mut open = self.open.lock().expect("per-client lock");
-        let count = open.entry(network).or_default();
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot {
-            clients: self.clone(),
-            network,
-        })
-    }
-}
-
-/// One open connection of a client network; freed when dropped.
-struct ClientSlot {
-    clients: Arc<OpenPerClient>,
-    network: IpNet,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.clients.open.lock().expect("per-client lock");
-        if let Some(count) = open.get_mut(&self.network) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.network);
-            }
-        }
     }
 }
 
@@ -147,17 +105,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_client_network_gets_at_most_its_share_and_slots_come_back() {
-        let clients = Arc::new(OpenPerClient::default());
-        let peer = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 40000);
-        let first = clients.acquire(peer("198.51.100.7"), 2).unwrap();
-        let _second = clients.acquire(peer("198.51.100.200"), 2).unwrap();
+    fn a_client_network_is_one_client() {
+        let clients = ClientSlots::new(2);
+        let network = |ip: &str| client_network(ip.parse().unwrap(), u8::MAX);
+        let _first = clients.enter(network("198.51.100.7")).unwrap();
+        let _second = clients.enter(network("198.51.100.200")).unwrap();
         assert!(
-            clients.acquire(peer("198.51.100.9"), 2).is_none(),
+            clients.enter(network("198.51.100.9")).is_none(),
             "the same /24"
         );
-        assert!(clients.acquire(peer("203.0.113.1"), 2).is_some());
-        drop(first);
-        assert!(clients.acquire(peer("198.51.100.9"), 2).is_some());
+        assert!(clients.enter(network("203.0.113.1")).is_some());
     }
 }

@@ -13,20 +13,23 @@
 //! connection, one that stops answering pings (sent every `headerTimeout`) is disconnected, and
 //! one with no request under way that starts none for `headerTimeout` is closed. At most
 //! `maxConnections` connections are served at once; further ones wait in the listen backlog
-//! rather than being accepted and starved.
+//! rather than being accepted and starved. At most `maxConnectionsPerClient` of them come from
+//! one address: further ones from it are answered with a 429 page and closed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::ClientConnections;
 use super::linger::{Lingering, MAX_LINGERING};
 use super::service::Proxy;
+use crate::client_slots::ClientSlots;
 use crate::config::ClientLimits;
 
 /// The fields hyper allows an HTTP/1 head by default. It parses up to that many into room on
@@ -42,6 +45,18 @@ const HTTP2_WINDOW: u32 = 256 * 1024;
 /// Shortest wait for a ping's answer, which may queue behind megabytes of answers.
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a connection beyond its address's share is told before it is closed.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+cache-control: no-store\r\n\
+connection: close\r\n\
+content-length: 96\r\n\
+\r\n\
+429 Too Many Requests\n\nthis address has as many connections open as this node serves one client\n";
+
+/// How long a refused client may take to read the refusal before its socket is closed.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
 /// Serves clients until `shutdown` is cancelled; connections in progress finish their
 /// current request.
 pub async fn serve(
@@ -51,6 +66,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let per_client = ClientSlots::new(limits.max_connections_per_client);
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
@@ -86,6 +102,11 @@ pub async fn serve(
                 }
             },
         };
+        let Some(client_slot) = per_client.enter(peer.ip()) else {
+            proxy.refused_connection(peer);
+            tokio::spawn(refuse(stream));
+            continue;
+        };
         let open = proxy.open_connection();
         let _ = stream.set_nodelay(true);
         let clients = ClientConnections {
@@ -100,7 +121,34 @@ pub async fn serve(
         };
         tokio::spawn(async move {
             clients.serve(stream, peer).await;
-            drop((open, slot));
+            drop((open, client_slot, slot));
         });
+    }
+}
+
+/// Tells a connection beyond its address's share why, then closes it: once the client has
+/// closed, or after [`REFUSAL_LINGER`]. What the client sent is read and dropped meanwhile, so
+/// that closing does not reset the connection before the client reads the refusal.
+async fn refuse(mut stream: TcpStream) {
+    let told = async {
+        stream.write_all(TOO_MANY_CONNECTIONS).await?;
+        stream.shutdown().await?;
+        let mut sink = [0; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, told).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_of_too_many_connections_is_429_with_its_true_length() {
+        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
+        assert!(head.ends_with(&format!("\r\ncontent-length: {}", body.len())));
     }
 }

@@ -252,6 +252,13 @@ impl Proxy {
         CountedConnection(self.metrics.open_connections.clone())
     }
 
+    /// Counts and logs a client connection refused for being one too many from its address.
+    pub fn refused_connection(&self, client: SocketAddr) {
+        const REASON: &str = "too_many_connections";
+        self.metrics.refusals.with_label_values(&[REASON]).inc();
+        tracing::info!(%client, status = 429, reason = REASON, "refused");
+    }
+
     /// Counts a client connection parked between requests, until the returned guard is
     /// dropped.
     pub fn idle_connection(&self) -> CountedConnection {

@@ -365,6 +365,86 @@ fn a_preface_sent_in_pieces_is_still_http2_and_a_head_cut_after_p_still_http1() 
     });
 }
 
+/// A connection to the proxy from the loopback address `client`.
+async fn connect_from(proxy: &TestProxy, client: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(client.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(proxy.address).await.unwrap()
+}
+
+#[test]
+fn one_address_gets_its_share_of_connections_and_the_node_its_maximum() {
+    in_private_network(|| async {
+        let origin = echo_origin().await;
+        let host = origin.zone_host();
+        let mut config = test_config();
+        config.proxy.client_limits.max_connections = 3;
+        config.proxy.client_limits.max_connections_per_client = 2;
+        let proxy = TestProxy::start(&config).await;
+        let mut pending = Vec::new();
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let mut client = connect_from(&proxy, "127.0.0.2").await;
+            client
+                .write_all(get(&host, "/a", "").as_bytes())
+                .await
+                .unwrap();
+            let (status, _) = read_response(&mut client, &mut pending).await;
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            open.push(client);
+        }
+        // A third from the same address is told why and closed.
+        let mut third = connect_from(&proxy, "127.0.0.2").await;
+        let _ = third.write_all(get(&host, "/a", "").as_bytes()).await;
+        let refusal = read_to_close(&mut third).await;
+        assert!(refusal.starts_with("HTTP/1.1 429 "), "{refusal:.200}");
+        assert!(refusal.contains("as many connections open"), "{refusal}");
+
+        // Another address is served, up to the node's maximum of three.
+        let mut other = connect_from(&proxy, "127.0.0.3").await;
+        other
+            .write_all(get(&host, "/b", "").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            read_response(&mut other, &mut Vec::new()).await.0,
+            "HTTP/1.1 200 OK"
+        );
+        let mut waiting = connect_from(&proxy, "127.0.0.4").await;
+        waiting
+            .write_all(get(&host, "/c", "").as_bytes())
+            .await
+            .unwrap();
+        let mut byte = [0; 1];
+        let early = tokio::time::timeout(Duration::from_millis(300), waiting.read(&mut byte)).await;
+        assert!(early.is_err(), "a fourth connection was served");
+
+        // A connection closing makes room for the one waiting, and gives its address its
+        // share back.
+        drop(open.pop());
+        let (status, body) = read_response(&mut waiting, &mut Vec::new()).await;
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "/c"));
+        drop((other, waiting));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut again = connect_from(&proxy, "127.0.0.2").await;
+            let request = get(&host, "/d", "Connection: close\r\n");
+            let _ = again.write_all(request.as_bytes()).await;
+            let answer = read_to_close(&mut again).await;
+            if answer.starts_with("HTTP/1.1 200 ") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the share never came back: {answer:.100}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
 #[test]
 fn http2_clients_get_concurrent_answers_on_one_connection() {
     in_private_network(|| async {

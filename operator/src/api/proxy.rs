@@ -188,6 +188,10 @@ pub struct ClientLimitsSpec {
     /// Client connections served at once by one node; more wait in the kernel's backlog.
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: u32,
+    /// Client connections served at once from one address (one user, or many behind one
+    /// NAT); more are refused with 429.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections_per_client: u32,
     /// Longest request target (path and query), in bytes.
     #[schemars(range(min = 256, max = 1048576))]
     pub max_url_bytes: u32,
@@ -235,6 +239,7 @@ impl Default for ClientLimitsSpec {
         let node = ClientLimits::default();
         Self {
             max_connections: node.max_connections,
+            max_connections_per_client: node.max_connections_per_client,
             max_url_bytes: node.max_url_bytes,
             max_headers: node.max_headers,
             max_header_bytes: node.max_header_bytes,
