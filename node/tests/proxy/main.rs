@@ -4,6 +4,7 @@
 mod connections;
 mod last_legs;
 mod nasty;
+mod semantics;
 mod support;
 
 use std::sync::Arc;
