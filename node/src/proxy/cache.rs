@@ -543,6 +543,40 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
+    async fn a_scan_of_one_off_urls_does_not_push_out_the_popular_ones() {
+        let cache = ObjectCache::new(64 * 1024, None, None);
+        let now = SystemTime::now();
+        let req = request(&[]);
+        let object = || {
+            let response = head(&[("cache-control", "max-age=60")]);
+            Stored::new(&req, response, Bytes::from(vec![0; 4096]), now)
+        };
+        let popular: Vec<String> = (0..8).map(|index| format!("popular{index}")).collect();
+        for key in &popular {
+            cache.insert(key, &req, object(), now).await;
+        }
+        for _ in 0..20 {
+            for key in &popular {
+                assert!(
+                    cache.fresh(key, &req.headers, now).is_some(),
+                    "{key} lost early"
+                );
+            }
+        }
+        for index in 0..1000 {
+            cache
+                .insert(&format!("scan{index}"), &req, object(), now)
+                .await;
+        }
+        cache.usage();
+        let kept = popular
+            .iter()
+            .filter(|key| cache.fresh(key, &req.headers, now).is_some())
+            .count();
+        assert_eq!(kept, popular.len(), "popular objects pushed out by a scan");
+    }
+
+    #[tokio::test]
     async fn memory_misses_are_read_back_from_disk_once_then_served_from_memory() {
         let dir = tempfile::tempdir().unwrap();
         let open = || disk_tier(dir.path());
