@@ -14,7 +14,8 @@
 //! one with no request under way that starts none for `headerTimeout` is closed. At most
 //! `maxConnections` connections are served at once; further ones wait in the listen backlog
 //! rather than being accepted and starved. At most `maxConnectionsPerClient` of them come from
-//! one address: further ones from it are answered with a 429 page and closed.
+//! one address: further ones from it are answered with a 429 page (in HTTP/1, whatever the
+//! client speaks) and closed, or, beyond 64 such refusals under way, closed at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,9 @@ content-length: 96\r\n\
 /// How long a refused client may take to read the refusal before its socket is closed.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
+/// Refused connections told why at once; more are closed at once.
+const REFUSALS_AT_ONCE: usize = 64;
+
 /// Serves clients until `shutdown` is cancelled; connections in progress finish their
 /// current request.
 pub async fn serve(
@@ -67,6 +71,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let per_client = ClientSlots::new(limits.max_connections_per_client);
+    let refusing = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
@@ -104,7 +109,18 @@ pub async fn serve(
         };
         let Some(client_slot) = per_client.enter(peer.ip()) else {
             proxy.refused_connection(peer);
-            tokio::spawn(refuse(stream));
+            // Beyond the refusals under way, a refused connection is closed without its page,
+            // so that a flood of them cannot take the node's descriptors.
+            if let Ok(refusing) = refusing.clone().try_acquire_owned() {
+                let shutdown = shutdown.child_token();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = refuse(stream) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    drop(refusing);
+                });
+            }
             continue;
         };
         let open = proxy.open_connection();
