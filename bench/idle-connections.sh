@@ -30,7 +30,8 @@ http {
 EOF
 nginx -c "$work/nginx.conf"
 
-proxy_node_files 18390 18384 "  clientLimits: { headerTimeout: 60s }"
+# Every connection comes from 127.0.0.1: the per-address share must hold them all.
+proxy_node_files 18390 18384 "  clientLimits: { headerTimeout: 60s, maxConnectionsPerClient: $connections }"
 start_proxy_node 18390 18384
 coral_pid=${pids[-1]}
 sleep 1
@@ -84,3 +85,7 @@ echo "|---|---|---|---|---|"
 per() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f KiB", (b - a) / n }'; }
 echo "| Coral | $coral_served | $((coral_before / 1024)) MiB | $((coral_peak / 1024)) MiB | $(per "$coral_before" "$coral_peak" "$connections") |"
 echo "| nginx proxy_cache (2 workers) | $nginx_served | $((nginx_before / 1024)) MiB | $((nginx_peak / 1024)) MiB | $(per "$nginx_before" "$nginx_peak" "$connections") |"
+if ((coral_served != connections || nginx_served != connections)); then
+  echo "not every connection was answered (Coral $coral_served, nginx $nginx_served of $connections): the figures are not per idle connection" >&2
+  exit 1
+fi
