@@ -403,7 +403,9 @@ impl Proxy {
                 ),
             ));
         }
-        if request.headers().len() > self.max_headers {
+        if request.headers().len() > self.max_headers
+            && field_count(request.headers()) > self.max_headers
+        {
             return Err(Refusal::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "too_many_headers",
@@ -567,16 +569,11 @@ impl Proxy {
                 .await
                 .map_err(|failed| failed.0)?;
         }
-        let source = match outcome {
-            Outcome::Peer => Source::Peer,
-            Outcome::Stale | Outcome::Revalidated | Outcome::RememberedError => Source::Cache,
-            _ => Source::Origin,
-        };
+        let served = self.metrics.served(source_of(outcome)).clone();
         let outcome = match outcome {
             Outcome::Miss | Outcome::Peer if joined.leader.is_some() => Outcome::Coalesced,
             other => other,
         };
-        let served = self.metrics.served(source).clone();
         Ok((
             outcome,
             respond::from_transfer(method, client_headers, &head, joined.reader, served),
@@ -615,11 +612,11 @@ impl Proxy {
         }
         let joined = joinable(&self.inflight.lock().expect("in-flight lock"), key, &parts);
         let (mut reader, leader) = joined.ok_or_else(miss)?;
-        let (head, _) = reader.head().await.map_err(|failed| failed.0)?;
+        let (head, outcome) = reader.head().await.map_err(|failed| failed.0)?;
         if !shareable(&leader, &parts, &head) {
             return Err(miss());
         }
-        let served = self.metrics.served(Source::Origin).clone();
+        let served = self.metrics.served(source_of(outcome)).clone();
         Ok((
             Outcome::ForPeer,
             respond::from_transfer(method, &parts.headers, &head, reader, served),
@@ -946,11 +943,11 @@ impl Proxy {
             head.headers.append(name, value.clone());
         }
         let refreshed = Stored::with_policy(policy, head, stale.body.clone(), now);
-        let kept = self
+        let refreshed = self
             .cache
             .insert(&request.key, &request.parts, refreshed, now)
             .await;
-        Some(kept)
+        Some(refreshed)
     }
 
     /// Streams an origin response into the transfer and stores it when it is cacheable.
@@ -1116,7 +1113,14 @@ impl Proxy {
             self.cache.invalidate(&request.key);
         }
         let (parts, body) = fetched.response.into_parts();
-        let mut response = Response::new(body.map_err(BoxError::from).boxed());
+        let served = self.metrics.served(Source::Origin).clone();
+        let body = body.map_err(BoxError::from).map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                served.inc_by(data.len() as u64);
+            }
+            frame
+        });
+        let mut response = Response::new(body.boxed());
         *response.status_mut() = parts.status;
         *response.headers_mut() = headers::from_origin(parts.status, &parts.headers, &self.zone);
         Ok(response)
@@ -1135,6 +1139,22 @@ impl Proxy {
             .origin_fetches
             .with_label_values(&[outcome])
             .inc();
+    }
+}
+
+/// The fields of a request head as HTTP/1 counts them: an HTTP/2 client may send each cookie
+/// as a field of its own (RFC 9113 section 8.2.3), which HTTP/1 sends as one.
+fn field_count(headers: &HeaderMap) -> usize {
+    let cookies = headers.get_all(header::COOKIE).iter().count();
+    headers.len() - cookies.saturating_sub(1)
+}
+
+/// Where the body of a transfer that came out as `outcome` comes from.
+fn source_of(outcome: Outcome) -> Source {
+    match outcome {
+        Outcome::Peer => Source::Peer,
+        Outcome::Stale | Outcome::Revalidated | Outcome::RememberedError => Source::Cache,
+        _ => Source::Origin,
     }
 }
 

@@ -593,7 +593,9 @@ fn bytes_served_count_the_bodies_clients_get() {
             respond(200, &headers, vec![b'x'; 1000])
         }))
         .await;
-        let proxy = TestProxy::start(&test_config()).await;
+        let mut config = test_config();
+        config.proxy.other_methods = coral_node::config::MethodPolicy::Pass;
+        let proxy = TestProxy::start(&config).await;
         let host = origin.zone_host();
         let served = || (proxy.bytes_served("origin"), proxy.bytes_served("cache"));
 
@@ -614,6 +616,8 @@ fn bytes_served_count_the_bodies_clients_get() {
         let chunked = proxy.get(&host, "/chunked", &[]).await;
         assert_eq!(chunked.body.len(), 600);
         assert_eq!(served(), (1600, 1100), "a body without Content-Length");
+        proxy.send("POST", &host, "/fixed", &[]).await;
+        assert_eq!(served(), (2600, 1100), "a request passed to the origin");
     });
 }
 
