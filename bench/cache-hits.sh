@@ -11,8 +11,9 @@
 # connection, HTTP/2 with prior knowledge on all three caches) does, and the table gives its mean
 # latency, as h2load reports no percentiles.
 # Coral runs twice: as set by default, copying bodies to the socket, and with
-# `sendfileMinBytes: 65536`, sending the 1 MiB body with `sendfile` (the 1 KiB one is too short:
-# that row only shows the spread between two identical nodes).
+# `sendfileMinBytes: 65536`, sending the 1 MiB body with `sendfile` (the 1 KiB one is too short,
+# and HTTP/2 answers never use `sendfile`: those rows only show the spread between two nodes
+# doing the same).
 # Every round runs each cache once, starting with a different one; the table gives the median
 # round of each (the machine is shared and noisy) and every round's rate.
 # Installs nginx-light, varnish and wrk from Debian when missing. Prints a Markdown table.

@@ -37,7 +37,8 @@ impl<K: Hash + Eq + Copy> ClientSlots<K> {
     }
 
     /// Connections open from `client`.
-    pub fn open(&self, client: K) -> u32 {
+    #[cfg(test)]
+    fn open(&self, client: K) -> u32 {
         let open = self.open.lock().expect("client slots lock");
         open.get(&client).copied().unwrap_or(0)
     }

@@ -22,7 +22,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::sealed::SMALLEST_SEALED_LEN;
+/// The least `proxy.sendfileMinBytes` may be: below it, the copy `sendfile` saves is cheap next
+/// to the rest of an answer, and a file descriptor and whole pages per body are not.
+pub const MIN_SENDFILE_BYTES: u64 = 16 * 1024;
 
 /// File name of the node configuration inside the ConfigMap and the pod's config directory.
 pub const CONFIG_FILE: &str = "node.yaml";
@@ -508,11 +510,11 @@ impl NodeConfig {
         positive("proxy.cacheMemoryBytes", self.proxy.cache_memory_bytes)?;
         positive("proxy.maxObjectBytes", self.proxy.max_object_bytes)?;
         if let Some(min) = self.proxy.sendfile_min_bytes
-            && min < SMALLEST_SEALED_LEN as u64
+            && min < MIN_SENDFILE_BYTES
         {
             return Err((
                 "proxy.sendfileMinBytes",
-                format!("must be at least {SMALLEST_SEALED_LEN} when set"),
+                format!("must be at least {MIN_SENDFILE_BYTES} when set"),
             ));
         }
         positive(

@@ -3,7 +3,8 @@
 //! The memory tier is moka's cache: a byte budget (each entry weighs its body and headers),
 //! TinyLFU admission so a one-off scan of many URLs cannot flush the objects people keep
 //! asking for, and LRU eviction among the admitted. Behind it, the [`DiskTier`] keeps a copy
-//! of everything stored, under its own budget, across restarts. Freshness, `Vary`, `no-store`, `private`,
+//! of everything stored, under its own budget, across restarts. Bodies the node is set to send
+//! with `sendfile` are sealed here as they enter memory ([`sealed`]). Freshness, `Vary`, `no-store`, `private`,
 //! `Authorization` and request directives are decided by http-cache-semantics' shared-cache
 //! policy, kept next to each stored response.
 //!
@@ -129,6 +130,14 @@ pub enum Lookup {
     Miss,
 }
 
+/// `stored` with its body in a sealed memory file when at least `min_len` long.
+fn sealed_body(stored: Stored, min_len: usize) -> Stored {
+    Stored {
+        body: sealed::seal(stored.body, min_len),
+        ..stored
+    }
+}
+
 /// The responses stored for one URL.
 type Variants = Arc<Vec<Arc<Stored>>>;
 
@@ -184,12 +193,24 @@ impl ObjectCache {
     /// `stored` as the memory tier keeps it: its body sealed when long enough.
     fn kept(&self, stored: Stored) -> Arc<Stored> {
         Arc::new(match self.sendfile_min_len {
-            Some(min_len) => Stored {
-                body: sealed::seal(stored.body, min_len),
-                ..stored
-            },
+            Some(min_len) => sealed_body(stored, min_len),
             None => stored,
         })
+    }
+
+    /// What was read back from disk, as the memory tier keeps it; sealing copies whole
+    /// bodies, so it runs off the runtime's threads. `None` if sealing panicked.
+    async fn kept_from_disk(&self, loaded: Vec<Stored>) -> Option<Vec<Arc<Stored>>> {
+        let Some(min_len) = self.sendfile_min_len else {
+            return Some(loaded.into_iter().map(Arc::new).collect());
+        };
+        let sealing = move || {
+            loaded
+                .into_iter()
+                .map(|stored| Arc::new(sealed_body(stored, min_len)))
+                .collect()
+        };
+        tokio::task::spawn_blocking(sealing).await.ok()
     }
 
     /// The fast path of cache hits: the URL's only response in memory, when it is fresh,
@@ -253,7 +274,7 @@ impl ObjectCache {
         load.get_or_init(|| async {
             let invalidations = self.invalidations.load(Ordering::Acquire);
             let loaded = disk.load(key).await?;
-            let variants = Arc::new(loaded.into_iter().map(|stored| self.kept(stored)).collect());
+            let variants = Arc::new(self.kept_from_disk(loaded).await?);
             if self.invalidations.load(Ordering::Acquire) != invalidations {
                 // Something was invalidated while the file was read: it may have been this
                 // URL, so the copy answers the request that asked, and is not kept.

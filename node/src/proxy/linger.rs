@@ -41,7 +41,8 @@ impl Lingering {
     }
 
     /// Connections lingering now.
-    pub fn count(&self) -> usize {
+    #[cfg(test)]
+    fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
 
@@ -107,7 +108,9 @@ impl Linger {
         false
     }
 
-    /// The client spoke: the connection no longer waits.
+    /// The client spoke: the connection no longer waits. The timer is left as it is (resetting
+    /// it would cost every request); if it runs out during a later exchange, it wakes the
+    /// connection's task once for nothing.
     pub fn spoke(&mut self) {
         if self.waiting_since.take().is_some() {
             self.leave();

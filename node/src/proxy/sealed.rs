@@ -40,9 +40,10 @@ use nix::sys::socket::{MsgFlags, sendmsg};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// The least length a body to seal may be set to: below it, the copy `sendfile` saves is cheap
-/// next to the rest of an answer, and a file descriptor and whole pages per body are not.
-pub const SMALLEST_SEALED_LEN: usize = 16 * 1024;
+use crate::config::MIN_SENDFILE_BYTES;
+
+/// The shortest body ever sealed (`proxy.sendfileMinBytes` cannot be set lower).
+pub const SMALLEST_SEALED_LEN: usize = MIN_SENDFILE_BYTES as usize;
 
 /// The sealed mappings alive, by start address.
 static MAPPINGS: LazyLock<RwLock<BTreeMap<usize, Region>>> = LazyLock::new(Default::default);
