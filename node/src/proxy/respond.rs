@@ -40,20 +40,24 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// A body that streams from a transfer as its chunks arrive, counting them in `served` as
-/// they are handed on.
-pub fn streamed(reader: TransferReader, served: IntCounter) -> ProxyBody {
-    let chunks = stream::unfold((reader, served), |(mut reader, served)| async move {
+/// A body that streams from a transfer as its chunks arrive.
+pub fn streamed(reader: TransferReader) -> ProxyBody {
+    let chunks = stream::unfold(reader, |mut reader| async move {
         let chunk = reader.next_chunk().await?;
-        if let Ok(bytes) = &chunk {
-            served.inc_by(bytes.len() as u64);
-        }
-        Some((
-            chunk.map(Frame::data).map_err(BoxError::from),
-            (reader, served),
-        ))
+        Some((chunk.map(Frame::data).map_err(BoxError::from), reader))
     });
     BodyExt::boxed(StreamBody::new(chunks))
+}
+
+/// `body`, counting its bytes in `served` as they are handed on.
+pub fn counted(body: ProxyBody, served: IntCounter) -> ProxyBody {
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            served.inc_by(data.len() as u64);
+        }
+        frame
+    })
+    .boxed()
 }
 
 /// The answer to a GET or HEAD from a stored whole object.
@@ -128,7 +132,7 @@ pub fn from_transfer(
     let body = if *method == Method::HEAD {
         empty()
     } else {
-        streamed(reader, served)
+        counted(streamed(reader), served)
     };
     let mut response = Response::new(body);
     *response.status_mut() = head.status;

@@ -1114,13 +1114,8 @@ impl Proxy {
         }
         let (parts, body) = fetched.response.into_parts();
         let served = self.metrics.served(Source::Origin).clone();
-        let body = body.map_err(BoxError::from).map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                served.inc_by(data.len() as u64);
-            }
-            frame
-        });
-        let mut response = Response::new(body.boxed());
+        let body = respond::counted(body.map_err(BoxError::from).boxed(), served);
+        let mut response = Response::new(body);
         *response.status_mut() = parts.status;
         *response.headers_mut() = headers::from_origin(parts.status, &parts.headers, &self.zone);
         Ok(response)
