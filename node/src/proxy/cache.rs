@@ -130,12 +130,16 @@ pub enum Lookup {
     Miss,
 }
 
-/// `stored` with its body in a sealed memory file when at least `min_len` long.
-fn sealed_body(stored: Stored, min_len: usize) -> Stored {
-    Stored {
-        body: sealed::seal(stored.body, min_len),
-        ..stored
-    }
+/// `stored` as the memory tier keeps it: its body in a sealed memory file when at least
+/// `sendfile_min_len` long.
+fn kept(stored: Stored, sendfile_min_len: Option<usize>) -> Arc<Stored> {
+    Arc::new(match sendfile_min_len {
+        Some(min_len) => Stored {
+            body: sealed::seal(stored.body, min_len),
+            ..stored
+        },
+        None => stored,
+    })
 }
 
 /// The responses stored for one URL.
@@ -190,27 +194,20 @@ impl ObjectCache {
         }
     }
 
-    /// `stored` as the memory tier keeps it: its body sealed when long enough.
-    fn kept(&self, stored: Stored) -> Arc<Stored> {
-        Arc::new(match self.sendfile_min_len {
-            Some(min_len) => sealed_body(stored, min_len),
-            None => stored,
-        })
-    }
-
     /// What was read back from disk, as the memory tier keeps it; sealing copies whole
     /// bodies, so it runs off the runtime's threads. `None` if sealing panicked.
     async fn kept_from_disk(&self, loaded: Vec<Stored>) -> Option<Vec<Arc<Stored>>> {
-        let Some(min_len) = self.sendfile_min_len else {
-            return Some(loaded.into_iter().map(Arc::new).collect());
-        };
-        let sealing = move || {
+        let min_len = self.sendfile_min_len;
+        let all_kept = move || {
             loaded
                 .into_iter()
-                .map(|stored| Arc::new(sealed_body(stored, min_len)))
+                .map(|stored| kept(stored, min_len))
                 .collect()
         };
-        tokio::task::spawn_blocking(sealing).await.ok()
+        if min_len.is_none() {
+            return Some(all_kept());
+        }
+        tokio::task::spawn_blocking(all_kept).await.ok()
     }
 
     /// The fast path of cache hits: the URL's only response in memory, when it is fresh,
@@ -303,7 +300,7 @@ impl ObjectCache {
         stored: Stored,
         now: SystemTime,
     ) -> Arc<Stored> {
-        let stored = self.kept(stored);
+        let stored = kept(stored, self.sendfile_min_len);
         let invalidations = self.invalidations.load(Ordering::Acquire);
         let others = if stored.varies {
             self.variants(key).await
