@@ -964,13 +964,14 @@ impl Proxy {
             status: parts.status,
             headers: headers::from_origin(parts.status, &parts.headers, &self.zone),
         };
-        let mut cacheable =
-            content_length(&head.headers).is_none_or(|length| length <= self.max_object_bytes);
+        let expected = content_length(&head.headers);
+        let mut cacheable = expected.is_none_or(|length| length <= self.max_object_bytes);
         if !cacheable {
             self.stop_sharing(&request.key, transfer);
         }
         transfer.set_head(head.clone(), outcome);
         let mut received: u64 = 0;
+        let mut kept = false;
         let ended = loop {
             let frame = match tokio::time::timeout(self.idle_timeout, body.frame()).await {
                 Err(_) => {
@@ -997,6 +998,16 @@ impl Proxy {
                 cacheable = false;
                 self.stop_sharing(&request.key, transfer);
             }
+            // A client holding every byte its Content-Length promised counts the answer
+            // done, so the object is kept before its last chunk goes out: a request that
+            // follows that answer finds it in the cache.
+            if cacheable
+                && expected == Some(received)
+                && let Some(whole) = transfer.body_so_far_with(&data)
+            {
+                self.keep(request, head.clone(), whole, response_time).await;
+                kept = true;
+            }
             transfer.push(data);
             if !cacheable {
                 let waited = tokio::time::timeout(
@@ -1021,33 +1032,45 @@ impl Proxy {
                 }
             }
         };
-        let complete = ended.is_ok();
-        if complete
+        if ended.is_ok()
             && cacheable
-            && let Some(body) = transfer.body_so_far()
+            && !kept
+            && let Some(whole) = transfer.body_so_far_with(&Bytes::new())
         {
-            let stored = Stored::new(&request.parts, head, body, response_time);
-            if !stored.policy.is_storable()
-                && stored.head.status.is_server_error()
-                && stored.body.len() <= MAX_REMEMBERED_ERROR
-                && !stored.forbids_keeping()
-            {
-                self.origin_errors
-                    .insert(request.key.clone(), Arc::new(stored));
-            } else if stored.policy.is_storable() {
-                if let Some(peers) = &self.peers {
-                    peers.announce(
-                        &request.key,
-                        stored.policy.time_to_live(response_time),
-                        &request.request_id,
-                    );
-                }
-                self.cache
-                    .insert(&request.key, &request.parts, stored, response_time)
-                    .await;
-            }
+            self.keep(request, head, whole, response_time).await;
         }
         transfer.finish(ended);
+    }
+
+    /// Keeps a whole origin answer: in the cache when storable (announcing it to the
+    /// peers), or briefly among the remembered origin errors.
+    async fn keep(
+        &self,
+        request: &CacheRequest,
+        head: Head,
+        body: Bytes,
+        response_time: SystemTime,
+    ) {
+        let stored = Stored::new(&request.parts, head, body, response_time);
+        if !stored.policy.is_storable()
+            && stored.head.status.is_server_error()
+            && stored.body.len() <= MAX_REMEMBERED_ERROR
+            && !stored.forbids_keeping()
+        {
+            self.origin_errors
+                .insert(request.key.clone(), Arc::new(stored));
+        } else if stored.policy.is_storable() {
+            if let Some(peers) = &self.peers {
+                peers.announce(
+                    &request.key,
+                    stored.policy.time_to_live(response_time),
+                    &request.request_id,
+                );
+            }
+            self.cache
+                .insert(&request.key, &request.parts, stored, response_time)
+                .await;
+        }
     }
 
     /// Takes an object that turned out too large for the cache out of sharing: its chunks

@@ -138,16 +138,21 @@ impl Transfer {
         }
     }
 
-    /// Every byte received so far, when the transfer kept them all.
-    pub fn body_so_far(&self) -> Option<Bytes> {
+    /// Every byte received so far followed by `tail` (bytes not pushed yet), when the
+    /// transfer kept them all.
+    pub fn body_so_far_with(&self, tail: &Bytes) -> Option<Bytes> {
         let state = self.lock();
         if state.trimming || state.first != 0 {
             return None;
         }
-        let mut body = BytesMut::with_capacity(state.held);
+        if state.chunks.is_empty() {
+            return Some(tail.clone());
+        }
+        let mut body = BytesMut::with_capacity(state.held + tail.len());
         for chunk in &state.chunks {
             body.extend_from_slice(chunk);
         }
+        body.extend_from_slice(tail);
         Some(body.freeze())
     }
 
@@ -322,8 +327,14 @@ mod tests {
         assert_eq!(early.await.unwrap().unwrap(), b"hello world");
         assert_eq!(read_all(late).await.unwrap(), b"hello world");
         assert_eq!(
-            transfer.body_so_far().unwrap(),
+            transfer.body_so_far_with(&Bytes::new()).unwrap(),
             Bytes::from_static(b"hello world")
+        );
+        assert_eq!(
+            transfer
+                .body_so_far_with(&Bytes::from_static(b"!"))
+                .unwrap(),
+            Bytes::from_static(b"hello world!")
         );
     }
 
@@ -370,7 +381,7 @@ mod tests {
         assert_eq!(transfer.lock().held, 2000);
         assert!(transfer.reader().is_none());
         assert!(reader.is_unshared());
-        assert!(transfer.body_so_far().is_none());
+        assert!(transfer.body_so_far_with(&Bytes::new()).is_none());
         assert_eq!(transfer.wait_for_readers(2500).await, 1);
         drop(reader);
         assert_eq!(transfer.wait_for_readers(1).await, 0);
