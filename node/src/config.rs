@@ -99,22 +99,23 @@ pub struct ProxyConfig {
     /// Limits on what one client may send.
     #[serde(default)]
     pub client_limits: ClientLimits,
-    /// Bandwidth quotas; a client beyond them is redirected to the origin.
+    /// Bandwidth limits: the node's quota (beyond it, clients are redirected to the origin)
+    /// and each origin's share (beyond it, its clients are slowed down, fairly).
     #[serde(default)]
     pub bandwidth: BandwidthLimits,
 }
 
-/// Bandwidth one node serves, in body bytes per second (averaged over a few seconds); 0 means
-/// no quota. Over a quota, the clients taking more than their fair share are redirected to
-/// the origin itself rather than refused.
+/// Bandwidth one node serves, in body bytes per second; 0 means no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BandwidthLimits {
-    /// All clients of this node together; over it, the origins above an equal share of it
-    /// are redirected.
+    /// All clients of this node together, averaged over a few seconds. Over it, the clients
+    /// of the origins taking more than an equal share of it are redirected to the origin
+    /// itself rather than refused.
     pub node_bytes_per_second: u64,
-    /// The clients of one origin host together; over it, the clients above an equal share
-    /// of it are redirected.
+    /// The clients of one origin host together: their bodies are sent no faster, and every
+    /// client (an IPv4 address, an IPv6 /64) busy with the origin gets an equal share, however
+    /// many downloads it opens. Nothing is refused; answers are slowed down.
     pub origin_bytes_per_second: u64,
 }
 

@@ -7,9 +7,8 @@
 //! the client (who would leave the CDN), and remembers for a day that the origin speaks
 //! `https`, so later fetches go there directly.
 
-use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connect::{ConnectError, GuardedConnector};
 use super::guard::{GuardError, OriginGuard};
+use super::in_use::InUse;
 use super::resolve::OriginResolver;
 use super::target::Origin;
 use crate::config::ProxyConfig;
@@ -44,8 +44,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const HTTPS_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Origins whose `https` port is remembered.
 const HTTPS_MEMORY_ENTRIES: u64 = 100_000;
-/// Origins tracked by the concurrency limiter before dead entries are swept.
-const LIMITER_SWEEP: usize = 4096;
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +117,10 @@ pub struct OriginClient {
     http: Client<HttpsConnector<GuardedConnector>, RequestBody>,
     guard: OriginGuard,
     https_ports: Cache<Origin, u16>,
-    limiters: Arc<OriginLimiters>,
+    /// Concurrency limiters of origin hosts, each living while a fetch holds or awaits one
+    /// of its slots: an origin busy for hours keeps its limit, an idle one costs nothing.
+    limiters: Arc<InUse<String, Semaphore>>,
+    fetches_per_origin: usize,
     /// How long a fetch waits for one of its origin's slots.
     slot_timeout: Duration,
     response_timeout: Duration,
@@ -152,9 +153,8 @@ impl OriginClient {
                 .max_capacity(HTTPS_MEMORY_ENTRIES)
                 .time_to_live(HTTPS_MEMORY)
                 .build(),
-            limiters: Arc::new(OriginLimiters::new(
-                config.origin_access.max_concurrent_fetches as usize,
-            )),
+            limiters: Arc::new(InUse::new()),
+            fetches_per_origin: config.origin_access.max_concurrent_fetches as usize,
             slot_timeout: timeouts.first_byte,
             response_timeout: timeouts.connect + timeouts.first_byte,
         })
@@ -172,7 +172,11 @@ impl OriginClient {
             .map_err(FetchError::Refused)?;
         let slot = tokio::time::timeout(
             self.slot_timeout,
-            self.limiters.for_host(&request.origin.host).acquire_owned(),
+            self.limiters
+                .get_or_make(request.origin.host.as_str(), || {
+                    Semaphore::new(self.fetches_per_origin)
+                })
+                .acquire_owned(),
         )
         .await
         .map_err(|_| FetchError::Busy(request.origin.host.clone()))?
@@ -305,36 +309,6 @@ fn supported_framing(response: Response<Incoming>) -> Result<Response<Incoming>,
             "the body uses the transfer coding {:?}, which the proxy does not decode",
             codings.join(", ")
         ))),
-    }
-}
-
-/// Concurrency limiters of origin hosts. A limiter lives as long as a fetch holds or awaits
-/// one of its slots, so an origin busy for hours keeps its limit, and an idle one costs
-/// nothing.
-struct OriginLimiters {
-    per_origin: usize,
-    limiters: Mutex<HashMap<String, Weak<Semaphore>>>,
-}
-
-impl OriginLimiters {
-    fn new(per_origin: usize) -> Self {
-        Self {
-            per_origin,
-            limiters: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn for_host(&self, host: &str) -> Arc<Semaphore> {
-        let mut limiters = self.limiters.lock().expect("limiter lock");
-        if let Some(limiter) = limiters.get(host).and_then(Weak::upgrade) {
-            return limiter;
-        }
-        if limiters.len() >= LIMITER_SWEEP {
-            limiters.retain(|_, limiter| limiter.strong_count() > 0);
-        }
-        let limiter = Arc::new(Semaphore::new(self.per_origin));
-        limiters.insert(host.to_owned(), Arc::downgrade(&limiter));
-        limiter
     }
 }
 
@@ -476,15 +450,6 @@ mod tests {
             https_upgrade(&url, &redirect("https://example.com/a")),
             Some("https://example.com/a".parse().unwrap())
         );
-    }
-
-    #[test]
-    fn a_limiter_outlives_idle_time_while_its_slots_are_held() {
-        let limiters = OriginLimiters::new(1);
-        let held = limiters.for_host("a.com").try_acquire_owned().unwrap();
-        assert!(limiters.for_host("a.com").try_acquire_owned().is_err());
-        drop(held);
-        assert!(limiters.for_host("a.com").try_acquire_owned().is_ok());
     }
 
     #[test]

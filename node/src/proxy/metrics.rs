@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use super::disk::DiskCounters;
 use super::sealed::SealedStats;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Counter, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// How a request was answered: the `result` label.
@@ -129,6 +129,8 @@ pub struct ProxyMetrics {
     pub unsealed_bodies: IntCounter,
     /// Bytes sent with `sendfile` from sealed bodies (process-wide).
     pub sendfile_bytes: IntCounter,
+    /// Seconds bodies waited for their share of their origin's bandwidth, summed.
+    pub shaping_wait: Counter,
     /// The request counter and latency histogram of each outcome, resolved once so that a
     /// cache hit does not look labels up.
     by_outcome: Vec<(IntCounter, Histogram)>,
@@ -158,6 +160,7 @@ impl ProxyMetrics {
         registry.register(Box::new(metrics.sealed_bodies.clone()))?;
         registry.register(Box::new(metrics.unsealed_bodies.clone()))?;
         registry.register(Box::new(metrics.sendfile_bytes.clone()))?;
+        registry.register(Box::new(metrics.shaping_wait.clone()))?;
         Ok(metrics)
     }
 
@@ -268,6 +271,11 @@ impl ProxyMetrics {
             sendfile_bytes: IntCounter::new(
                 "coral_proxy_sendfile_bytes_total",
                 "Bytes sent to clients with sendfile from sealed bodies.",
+            )
+            .expect("valid metric"),
+            shaping_wait: Counter::new(
+                "coral_proxy_shaping_wait_seconds_total",
+                "Seconds bodies waited for their share of their origin's bandwidth, summed.",
             )
             .expect("valid metric"),
             by_outcome,

@@ -12,8 +12,9 @@
 //!   disk tier;
 //! - [`respond`]: answers from stored objects (conditional, range, HEAD) or transfers;
 //!   [`sealed`]: large cached bodies in sealed memory files, sent with `sendfile` when set;
-//! - [`ratelimit`]: request rate limits per client and per origin; [`quota`]: bandwidth
-//!   quotas with fair sharing, redirecting to the origin;
+//! - [`ratelimit`]: request rate limits per client and per origin; [`quota`]: the node's
+//!   bandwidth quota, redirecting to the origin; [`shaping`]: each origin's bandwidth, shared
+//!   fairly between its clients; [`in_use`]: values shared by key while in use;
 //! - [`refusal`]: refusals and their explanation pages;
 //! - [`service`]: the request flow; [`server`]: the HTTP server and its limits;
 //!   [`connection`]: one client connection, parked while idle; [`linger`]: a moment with
@@ -32,6 +33,7 @@ mod fuzz;
 pub mod guard;
 pub mod headers;
 pub mod health;
+pub mod in_use;
 pub mod linger;
 pub mod metrics;
 pub mod peers;
@@ -44,5 +46,6 @@ pub mod respond;
 pub mod sealed;
 pub mod server;
 pub mod service;
+pub mod shaping;
 pub mod target;
 pub mod transfer;

@@ -51,9 +51,17 @@ pub fn streamed(reader: TransferReader) -> ProxyBody {
 
 /// `body`, counting its bytes in `served` as they are handed on.
 pub fn counted(body: ProxyBody, served: IntCounter) -> ProxyBody {
+    metered(body, move |bytes| served.inc_by(bytes))
+}
+
+/// `body`, telling `on_bytes` the length of each data frame as it is handed on.
+pub fn metered(
+    body: ProxyBody,
+    mut on_bytes: impl FnMut(u64) + Send + Sync + 'static,
+) -> ProxyBody {
     body.map_frame(move |frame| {
         if let Some(data) = frame.data_ref() {
-            served.inc_by(data.len() as u64);
+            on_bytes(data.len() as u64);
         }
         frame
     })

@@ -36,11 +36,12 @@ use super::health::Health;
 use super::metrics::{Outcome, ProxyMetrics, Source};
 use super::peers::{MAX_HOLDERS_TRIED, PEER_HEADER, PeerRequest, Peering, Peers};
 use super::popular::{PopularUrl, PopularUrls};
-use super::quota::{BandwidthQuotas, OverQuota};
+use super::quota::NodeQuota;
 use super::ratelimit::RateLimiter;
 use super::refusal::Refusal;
 use super::respond::{self, ProxyBody};
 use super::sealed;
+use super::shaping::OriginShaping;
 use super::target::Origin;
 use super::transfer::{Head, Transfer, TransferFailed, TransferReader};
 use crate::config::{MethodPolicy, NodeConfig};
@@ -104,7 +105,10 @@ pub struct Proxy {
     limiter: RateLimiter<IpAddr>,
     /// How often this node may ask one origin for an object (`perOriginRate`).
     origin_rate: RateLimiter<Origin>,
-    quotas: Arc<BandwidthQuotas>,
+    /// The node's bandwidth quota: over it, the heaviest origins' clients are redirected.
+    node_quota: Arc<NodeQuota>,
+    /// Each origin's bandwidth on this node, shared fairly between its clients.
+    shaping: OriginShaping,
     popular: PopularUrls,
     metrics: ProxyMetrics,
 }
@@ -239,7 +243,14 @@ impl Proxy {
                 .build(),
             limiter: RateLimiter::new(proxy.per_client_rate),
             origin_rate: RateLimiter::new(proxy.per_origin_rate),
-            quotas: Arc::new(BandwidthQuotas::new(proxy.bandwidth, Instant::now())),
+            node_quota: Arc::new(NodeQuota::new(
+                proxy.bandwidth.node_bytes_per_second,
+                Instant::now(),
+            )),
+            shaping: OriginShaping::new(
+                proxy.bandwidth.origin_bytes_per_second,
+                metrics.shaping_wait.clone(),
+            ),
             popular: PopularUrls::default(),
             metrics,
         })
@@ -454,13 +465,10 @@ impl Proxy {
                 .push_str("; send other requests to the origin directly");
             return Err(refusal);
         }
-        if cacheable_method && let Err(over) = self.quotas.check(&origin.host, client_ip, now) {
-            return Ok((
-                Outcome::Redirected,
-                redirect_to_origin(&origin, &path, over),
-            ));
+        if cacheable_method && self.node_quota.is_over(&origin.host, now) {
+            return Ok((Outcome::Redirected, redirect_to_origin(&origin, &path)));
         }
-        if !self.quotas.enabled() {
+        if !self.node_quota.enabled() && !self.shaping.enabled() {
             return self
                 .serve(request, origin, path, client_ip, request_id)
                 .await;
@@ -469,17 +477,17 @@ impl Proxy {
         let (outcome, response) = self
             .serve(request, origin, path, client_ip, request_id)
             .await?;
-        let quotas = self.quotas.clone();
-        let metered = response.map(|body| {
-            body.map_frame(move |frame| {
-                if let Some(data) = frame.data_ref() {
-                    quotas.record(&host, client_ip, data.len() as u64, Instant::now());
-                }
-                frame
+        let response = response.map(|body| {
+            let body = self.shaping.shaped(&host, client_ip, body);
+            if !self.node_quota.enabled() {
+                return body;
+            }
+            let node_quota = self.node_quota.clone();
+            respond::metered(body, move |bytes| {
+                node_quota.record(&host, bytes, Instant::now());
             })
-            .boxed()
         });
-        Ok((outcome, metered))
+        Ok((outcome, response))
     }
 
     /// Serves a client's request for an origin: from the cache, through a shared fetch, or
@@ -1196,12 +1204,9 @@ fn publish_stored(transfer: &Transfer, stored: &Stored, outcome: Outcome, now: S
     transfer.finish(Ok(()));
 }
 
-/// Sends the client to the origin itself, for a node or origin over its bandwidth quota.
-fn redirect_to_origin(origin: &Origin, path: &str, over: OverQuota) -> Response<ProxyBody> {
-    let why = match over {
-        OverQuota::Node => "this node is over its bandwidth quota",
-        OverQuota::Origin => "this site is over its bandwidth quota on this node",
-    };
+/// Sends the client to the origin itself, for a node over its bandwidth quota.
+fn redirect_to_origin(origin: &Origin, path: &str) -> Response<ProxyBody> {
+    let why = "this node is over its bandwidth quota";
     let location = format!("http://{}{path}", origin.authority());
     let mut response = Response::new(respond::full(Bytes::from(format!(
         "302 Found\n\n{why}: fetch {location} from the origin directly.\n"

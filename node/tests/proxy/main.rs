@@ -1079,33 +1079,38 @@ fn an_origin_server_error_is_remembered_briefly_per_url() {
 }
 
 #[test]
-fn over_an_origin_quota_the_heaviest_client_is_sent_to_the_origin() {
+fn over_the_node_quota_the_heaviest_origin_is_sent_to_the_origin() {
     in_private_network(|| async {
         let origin = TestOrigin::start(handler(|parts| async move {
-            let body = if parts.uri.path() == "/big" {
-                "x".repeat(1 << 20)
+            let size = if parts.uri.path() == "/big" {
+                1 << 20
             } else {
-                "small".to_owned()
+                100
             };
-            respond(200, &[("cache-control", "max-age=60")], body)
+            respond(200, &[("cache-control", "max-age=60")], "x".repeat(size))
         }))
         .await;
         let mut config = test_config();
-        config.proxy.bandwidth.origin_bytes_per_second = 100_000;
+        config.proxy.bandwidth.node_bytes_per_second = 100_000;
+        let localhost = vec!["127.0.0.1".parse().unwrap()];
+        config
+            .proxy
+            .origin_access
+            .addresses
+            .insert("light.test".to_owned(), localhost);
         let proxy = TestProxy::start(&config).await;
-        let heavy = std::net::Ipv4Addr::new(127, 0, 0, 2);
-        let light = std::net::Ipv4Addr::new(127, 0, 0, 3);
-        let host = origin.zone_host();
+        let heavy_host = origin.zone_host();
+        let light_host = format!("light.test.{}.{ZONE}", origin.address.port());
         assert_eq!(
-            proxy.get_from(heavy, &host, "/big").await.status,
+            proxy.get(&heavy_host, "/big", &[]).await.status,
             StatusCode::OK
         );
         assert_eq!(
-            proxy.get_from(light, &host, "/small").await.status,
+            proxy.get(&light_host, "/small", &[]).await.status,
             StatusCode::OK
         );
 
-        let redirected = proxy.get_from(heavy, &host, "/big").await;
+        let redirected = proxy.get(&heavy_host, "/big", &[]).await;
         assert_eq!(redirected.status, StatusCode::FOUND);
         assert_eq!(redirected.cache(), "redirected");
         assert_eq!(
@@ -1113,12 +1118,52 @@ fn over_an_origin_quota_the_heaviest_client_is_sent_to_the_origin() {
             format!("http://{ORIGIN_HOST}:{}/big", origin.address.port())
         );
         assert_eq!(redirected.header("cache-control"), "no-store");
-        let served = proxy.get_from(light, &host, "/big").await;
+        let served = proxy.get(&light_host, "/small", &[]).await;
         assert_eq!(
             (served.status, served.cache()),
             (StatusCode::OK, "hit"),
-            "the light client still gets its share"
+            "the light origin still gets its share"
         );
         assert_eq!(origin.hits("/big"), 1);
+    });
+}
+
+#[test]
+fn an_origin_over_its_bandwidth_is_slowed_down_and_shared_fairly_between_clients() {
+    in_private_network(|| async {
+        const SIZE: usize = 1 << 20;
+        const RATE: u64 = 4_000_000;
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], "x".repeat(SIZE))
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.bandwidth.origin_bytes_per_second = RATE;
+        let proxy = TestProxy::start(&config).await;
+        let host = origin.zone_host();
+        assert_eq!(proxy.get(&host, "/big", &[]).await.body.len(), SIZE);
+
+        let heavy = std::net::Ipv4Addr::new(127, 0, 0, 2);
+        let light = std::net::Ipv4Addr::new(127, 0, 0, 3);
+        let start = std::time::Instant::now();
+        let download = |client| {
+            let (proxy, host) = (&proxy, &host);
+            async move {
+                let answer = proxy.get_from(client, host, "/big").await;
+                assert_eq!((answer.cache(), answer.body.len()), ("hit", SIZE));
+                (client, start.elapsed())
+            }
+        };
+        let mut finished =
+            futures::future::join_all([heavy, heavy, heavy, light].map(download)).await;
+        finished.sort_by_key(|(_, at)| *at);
+        let elapsed = finished.last().unwrap().1.as_secs_f64();
+        let least = (4 * SIZE) as f64 / RATE as f64 - 0.1;
+        assert!(elapsed > least, "4 MiB in {elapsed} s at 4 MB/s");
+        assert_eq!(
+            finished[0].0, light,
+            "the client with one download finishes first: {finished:?}"
+        );
+        assert!(proxy.shaping_wait() > 1.0, "{} s", proxy.shaping_wait());
     });
 }

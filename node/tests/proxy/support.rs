@@ -394,6 +394,11 @@ impl TestProxy {
         self.metrics.bytes_served.with_label_values(&[source]).get()
     }
 
+    /// Seconds bodies waited for their share of their origin's bandwidth.
+    pub fn shaping_wait(&self) -> f64 {
+        self.metrics.shaping_wait.get()
+    }
+
     /// Client connections parked between requests.
     pub fn idle_connections(&self) -> i64 {
         self.metrics.idle_connections.get()

@@ -82,7 +82,9 @@ pub struct ProxySpec {
     /// Limits on what one client may send, against slow or oversized requests.
     pub client_limits: ClientLimitsSpec,
 
-    /// Bandwidth quotas; beyond them the heaviest clients are redirected to the origin.
+    /// Bandwidth limits: the node's quota (beyond it, the heaviest origins' clients are
+    /// redirected to the origin) and each origin's share (beyond it, its clients are slowed
+    /// down, each getting an equal part).
     pub bandwidth: BandwidthSpec,
 }
 
@@ -206,15 +208,17 @@ pub struct ClientLimitsSpec {
     pub header_timeout: Duration,
 }
 
-/// Bandwidth quotas, in bytes per second of response bodies (quantities such as `100Mi`);
-/// `0` means no quota.
+/// Bandwidth limits, in bytes per second of response bodies (quantities such as `100Mi`);
+/// `0` means no limit.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BandwidthSpec {
-    /// All clients of one node together.
+    /// All clients of one node together, averaged over a few seconds; over it, the clients of
+    /// the origins taking more than an equal share are redirected to the origin itself.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && quantity(string(self)).isInteger() && !quantity(string(self)).isLessThan(quantity('0'))", "message": "nodeBytesPerSecond must be a whole quantity of 0 or more, such as 100Mi"}]))]
     pub node_bytes_per_second: Quantity,
-    /// The clients of one origin host on one node together.
+    /// The clients of one origin host on one node together: their answers are sent no faster,
+    /// and each client (an IPv4 address, an IPv6 /64) busy with the origin gets an equal share.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && quantity(string(self)).isInteger() && !quantity(string(self)).isLessThan(quantity('0'))", "message": "originBytesPerSecond must be a whole quantity of 0 or more, such as 10Mi"}]))]
     pub origin_bytes_per_second: Quantity,
 }
