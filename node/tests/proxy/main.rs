@@ -183,6 +183,37 @@ fn internal_addresses_are_refused_after_resolution() {
 }
 
 #[test]
+fn an_internal_host_listed_by_name_may_be_fetched_and_no_other() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async { respond(200, &[], "inside") })).await;
+        let mut config = test_config();
+        config.proxy.origin_access.internal_networks.clear();
+        config.proxy.origin_access.internal_hosts = vec![ORIGIN_HOST.to_owned()];
+        let localhost = vec!["127.0.0.1".parse().unwrap()];
+        config
+            .proxy
+            .origin_access
+            .addresses
+            .insert("other.test".to_owned(), localhost);
+        let proxy = TestProxy::start(&config).await;
+        let allowed = proxy.get(&origin.zone_host(), "/", &[]).await;
+        assert_eq!(
+            (allowed.status, allowed.body.as_ref()),
+            (StatusCode::OK, b"inside".as_ref())
+        );
+        let port = origin.address.port();
+        for host in [
+            format!("other.test.{port}.nyud.net"),
+            format!("127.0.0.1.{port}.nyud.net"),
+        ] {
+            let refused = proxy.get(&host, "/", &[]).await;
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{host}");
+        }
+        assert_eq!(origin.hits("/"), 1);
+    });
+}
+
+#[test]
 fn redirects_keep_clients_in_the_zone() {
     in_private_network(|| async {
         let origin = TestOrigin::start(handler(|_| async {
@@ -622,6 +653,35 @@ fn bytes_served_count_the_bodies_clients_get() {
 }
 
 #[test]
+fn requests_are_counted_and_timed_by_result_and_the_cache_by_tier() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], "x".repeat(10_000))
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        assert_eq!(proxy.cached("memory"), (0, 0));
+        let host = origin.zone_host();
+        assert_eq!(proxy.get(&host, "/a", &[]).await.cache(), "miss");
+        assert_eq!(proxy.get(&host, "/b", &[]).await.cache(), "miss");
+        for _ in 0..3 {
+            assert_eq!(proxy.get(&host, "/a", &[]).await.cache(), "hit");
+        }
+        let refused = proxy.get("elsewhere.example", "/", &[]).await;
+        assert_eq!(refused.cache(), "refused");
+        assert_eq!(proxy.requests("miss"), (2, 2));
+        assert_eq!(proxy.requests("hit"), (3, 3));
+        assert_eq!(proxy.requests("refused"), (1, 1));
+        let (objects, bytes) = proxy.cached("memory");
+        assert_eq!(objects, 2);
+        assert!(
+            (20_000..40_000).contains(&bytes),
+            "{bytes} bytes for two 10 kB bodies"
+        );
+    });
+}
+
+#[test]
 fn a_bodiless_request_never_forwards_the_clients_content_length() {
     in_private_network(|| async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -831,6 +891,54 @@ fn a_node_fetches_from_the_peer_that_holds_the_object() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(origin.hits("/obj"), 1);
+    });
+}
+
+#[test]
+fn holders_that_are_dead_or_lack_the_object_are_passed_over_and_see_the_request_id() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], "shared")
+        }))
+        .await;
+        // A holder that lost the object (it answers as a proxy does) and one where nothing
+        // listens.
+        let lost = TestOrigin::start(handler(|_| async {
+            respond(404, &[("x-cache", "refused")], "")
+        }))
+        .await;
+        let dead = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let cluster = TestCluster::start(&test_config()).await;
+        let host = origin.zone_host();
+        let fetched = cluster.proxies[0].get(&host, "/obj", &[]).await;
+        assert_eq!(fetched.cache(), "miss");
+        let key = format!("{ORIGIN_HOST}:{}/obj", origin.address.port());
+        cluster.announce(2, &key, dead).await;
+        cluster.announce(2, &key, lost.address).await;
+
+        let traced = cluster.proxies[2]
+            .get(&host, "/obj", &[("x-request-id", "trace-me-7")])
+            .await;
+        assert_eq!(
+            (traced.cache(), traced.body.as_ref()),
+            ("peer", b"shared".as_ref())
+        );
+        assert_eq!(traced.header("x-request-id"), "trace-me-7");
+        assert_eq!(
+            origin.hits("/obj"),
+            1,
+            "no holder's failure reached the origin"
+        );
+        assert_eq!(cluster.proxies[2].peer_fetches("miss"), 2);
+        assert_eq!(cluster.proxies[2].peer_fetches("hit"), 1);
+        let asked = lost
+            .last("/obj")
+            .expect("the holder that lost the object was asked");
+        assert_eq!(asked.headers["x-request-id"], "trace-me-7");
+        assert!(asked.headers.contains_key("x-coral-peer"));
     });
 }
 

@@ -1,6 +1,6 @@
 //! HTTP caching details checked end to end: freshness from `Expires` and from `Last-Modified`
-//! alone, revalidation with `If-Modified-Since`, invalidation by a method passed through, and
-//! the request target's length limit.
+//! alone, revalidation with `If-Modified-Since`, invalidation by a method passed through,
+//! variants chosen by `Vary`, and the request target's length limit.
 
 use std::time::{Duration, SystemTime};
 
@@ -111,5 +111,47 @@ fn a_request_target_over_the_limit_gets_414() {
         assert_eq!(answer.status, StatusCode::URI_TOO_LONG);
         assert!(String::from_utf8_lossy(&answer.body).contains("longer than 256 bytes"));
         assert_eq!(origin.hits(&over), 0);
+    });
+}
+
+#[test]
+fn each_variant_named_by_vary_is_kept_and_served_to_the_clients_that_match_it() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|parts| async move {
+            let language = parts
+                .headers
+                .get("accept-language")
+                .map_or("none", |value| value.to_str().unwrap())
+                .to_owned();
+            let headers = [("cache-control", "max-age=60"), ("vary", "Accept-Language")];
+            respond(200, &headers, format!("in {language}"))
+        }))
+        .await;
+        let proxy = TestProxy::start(&test_config()).await;
+        let host = origin.zone_host();
+        let ask = |language: Option<&'static str>| {
+            let (proxy, host) = (&proxy, &host);
+            async move {
+                let headers: Vec<_> = language
+                    .map(|l| ("accept-language", l))
+                    .into_iter()
+                    .collect();
+                let answer = proxy.get(host, "/page", &headers).await;
+                (
+                    answer.cache().to_owned(),
+                    String::from_utf8(answer.body.to_vec()).unwrap(),
+                )
+            }
+        };
+        let miss = |body: &str| ("miss".to_owned(), body.to_owned());
+        let hit = |body: &str| ("hit".to_owned(), body.to_owned());
+        assert_eq!(ask(Some("en")).await, miss("in en"));
+        assert_eq!(ask(Some("fr")).await, miss("in fr"));
+        assert_eq!(ask(None).await, miss("in none"));
+        assert_eq!(ask(Some("en")).await, hit("in en"));
+        assert_eq!(ask(Some("fr")).await, hit("in fr"));
+        assert_eq!(ask(None).await, hit("in none"));
+        assert_eq!(ask(Some("de")).await, miss("in de"));
+        assert_eq!(origin.hits("/page"), 4);
     });
 }

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use coral_node::config::{NodeConfig, OriginAccess, RateLimit};
 use coral_node::dht::metrics::DhtMetrics;
 use coral_node::dht::udp::{UdpDht, UdpNetwork, UdpNodeConfig, UdpSettings};
-use coral_node::dht::wire::Codec;
-use coral_node::dht::{Dht, DhtParams, Locality};
+use coral_node::dht::wire::{Codec, Value};
+use coral_node::dht::{Dht, DhtParams, Id, Locality};
 use coral_node::proxy::metrics::ProxyMetrics;
 use coral_node::proxy::peers::Peering;
 use coral_node::proxy::server;
@@ -394,6 +394,35 @@ impl TestProxy {
         self.metrics.bytes_served.with_label_values(&[source]).get()
     }
 
+    /// Requests answered so far with `result`, and how many of them the latency histogram
+    /// timed.
+    pub fn requests(&self, result: &str) -> (u64, u64) {
+        let counted = self.metrics.requests.with_label_values(&[result]).get();
+        let timed = self
+            .metrics
+            .latency
+            .with_label_values(&[result])
+            .get_sample_count();
+        (counted, timed)
+    }
+
+    /// Objects and bytes the cache holds in `tier`, as a scrape would see them.
+    pub fn cached(&self, tier: &str) -> (i64, i64) {
+        self.proxy.update_gauges();
+        (
+            self.metrics.cache_objects.with_label_values(&[tier]).get(),
+            self.metrics.cache_bytes.with_label_values(&[tier]).get(),
+        )
+    }
+
+    /// Objects asked of other proxies so far with `outcome` (`hit`, `miss`).
+    pub fn peer_fetches(&self, outcome: &str) -> u64 {
+        self.metrics
+            .peer_fetches
+            .with_label_values(&[outcome])
+            .get()
+    }
+
     /// Seconds bodies waited for their share of their origin's bandwidth.
     pub fn shaping_wait(&self) -> f64 {
         self.metrics.shaping_wait.get()
@@ -546,6 +575,20 @@ impl TestCluster {
             proxies.push(TestProxy::start_with(config, Some(node.dht.clone())).await);
         }
         Self { proxies, dhts }
+    }
+
+    /// Puts `cache_key -> holder` into the DHT through node `node`, as a proxy at `holder`
+    /// announcing the object would.
+    pub async fn announce(&self, node: usize, cache_key: &str, holder: SocketAddr) {
+        let value = Value {
+            holder,
+            meta: Vec::new(),
+        };
+        let key = Id::of(cache_key.as_bytes());
+        self.dhts[node]
+            .dht
+            .put(key, value, Duration::from_secs(60))
+            .await;
     }
 }
 
