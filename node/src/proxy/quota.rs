@@ -25,7 +25,7 @@ const TAU: f64 = 5.0;
 /// those served in about two time constants).
 const IDLE: Duration = Duration::from_secs(10);
 /// Most origins tracked.
-pub const MAX_TRACKED: u64 = 1_000_000;
+const MAX_TRACKED: u64 = 1_000_000;
 
 /// A rate estimate: bytes, decaying exponentially.
 struct Meter {

@@ -24,6 +24,7 @@ use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 use hyper::body::{Body, Incoming};
 use prometheus::IntGauge;
 use serde::Serialize;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::cache::{Lookup, ObjectCache, Stored, Usage, head_parts};
@@ -825,10 +826,8 @@ impl Proxy {
                 return;
             }
             let OriginResponse { response, slot, .. } = response;
-            self.relay(request, transfer, response, Outcome::Miss, now)
+            self.relay(request, transfer, response, Outcome::Miss, now, Some(slot))
                 .await;
-            // The origin's concurrency slot is released only now, after the body.
-            drop(slot);
             return;
         }
     }
@@ -907,6 +906,7 @@ impl Proxy {
                 response,
                 Outcome::Peer,
                 SystemTime::now(),
+                None,
             )
             .await;
             return true;
@@ -959,6 +959,8 @@ impl Proxy {
     }
 
     /// Streams an origin response into the transfer and stores it when it is cacheable.
+    /// `slot`, the origin's concurrency slot, is held while the body is shared and given up
+    /// once the stream turns out too large to cache: from then on clients set its pace.
     async fn relay(
         &self,
         request: &CacheRequest,
@@ -966,6 +968,7 @@ impl Proxy {
         response: Response<Incoming>,
         outcome: Outcome,
         response_time: SystemTime,
+        mut slot: Option<OwnedSemaphorePermit>,
     ) {
         let (parts, mut body) = response.into_parts();
         let head = Head {
@@ -976,6 +979,7 @@ impl Proxy {
         let mut cacheable = expected.is_none_or(|length| length <= self.max_object_bytes);
         if !cacheable {
             self.stop_sharing(&request.key, transfer);
+            drop(slot.take());
         }
         transfer.set_head(head.clone(), outcome);
         let mut received: u64 = 0;
@@ -1005,11 +1009,16 @@ impl Proxy {
             if cacheable && received > self.max_object_bytes {
                 cacheable = false;
                 self.stop_sharing(&request.key, transfer);
+                drop(slot.take());
             }
             // A client holding every byte its Content-Length promised counts the answer
             // done, so the object is kept before its last chunk goes out: a request that
-            // follows that answer finds it in the cache.
+            // follows that answer finds it in the cache. The price: the last chunk waits
+            // for the store (a copy of the body, sealing it when set, and for `Vary`, the
+            // other variants). Kept then, it stays kept if the origin fails after its
+            // last byte.
             if cacheable
+                && !kept
                 && expected == Some(received)
                 && let Some(whole) = transfer.body_so_far_with(&data)
             {
@@ -1018,12 +1027,10 @@ impl Proxy {
             }
             transfer.push(data);
             if !cacheable {
-                let waited = tokio::time::timeout(
-                    self.idle_timeout,
-                    transfer.wait_for_readers(STREAM_WINDOW),
-                )
-                .await;
-                match waited {
+                match transfer
+                    .wait_for_readers(STREAM_WINDOW, self.idle_timeout)
+                    .await
+                {
                     Ok(0) => {
                         break Err(TransferFailed::bad_gateway(
                             "abandoned",

@@ -1,16 +1,17 @@
 //! Per-origin bandwidth shaping with fair sharing between clients.
 //!
 //! The bodies a node sends for one origin host all go through that origin's link, which
-//! carries at most `bandwidth.originBytesPerSecond`. Bodies are cut into pieces of at most
-//! [`PIECE_TIME`] of the rate (and [`MAX_PIECE`]); each piece reserves the link's next free
-//! moment and goes out when it comes. A client (an IPv4 address, an IPv6 /64) has one
+//! carries at most `bandwidth.originBytesPerSecond`. Bodies are cut into pieces of
+//! [`PIECE_TIME`] of the rate, between [`MIN_PIECE`] and [`MAX_PIECE`]; each piece reserves the
+//! link's next free moment and goes out when it comes. A client (an IPv4 address, an IPv6 /64) has one
 //! reservation pending at a time, however many bodies it downloads at once, so busy clients
 //! take turns: each gets an equal share, and the share a client leaves unused goes to the
 //! others. A link idle for a while lets [`BURST`] of its rate through at once, so small
 //! answers from a quiet origin are not delayed.
 //!
-//! Shaping slows answers down; it never refuses them. Links and clients live only while a
-//! body of theirs is being sent.
+//! Shaping slows answers down; it never refuses them. A link is kept while a body uses it
+//! and until its reservations have passed (so bodies one after another are paced as one
+//! stream); a client's turn while one of its bodies is being sent.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -30,16 +31,17 @@ use super::in_use::InUse;
 use super::respond::ProxyBody;
 
 /// Longest a piece occupies the link.
-pub const PIECE_TIME: Duration = Duration::from_millis(20);
+const PIECE_TIME: Duration = Duration::from_millis(20);
 /// Largest piece, in bytes.
-pub const MAX_PIECE: usize = 16 * 1024;
+const MAX_PIECE: usize = 16 * 1024;
 /// Smallest piece, in bytes (at very low rates).
 const MIN_PIECE: usize = 512;
 /// How far behind the present an idle link's free moment may lag: the burst it allows.
-pub const BURST: Duration = Duration::from_millis(50);
+const BURST: Duration = Duration::from_millis(50);
 
-/// A client as shaping sees it: an IPv4 address, or an IPv6 /64 (one subscriber's network).
-pub fn client_network(address: IpAddr) -> IpAddr {
+/// The subscriber `address` belongs to, the client as shaping sees it: an IPv4 address, or
+/// an IPv6 /64 (one subscriber's network).
+pub fn subscriber(address: IpAddr) -> IpAddr {
     let address = address.to_canonical();
     match address {
         IpAddr::V4(_) => address,
@@ -61,7 +63,7 @@ impl OriginShaping {
     pub fn new(bytes_per_second: u64, waited: Counter) -> Self {
         Self {
             rate: (bytes_per_second > 0).then_some(bytes_per_second as f64),
-            links: InUse::new(),
+            links: InUse::forgetting_when(Link::is_idle),
             waited,
         }
     }
@@ -76,10 +78,13 @@ impl OriginShaping {
         let Some(rate) = self.rate else {
             return body;
         };
+        if body.is_end_stream() {
+            return body;
+        }
         let link = self.links.get_or_make(host, || Link::new(rate));
         let turn = link
             .clients
-            .get_or_make(&client_network(client), || Semaphore::new(1));
+            .get_or_make(&subscriber(client), || Semaphore::new(1));
         ShapedBody {
             inner: body,
             share: Share {
@@ -116,6 +121,11 @@ impl Link {
         }
     }
 
+    /// Whether the link's reservations have passed, so a new link would do the same.
+    fn is_idle(&self) -> bool {
+        *self.free_at.lock().expect("link lock") + BURST <= Instant::now()
+    }
+
     /// Reserves the link for `bytes` at `now`; returns when they may go.
     fn reserve(&self, bytes: usize, now: Instant) -> Instant {
         let mut free_at = self.free_at.lock().expect("link lock");
@@ -145,7 +155,10 @@ impl Share {
             let _turn = turn.acquire_owned().await.expect("turns are never closed");
             let start = link.reserve(bytes, Instant::now());
             tokio::time::sleep_until(start).await;
-            waited.inc_by(asked.elapsed().as_secs_f64());
+            let wait = asked.elapsed();
+            if !wait.is_zero() {
+                waited.inc_by(wait.as_secs_f64());
+            }
         })
     }
 }
@@ -259,8 +272,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_link_lets_a_burst_through_and_paces_the_rest() {
         let shaping = shaping();
-        // Keeps the link alive through the idle time, as a body still being sent would.
-        let _held = shaping.shaped("a.example", ip(1), full(Bytes::new()));
         let until = Instant::now() + Duration::from_secs(60);
         let first = shaping.shaped("a.example", ip(1), full(Bytes::from(vec![1; 500_000])));
         assert_eq!(read_until(first, until).await, 500_000);
@@ -271,6 +282,28 @@ mod tests {
         let took = start.elapsed().as_secs_f64();
         let expected = 0.25 - BURST.as_secs_f64();
         assert!((took - expected).abs() < 0.02, "{took} s, not {expected} s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bodies_one_after_another_are_paced_as_one_stream() {
+        let shaping = shaping();
+        let until = Instant::now() + Duration::from_secs(60);
+        let start = Instant::now();
+        for _ in 0..10 {
+            let body = shaping.shaped("a.example", ip(1), full(Bytes::from(vec![1; 100_000])));
+            assert_eq!(read_until(body, until).await, 100_000);
+        }
+        let took = start.elapsed().as_secs_f64();
+        let expected = 1.0 - BURST.as_secs_f64();
+        assert!((took - expected).abs() < 0.02, "{took} s, not {expected} s");
+    }
+
+    #[tokio::test]
+    async fn empty_bodies_take_no_link() {
+        let shaping = shaping();
+        let body = shaping.shaped("a.example", ip(1), full(Bytes::new()));
+        assert!(body.is_end_stream());
+        assert_eq!(shaping.links.held(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -328,11 +361,7 @@ mod tests {
         assert_eq!(read_until(small, until).await, 10_000);
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(busy.await.unwrap(), 5_000_000);
-        assert_eq!(
-            shaping.links.live(),
-            0,
-            "links are forgotten with their bodies"
-        );
+        assert_eq!(shaping.links.held(), 0, "no body holds a link any more");
     }
 
     #[tokio::test]
@@ -348,10 +377,10 @@ mod tests {
         let first: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let neighbour: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
         let elsewhere: IpAddr = "2001:db8:9:9::1".parse().unwrap();
-        assert_eq!(client_network(first), client_network(neighbour));
-        assert_ne!(client_network(first), client_network(elsewhere));
-        assert_eq!(client_network(ip(1)), ip(1));
+        assert_eq!(subscriber(first), subscriber(neighbour));
+        assert_ne!(subscriber(first), subscriber(elsewhere));
+        assert_eq!(subscriber(ip(1)), ip(1));
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(client_network(mapped), ip(1));
+        assert_eq!(subscriber(mapped), ip(1));
     }
 }

@@ -11,9 +11,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
+
 use tokio::sync::watch;
 
 use super::metrics::Outcome;
@@ -122,18 +124,21 @@ impl Transfer {
     }
 
     /// Waits until the readers are less than `window` bytes behind the producer, or none is
-    /// left. Returns the number of live readers.
-    pub async fn wait_for_readers(&self, window: usize) -> usize {
+    /// left, and returns the number of live readers; `Err(Stalled)` when no reader moves on
+    /// for `stall` (a reader slowed down but still reading is waited for).
+    pub async fn wait_for_readers(&self, window: usize, stall: Duration) -> Result<usize, Stalled> {
         let mut changes = self.changed.subscribe();
         loop {
             {
                 let state = self.lock();
                 if state.held < window || state.readers.is_empty() {
-                    return state.readers.len();
+                    return Ok(state.readers.len());
                 }
             }
-            if changes.changed().await.is_err() {
-                return 0;
+            match tokio::time::timeout(stall, changes.changed()).await {
+                Err(_) => return Err(Stalled),
+                Ok(Err(_)) => return Ok(0),
+                Ok(Ok(())) => {}
             }
         }
     }
@@ -193,6 +198,10 @@ impl State {
         }
     }
 }
+
+/// No reader of a transfer moved on for the time allowed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stalled;
 
 /// One client's view of a transfer.
 pub struct TransferReader {
@@ -382,8 +391,37 @@ mod tests {
         assert!(transfer.reader().is_none());
         assert!(reader.is_unshared());
         assert!(transfer.body_so_far_with(&Bytes::new()).is_none());
-        assert_eq!(transfer.wait_for_readers(2500).await, 1);
+        let stall = Duration::from_secs(1);
+        assert_eq!(transfer.wait_for_readers(2500, stall).await, Ok(1));
         drop(reader);
-        assert_eq!(transfer.wait_for_readers(1).await, 0);
+        assert_eq!(transfer.wait_for_readers(1, stall).await, Ok(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_is_waited_for_and_a_stopped_one_is_not() {
+        let transfer = Transfer::new();
+        let mut reader = transfer.reader().unwrap();
+        transfer.set_head(head(), Outcome::Miss);
+        transfer.trim();
+        for _ in 0..10 {
+            transfer.push(Bytes::from(vec![0; 1000]));
+        }
+        let (stopped, mut stop) = tokio::sync::oneshot::channel::<()>();
+        let slow = tokio::spawn(async move {
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                reader.next_chunk().await.unwrap().unwrap();
+            }
+            // Still a reader, but no longer reading.
+            let _ = (&mut stop).await;
+        });
+        let stall = Duration::from_secs(3);
+        let started = tokio::time::Instant::now();
+        assert_eq!(transfer.wait_for_readers(2500, stall).await, Ok(1));
+        assert!(started.elapsed() >= Duration::from_secs(16));
+        transfer.push(Bytes::from(vec![0; 1000]));
+        assert_eq!(transfer.wait_for_readers(2500, stall).await, Err(Stalled));
+        drop(stopped);
+        slow.await.unwrap();
     }
 }

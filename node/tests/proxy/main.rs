@@ -1254,16 +1254,20 @@ fn an_origin_over_its_bandwidth_is_slowed_down_and_shared_fairly_between_clients
         let heavy = std::net::Ipv4Addr::new(127, 0, 0, 2);
         let light = std::net::Ipv4Addr::new(127, 0, 0, 3);
         let start = std::time::Instant::now();
-        let download = |client| {
+        // The light client asks last, so that it cannot finish first by arriving first.
+        let download = |(client, delay)| {
             let (proxy, host) = (&proxy, &host);
             async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
                 let answer = proxy.get_from(client, host, "/big").await;
                 assert_eq!((answer.cache(), answer.body.len()), ("hit", SIZE));
                 (client, start.elapsed())
             }
         };
-        let mut finished =
-            futures::future::join_all([heavy, heavy, heavy, light].map(download)).await;
+        let mut finished = futures::future::join_all(
+            [(heavy, 0), (heavy, 0), (heavy, 0), (light, 100)].map(download),
+        )
+        .await;
         finished.sort_by_key(|(_, at)| *at);
         let elapsed = finished.last().unwrap().1.as_secs_f64();
         let least = (4 * SIZE) as f64 / RATE as f64 - 0.1;
