@@ -445,6 +445,9 @@ impl ClientConnections {
             // The client closed, asked to close, or was answered by hyper: polled as a whole,
             // hyper sends what it still holds, then closes.
             _ => {
+                if let Err(err) = &outcome {
+                    self.proxy.refused_head(peer, err);
+                }
                 let _ = connection.await;
             }
         }

@@ -271,6 +271,18 @@ impl Proxy {
         tracing::info!(%client, status = 429, reason = REASON, "refused");
     }
 
+    /// Counts and logs a request head hyper answered itself, without a page: one it could not
+    /// parse (400), or one beyond `clientLimits` or its own URI limit (431, 414).
+    pub fn refused_head(&self, client: SocketAddr, error: &hyper::Error) {
+        let reason = if error.is_parse_too_large() {
+            "head_too_large"
+        } else {
+            "malformed_head"
+        };
+        self.metrics.refusals.with_label_values(&[reason]).inc();
+        tracing::info!(%client, reason, error = %error, "refused");
+    }
+
     /// Counts a client connection parked between requests, until the returned guard is
     /// dropped.
     pub fn idle_connection(&self) -> CountedConnection {

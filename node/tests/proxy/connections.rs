@@ -231,6 +231,13 @@ fn oversized_heads_are_refused_and_a_request_body_keeps_its_connection() {
                 &answer[..answer.len().min(200)]
             );
         }
+        assert_eq!(proxy.refusals("head_too_large"), 2);
+        let mut client = TcpStream::connect(proxy.address).await.unwrap();
+        let malformed = format!("GET /a HTTP/1.1\r\nHost: {host}\r\nno colon here\r\n\r\n");
+        client.write_all(malformed.as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:.200}");
+        assert_eq!(proxy.refusals("malformed_head"), 1);
         // A count other than hyper's default of 100 holds too.
         let mut strict = test_config();
         strict.proxy.client_limits.max_headers = 30;

@@ -415,6 +415,11 @@ impl TestProxy {
         )
     }
 
+    /// Refusals so far for `reason`.
+    pub fn refusals(&self, reason: &str) -> u64 {
+        self.metrics.refusals.with_label_values(&[reason]).get()
+    }
+
     /// Objects asked of other proxies so far with `outcome` (`hit`, `miss`).
     pub fn peer_fetches(&self, outcome: &str) -> u64 {
         self.metrics
