@@ -100,47 +100,95 @@ fn a_flash_crowd_on_one_node_causes_one_origin_fetch() {
     });
 }
 
+/// An origin answering `part0;` at once and `part1;` once `release` is notified.
+async fn gated_origin(release: Arc<tokio::sync::Notify>) -> TestOrigin {
+    TestOrigin::start(handler(move |_| {
+        let gate = release.clone();
+        async move {
+            let pieces = futures::stream::iter(0..2).then(move |index| {
+                let gate = gate.clone();
+                async move {
+                    if index == 1 {
+                        gate.notified().await;
+                    }
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!(
+                        "part{index};"
+                    ))))
+                }
+            });
+            let mut response = respond(200, &[("cache-control", "max-age=60")], "");
+            *response.body_mut() = BodyExt::boxed(StreamBody::new(pieces));
+            response
+        }
+    }))
+    .await
+}
+
+/// Sends a GET to `proxy` and returns the answer's `X-Cache` and body, still arriving.
+async fn open_get(proxy: &TestProxy, host: &str, path: &str) -> (String, hyper::body::Incoming) {
+    let stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header("host", host)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+    (cache, response.into_body())
+}
+
 #[test]
 fn clients_get_the_first_bytes_before_the_origin_sends_the_last() {
     in_private_network(|| async {
         let release = Arc::new(tokio::sync::Notify::new());
-        let gate = release.clone();
-        let origin = TestOrigin::start(handler(move |_| {
-            let gate = gate.clone();
-            async move {
-                let pieces = futures::stream::iter(0..2).then(move |index| {
-                    let gate = gate.clone();
-                    async move {
-                        if index == 1 {
-                            gate.notified().await;
-                        }
-                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!(
-                            "part{index};"
-                        ))))
-                    }
-                });
-                let mut response = respond(200, &[("cache-control", "max-age=60")], "");
-                *response.body_mut() = BodyExt::boxed(StreamBody::new(pieces));
-                response
-            }
-        }))
-        .await;
+        let origin = gated_origin(release.clone()).await;
         let proxy = TestProxy::start(&test_config()).await;
-        let stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        let request = http::Request::get("/stream")
-            .header("host", origin.zone_host())
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let mut body = sender.send_request(request).await.unwrap().into_body();
+        let (_, mut body) = open_get(&proxy, &origin.zone_host(), "/stream").await;
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "part0;");
         release.notify_one();
         let rest = body.collect().await.unwrap().to_bytes();
         assert_eq!(rest, "part1;");
+    });
+}
+
+#[test]
+fn a_node_streams_from_a_peer_whose_fetch_is_still_arriving() {
+    in_private_network(|| async {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let origin = gated_origin(release.clone()).await;
+        let cluster = TestCluster::start(&test_config()).await;
+        let host = origin.zone_host();
+        let (cache, mut fetching) = open_get(&cluster.proxies[0], &host, "/stream").await;
+        assert_eq!(cache, "miss");
+        let first = fetching
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(first, "part0;");
+        let (cache, mut from_peer) = open_get(&cluster.proxies[1], &host, "/stream").await;
+        assert_eq!(cache, "peer");
+        let first = from_peer
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(
+            first, "part0;",
+            "the peer's bytes so far, before the origin's last"
+        );
+        release.notify_one();
+        assert_eq!(fetching.collect().await.unwrap().to_bytes(), "part1;");
+        assert_eq!(from_peer.collect().await.unwrap().to_bytes(), "part1;");
+        assert_eq!(origin.hits("/stream"), 1);
     });
 }
 
