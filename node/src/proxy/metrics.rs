@@ -131,6 +131,9 @@ pub struct ProxyMetrics {
     pub sendfile_bytes: IntCounter,
     /// Seconds bodies waited for their share of their origin's bandwidth, summed.
     pub shaping_wait: Counter,
+    /// Bytes reserved by spill files: bodies too large to cache, on disk for the clients
+    /// sharing their fetch.
+    pub spill_bytes: IntGauge,
     /// The request counter and latency histogram of each outcome, resolved once so that a
     /// cache hit does not look labels up.
     by_outcome: Vec<(IntCounter, Histogram)>,
@@ -161,6 +164,7 @@ impl ProxyMetrics {
         registry.register(Box::new(metrics.unsealed_bodies.clone()))?;
         registry.register(Box::new(metrics.sendfile_bytes.clone()))?;
         registry.register(Box::new(metrics.shaping_wait.clone()))?;
+        registry.register(Box::new(metrics.spill_bytes.clone()))?;
         Ok(metrics)
     }
 
@@ -276,6 +280,11 @@ impl ProxyMetrics {
             shaping_wait: Counter::new(
                 "coral_proxy_shaping_wait_seconds_total",
                 "Seconds bodies waited for their share of their origin's bandwidth, summed.",
+            )
+            .expect("valid metric"),
+            spill_bytes: IntGauge::new(
+                "coral_proxy_spill_bytes",
+                "Bytes reserved by spill files: bodies too large to cache, on disk for the clients sharing their fetch.",
             )
             .expect("valid metric"),
             by_outcome,

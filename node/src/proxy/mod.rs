@@ -7,7 +7,8 @@
 //! - [`headers`]: what crosses between clients and origins (hop-by-hop, cookies, `Via`,
 //!   `Location`);
 //! - [`peers`]: cooperation through the DHT (holders, authenticated peer fetches);
-//! - [`transfer`]: one response in flight shared by every client waiting for it;
+//! - [`transfer`]: one response in flight shared by every client waiting for it; [`spill`]:
+//!   a body too large to cache, on disk for the clients sharing its fetch;
 //! - [`cache`]: the object cache and the RFC 9111 policy of what it holds; [`disk`]: its
 //!   disk tier;
 //! - [`respond`]: answers from stored objects (conditional, range, HEAD) or transfers;
@@ -47,5 +48,6 @@ pub mod sealed;
 pub mod server;
 pub mod service;
 pub mod shaping;
+pub mod spill;
 pub mod target;
 pub mod transfer;

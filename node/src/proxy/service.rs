@@ -43,6 +43,7 @@ use super::refusal::Refusal;
 use super::respond::{self, ProxyBody};
 use super::sealed;
 use super::shaping::OriginShaping;
+use super::spill::SpillArea;
 use super::target::Origin;
 use super::transfer::{Head, Transfer, TransferFailed, TransferReader};
 use crate::config::{MethodPolicy, NodeConfig};
@@ -50,6 +51,8 @@ use crate::config::{MethodPolicy, NodeConfig};
 /// How far the slowest client may lag behind an uncacheable stream before the origin read
 /// waits for it.
 const STREAM_WINDOW: usize = 4 << 20;
+/// Spill files hold at most this fraction (1/n) of the disk tier's budget, beside it.
+const SPILL_SHARE: u64 = 4;
 /// How long an origin that could not be reached is remembered as such.
 const FAILURE_MEMORY: Duration = Duration::from_secs(5);
 /// Most unreachable origins remembered.
@@ -106,6 +109,9 @@ pub struct Proxy {
     limiter: RateLimiter<IpAddr>,
     /// How often this node may ask one origin for an object (`perOriginRate`).
     origin_rate: RateLimiter<Origin>,
+    /// Where bodies too large to cache wait on disk for the clients sharing their fetch
+    /// (with a disk tier only).
+    spill: Option<SpillArea>,
     /// The node's bandwidth quota: over it, the heaviest origins' clients are redirected.
     node_quota: Arc<NodeQuota>,
     /// Each origin's bandwidth on this node, shared fairly between its clients.
@@ -244,6 +250,8 @@ impl Proxy {
                 .build(),
             limiter: RateLimiter::new(proxy.per_client_rate),
             origin_rate: RateLimiter::new(proxy.per_origin_rate),
+            spill: (proxy.cache_disk_bytes > 0)
+                .then(|| SpillArea::new(&proxy.cache_dir, proxy.cache_disk_bytes / SPILL_SHARE)),
             node_quota: Arc::new(NodeQuota::new(
                 proxy.bandwidth.node_bytes_per_second,
                 Instant::now(),
@@ -323,6 +331,9 @@ impl Proxy {
         self.metrics.record_sealed(sealed::stats());
         let Usage { memory, disk } = self.cache.usage();
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        if let Some(spill) = &self.spill {
+            self.metrics.spill_bytes.set(gauge(spill.used()));
+        }
         for (tier, (objects, bytes)) in [("memory", Some(memory)), ("disk", disk)]
             .into_iter()
             .filter_map(|(tier, usage)| Some((tier, usage?)))
@@ -572,7 +583,7 @@ impl Proxy {
             joined = self.fetch_alone(&request, stale);
             (head, outcome) = joined.reader.head().await.map_err(|failed| failed.0)?;
         }
-        if joined.reader.is_unshared() && asks_for_part(client_headers) {
+        if joined.reader.will_not_be_stored() && asks_for_part(client_headers) {
             // Too large to cache, so the proxy cannot answer a range or condition from a
             // whole copy: let the origin answer it.
             drop(joined);
@@ -989,9 +1000,20 @@ impl Proxy {
         };
         let expected = content_length(&head.headers);
         let mut cacheable = expected.is_none_or(|length| length <= self.max_object_bytes);
-        if !cacheable {
-            self.stop_sharing(&request.key, transfer);
-            drop(slot.take());
+        // Too large to cache: shared through a spill file when its length fits the budget
+        // (one fetch at the origin's pace, holding the origin's slot), else streamed to
+        // the clients already waiting, at their pace.
+        let spill = expected
+            .filter(|_| !cacheable)
+            .and_then(|length| self.spill.as_ref()?.file_for(length));
+        let spilled = spill.is_some();
+        match spill {
+            Some(file) => transfer.spill(file),
+            None if !cacheable => {
+                self.stop_sharing(&request.key, transfer);
+                drop(slot.take());
+            }
+            None => {}
         }
         transfer.set_head(head.clone(), outcome);
         let mut received: u64 = 0;
@@ -1017,6 +1039,21 @@ impl Proxy {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
+            if spilled {
+                if let Err(err) = transfer.push_spilled(data).await {
+                    break Err(TransferFailed::bad_gateway(
+                        "spill_failed",
+                        format!("the body could not be written to its spill file: {err}"),
+                    ));
+                }
+                if transfer.readers() == 0 {
+                    break Err(TransferFailed::bad_gateway(
+                        "abandoned",
+                        "every client left an uncacheable stream",
+                    ));
+                }
+                continue;
+            }
             received += data.len() as u64;
             if cacheable && received > self.max_object_bytes {
                 cacheable = false;

@@ -4,10 +4,12 @@
 //! arrives; any number of readers follow, each at its own pace, from the first byte, so a
 //! client that joins late still gets the whole body, and nobody waits for the last byte
 //! before getting the first. The chunks stay until the transfer is dropped, which bounds
-//! memory by the object size, except for an object found to exceed the cache's limit while
-//! streaming: then the transfer switches to [`Transfer::trim`] mode, keeps only what some
-//! reader still needs, takes no new readers, and the producer waits while the slowest reader
-//! is more than a window behind.
+//! memory by the object size, except for an object too large for the cache. Such an object
+//! is [`Transfer::spill`]ed to a file when its `Content-Length` fits the spill budget: chunks
+//! then live on disk, readers still join at any time, and the producer goes at the origin's
+//! pace. Otherwise (no length, no room, or found too large while streaming) the transfer
+//! switches to [`Transfer::trim`] mode, keeps only what some reader still needs, takes no new
+//! readers, and the producer waits while the slowest reader is more than a window behind.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +22,7 @@ use tokio::sync::watch;
 
 use super::metrics::Outcome;
 use super::refusal::Refusal;
+use super::spill::SpillFile;
 
 /// A response head as the proxy keeps and forwards it.
 #[derive(Clone, Debug)]
@@ -49,14 +52,27 @@ pub struct Transfer {
     changed: watch::Sender<u64>,
 }
 
+/// A body chunk: in memory, or a stretch of the spill file.
+#[derive(Clone)]
+enum Chunk {
+    Memory(Bytes),
+    Spilled {
+        file: Arc<SpillFile>,
+        offset: u64,
+        len: usize,
+    },
+}
+
 #[derive(Default)]
 struct State {
     head: Option<(Arc<Head>, Outcome)>,
-    chunks: VecDeque<Bytes>,
+    chunks: VecDeque<Chunk>,
     /// Absolute index of `chunks[0]`.
     first: usize,
-    /// Bytes held in `chunks`.
+    /// Bytes held in memory by `chunks`.
     held: usize,
+    /// Where the chunks go once spilled, and the bytes written to it.
+    spill: Option<(Arc<SpillFile>, u64)>,
     end: Option<Result<(), TransferFailed>>,
     /// Each live reader's next absolute chunk index.
     readers: HashMap<u64, usize>,
@@ -87,7 +103,7 @@ impl Transfer {
         self.notify();
     }
 
-    /// Appends a body chunk.
+    /// Appends a body chunk, held in memory.
     pub fn push(&self, chunk: Bytes) {
         if chunk.is_empty() {
             return;
@@ -95,7 +111,7 @@ impl Transfer {
         {
             let mut state = self.lock();
             state.held += chunk.len();
-            state.chunks.push_back(chunk);
+            state.chunks.push_back(Chunk::Memory(chunk));
             if state.trimming {
                 state.drop_passed_chunks();
             }
@@ -113,6 +129,41 @@ impl Transfer {
             state.end = Some(result);
         }
         self.notify();
+    }
+
+    /// Keeps the body in `file` from now on, before its first chunk: see [`Self::push_spilled`].
+    pub fn spill(&self, file: SpillFile) {
+        self.lock().spill = Some((Arc::new(file), 0));
+    }
+
+    /// Whether the body goes to a spill file.
+    pub fn is_spilled(&self) -> bool {
+        self.lock().spill.is_some()
+    }
+
+    /// Appends a body chunk to the spill file (only the producer writes; readers read what
+    /// was written before it was announced).
+    pub async fn push_spilled(&self, chunk: Bytes) -> std::io::Result<()> {
+        let Some((file, offset)) = self.lock().spill.clone() else {
+            self.push(chunk);
+            return Ok(());
+        };
+        let len = chunk.len();
+        file.write_at(offset, chunk).await?;
+        {
+            let mut state = self.lock();
+            if let Some((_, written)) = &mut state.spill {
+                *written += len as u64;
+            }
+            state.chunks.push_back(Chunk::Spilled { file, offset, len });
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// Readers following the transfer now.
+    pub fn readers(&self) -> usize {
+        self.lock().readers.len()
     }
 
     /// Stops keeping the whole body: from now on chunks every reader has passed are dropped
@@ -147,7 +198,7 @@ impl Transfer {
     /// transfer kept them all.
     pub fn body_so_far_with(&self, tail: &Bytes) -> Option<Bytes> {
         let state = self.lock();
-        if state.trimming || state.first != 0 {
+        if state.trimming || state.first != 0 || state.spill.is_some() {
             return None;
         }
         if state.chunks.is_empty() {
@@ -155,17 +206,21 @@ impl Transfer {
         }
         let mut body = BytesMut::with_capacity(state.held + tail.len());
         for chunk in &state.chunks {
-            body.extend_from_slice(chunk);
+            if let Chunk::Memory(bytes) = chunk {
+                body.extend_from_slice(bytes);
+            }
         }
         body.extend_from_slice(tail);
         Some(body.freeze())
     }
 
-    /// A new reader starting at the first byte, unless the transfer no longer keeps it.
+    /// A new reader starting at the first byte, unless the transfer no longer keeps it or
+    /// has failed (a client arriving after the failure is better served by a fetch of its
+    /// own than by a copy cut short).
     pub fn reader(self: &Arc<Self>) -> Option<TransferReader> {
         let id = {
             let mut state = self.lock();
-            if state.trimming {
+            if state.trimming || matches!(state.end, Some(Err(_))) {
                 return None;
             }
             let id = state.next_reader;
@@ -193,7 +248,9 @@ impl State {
             let Some(chunk) = self.chunks.pop_front() else {
                 break;
             };
-            self.held -= chunk.len();
+            if let Chunk::Memory(bytes) = chunk {
+                self.held -= bytes.len();
+            }
             self.first += 1;
         }
     }
@@ -255,7 +312,7 @@ impl TransferReader {
     /// The next body chunk; `None` at the end of a complete body.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransferFailed>> {
         loop {
-            {
+            let spilled = {
                 let mut state = self.transfer.lock();
                 let position = state.readers[&self.id];
                 if position < state.first + state.chunks.len() {
@@ -266,8 +323,24 @@ impl TransferReader {
                         drop(state);
                         self.transfer.notify();
                     }
-                    return Some(Ok(chunk));
+                    match chunk {
+                        Chunk::Memory(bytes) => return Some(Ok(bytes)),
+                        Chunk::Spilled { file, offset, len } => Some((file, offset, len)),
+                    }
+                } else {
+                    None
                 }
+            };
+            if let Some((file, offset, len)) = spilled {
+                return Some(file.read_at(offset, len).await.map_err(|err| {
+                    TransferFailed::bad_gateway(
+                        "spill_unreadable",
+                        format!("the body's spill file could not be read: {err}"),
+                    )
+                }));
+            }
+            {
+                let state = self.transfer.lock();
                 if let Some(end) = &state.end {
                     return end.clone().err().map(Err);
                 }
@@ -278,10 +351,11 @@ impl TransferReader {
         }
     }
 
-    /// Whether the transfer stopped keeping its whole body (the object is too large to
-    /// cache), so later clients get their own stream.
-    pub fn is_unshared(&self) -> bool {
-        self.transfer.lock().trimming
+    /// Whether the body will not be stored (the object is too large to cache), so that no
+    /// whole copy will answer ranges or conditions.
+    pub fn will_not_be_stored(&self) -> bool {
+        let state = self.transfer.lock();
+        state.trimming || state.spill.is_some()
     }
 
     async fn wait(&mut self) -> Result<(), TransferFailed> {
@@ -368,6 +442,10 @@ mod tests {
         let reset = TransferFailed::bad_gateway("origin_broken", "origin reset");
         transfer.finish(Err(reset.clone()));
         transfer.finish(Ok(()));
+        assert!(
+            transfer.reader().is_none(),
+            "nobody joins a failed transfer"
+        );
         assert_eq!(
             read_all(reader).await,
             Err(reset),
@@ -389,12 +467,43 @@ mod tests {
         reader.next_chunk().await.unwrap().unwrap();
         assert_eq!(transfer.lock().held, 2000);
         assert!(transfer.reader().is_none());
-        assert!(reader.is_unshared());
+        assert!(reader.will_not_be_stored());
         assert!(transfer.body_so_far_with(&Bytes::new()).is_none());
         let stall = Duration::from_secs(1);
         assert_eq!(transfer.wait_for_readers(2500, stall).await, Ok(1));
         drop(reader);
         assert_eq!(transfer.wait_for_readers(1, stall).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn a_spilled_body_is_on_disk_and_readers_joining_late_get_all_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = crate::proxy::spill::SpillArea::new(dir.path(), 1 << 20);
+        let transfer = Transfer::new();
+        let early = transfer.reader().unwrap();
+        transfer.set_head(head(), Outcome::Miss);
+        transfer.spill(area.file_for(3000).unwrap());
+        for byte in [b'a', b'b'] {
+            transfer
+                .push_spilled(Bytes::from(vec![byte; 1000]))
+                .await
+                .unwrap();
+        }
+        let late = transfer.reader().unwrap();
+        transfer
+            .push_spilled(Bytes::from(vec![b'c'; 1000]))
+            .await
+            .unwrap();
+        transfer.finish(Ok(()));
+        assert_eq!(transfer.lock().held, 0, "nothing held in memory");
+        assert!(transfer.body_so_far_with(&Bytes::new()).is_none());
+        assert!(late.will_not_be_stored());
+        let expected: Vec<u8> = [b'a', b'b', b'c'].iter().flat_map(|b| [*b; 1000]).collect();
+        assert_eq!(read_all(early).await.unwrap(), expected);
+        assert_eq!(read_all(late).await.unwrap(), expected);
+        assert_eq!(area.used(), 3000);
+        drop(transfer);
+        assert_eq!(area.used(), 0, "the room is given back with the transfer");
     }
 
     #[tokio::test(start_paused = true)]

@@ -584,6 +584,93 @@ fn objects_over_the_size_limit_stream_uncached() {
     });
 }
 
+/// An origin answering every request with `chunks` pieces of 4 KiB, `pause` apart, and a
+/// Content-Length.
+async fn large_object_origin(chunks: usize, pause: Duration) -> TestOrigin {
+    TestOrigin::start(handler(move |_| async move {
+        let length = (chunks * 4096).to_string();
+        let headers = [("cache-control", "max-age=60"), ("content-length", &length)];
+        let mut response = respond(200, &headers, "");
+        *response.body_mut() = trickle(chunks, 4096, pause);
+        response
+    }))
+    .await
+}
+
+/// A configuration caching objects up to 64 KiB, with a disk tier in `dir`.
+fn small_cache_with_disk(dir: &std::path::Path) -> coral_node::config::NodeConfig {
+    let mut config = test_config();
+    config.proxy.max_object_bytes = 64 * 1024;
+    config.proxy.cache_disk_bytes = 64 << 20;
+    config.proxy.cache_dir = dir.to_owned();
+    config
+}
+
+#[test]
+fn a_crowd_asking_for_an_object_too_large_to_cache_shares_one_fetch() {
+    in_private_network(|| async {
+        let origin = large_object_origin(64, Duration::from_millis(10)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = Arc::new(TestProxy::start(&small_cache_with_disk(dir.path())).await);
+        let host = origin.zone_host();
+        let first = {
+            let (proxy, host) = (proxy.clone(), host.clone());
+            tokio::spawn(async move { proxy.get(&host, "/iso", &[]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let crowd: Vec<_> = (0..20)
+            .map(|_| {
+                let (proxy, host) = (proxy.clone(), host.clone());
+                tokio::spawn(async move { proxy.get(&host, "/iso", &[]).await })
+            })
+            .collect();
+        let mut results = vec![first.await.unwrap().cache().to_owned()];
+        for client in crowd {
+            let answer = client.await.unwrap();
+            assert_eq!(answer.body.len(), 64 * 4096);
+            results.push(answer.cache().to_owned());
+        }
+        assert_eq!(
+            origin.hits("/iso"),
+            1,
+            "{:?}",
+            tally(results.iter().map(String::as_str))
+        );
+        // Too large to cache: once the shared fetch is over, the next client fetches again.
+        assert_eq!(proxy.get(&host, "/iso", &[]).await.cache(), "miss");
+        assert_eq!(origin.hits("/iso"), 2);
+    });
+}
+
+#[test]
+fn nodes_share_one_fetch_of_an_object_too_large_to_cache() {
+    in_private_network(|| async {
+        let origin = large_object_origin(64, Duration::from_millis(10)).await;
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let cluster = Arc::new(
+            TestCluster::start_each(|node| small_cache_with_disk(dirs[node].path())).await,
+        );
+        let host = origin.zone_host();
+        let first = {
+            let (cluster, host) = (cluster.clone(), host.clone());
+            tokio::spawn(async move { cluster.proxies[0].get(&host, "/iso", &[]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let others: Vec<_> = (1..3)
+            .map(|node| {
+                let (cluster, host) = (cluster.clone(), host.clone());
+                tokio::spawn(async move { cluster.proxies[node].get(&host, "/iso", &[]).await })
+            })
+            .collect();
+        assert_eq!(first.await.unwrap().body.len(), 64 * 4096);
+        for other in others {
+            let answer = other.await.unwrap();
+            assert_eq!((answer.cache(), answer.body.len()), ("peer", 64 * 4096));
+        }
+        assert_eq!(origin.hits("/iso"), 1);
+    });
+}
+
 #[test]
 fn ranges_conditionals_and_head_are_answered_from_the_cache() {
     in_private_network(|| async {

@@ -552,6 +552,11 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts and joins the cluster.
     pub async fn start(config: &NodeConfig) -> Self {
+        Self::start_each(|_| config.clone()).await
+    }
+
+    /// Starts and joins the cluster, node `n` with `config_of(n)`.
+    pub async fn start_each(config_of: impl Fn(usize) -> NodeConfig) -> Self {
         let mut dhts: Vec<UdpDht> = Vec::new();
         for (zone, region) in [("z1", "r1"), ("z2", "r1"), ("z3", "r2")] {
             let node = UdpDht::start(
@@ -576,8 +581,9 @@ impl TestCluster {
             node.dht.maintain(&all).await;
         }
         let mut proxies = Vec::new();
-        for node in &dhts {
-            proxies.push(TestProxy::start_with(config, Some(node.dht.clone())).await);
+        for (index, node) in dhts.iter().enumerate() {
+            let config = config_of(index);
+            proxies.push(TestProxy::start_with(&config, Some(node.dht.clone())).await);
         }
         Self { proxies, dhts }
     }
