@@ -9,6 +9,10 @@
 //! from its cache or from its own fetch in flight (cut-through), and never fetches for a peer:
 //! it says 404 instead, and the requester tries the next holder, then the origin.
 //!
+//! An expired copy is revalidated by one node for the cluster: nodes holding it claim a key
+//! of its version and round (see `revalidation_round` in the service), and all but the first
+//! to claim it wait on that node's revalidation instead of asking the origin.
+//!
 //! Announcing: before going to the origin, the proxy puts `key -> itself` for the time the
 //! fetch may take, so other nodes missing the same object find it and wait on its fetch; once
 //! the object is stored it puts itself again for the object's freshness (at most an hour).

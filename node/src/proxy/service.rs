@@ -740,26 +740,29 @@ impl Proxy {
             }
             return;
         }
-        if stale.is_none()
-            && let Some(peers) = &self.peers
-        {
+        if let Some(peers) = &self.peers {
             // The lookups' log lines, here and on the nodes they ask, carry the request ID.
             let span = tracing::info_span!("dht", request_id = %request.request_id);
-            let holders = peers
-                .holders(&request.key, &request.request_id)
-                .instrument(span.clone())
-                .await;
-            if self.fill_from_holders(request, transfer, holders).await {
-                return;
+            // With a stale copy, the holders named are most likely stale too, each about to
+            // revalidate and perhaps asking the others: only the claim below decides who
+            // asks the origin.
+            let claimed = match &stale {
+                None => request.key.clone(),
+                Some(stale) => revalidation_round(&request.key, stale),
+            };
+            if stale.is_none() {
+                let holders = peers
+                    .holders(&request.key, &request.request_id)
+                    .instrument(span.clone())
+                    .await;
+                if self.fill_from_holders(request, transfer, holders).await {
+                    return;
+                }
             }
             // Others missing the object from now on find this node and wait on its fetch;
             // one that announced first is waited on instead.
             let incumbent = peers
-                .claim(
-                    &request.key,
-                    self.announce_while_fetching,
-                    &request.request_id,
-                )
+                .claim(&claimed, self.announce_while_fetching, &request.request_id)
                 .instrument(span)
                 .await;
             if self
@@ -1278,6 +1281,24 @@ fn redirect_to_origin(origin: &Origin, path: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The key nodes claim to revalidate `stale`, a copy of the object at `key`: one per version
+/// and per round, since the copies peers pass on share their validators and `Date`, and a
+/// revalidated copy takes the `Date` of its 304. (The object's own key names every node that
+/// held it, in the order they first did, so claiming it again would name a node that is
+/// itself stale and perhaps waiting on the claimer.)
+fn revalidation_round(key: &str, stale: &Stored) -> String {
+    let header = |name: header::HeaderName| {
+        let value = stale.head.headers.get(name);
+        String::from_utf8_lossy(value.map_or(&[][..], HeaderValue::as_bytes)).into_owned()
+    };
+    format!(
+        "{key}\nrevalidate {} {} {}",
+        header(header::ETAG),
+        header(header::LAST_MODIFIED),
+        header(header::DATE)
+    )
 }
 
 /// Adds the stored response's validators to a revalidation request.

@@ -1164,6 +1164,54 @@ fn a_crowd_arriving_at_three_nodes_at_once_fetches_the_origin_once() {
 }
 
 #[test]
+fn nodes_holding_an_expired_copy_revalidate_it_with_the_origin_once() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|parts| async move {
+            let headers = [("cache-control", "max-age=1"), ("etag", "\"v1\"")];
+            if parts.headers.get("if-none-match").is_some() {
+                respond(304, &headers, "")
+            } else {
+                respond(200, &headers, "shared")
+            }
+        }))
+        .await;
+        let cluster = Arc::new(TestCluster::start(&test_config()).await);
+        let host = origin.zone_host();
+        assert_eq!(
+            cluster.proxies[0].get(&host, "/obj", &[]).await.cache(),
+            "miss"
+        );
+        for node in 1..3 {
+            assert_eq!(
+                cluster.proxies[node].get(&host, "/obj", &[]).await.cache(),
+                "peer"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let expired: Vec<_> = (0..3)
+            .map(|node| {
+                let (cluster, host) = (cluster.clone(), host.clone());
+                tokio::spawn(async move { cluster.proxies[node].get(&host, "/obj", &[]).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for answer in expired {
+            let answer = answer.await.unwrap();
+            assert_eq!(answer.body, "shared");
+            results.push(answer.cache().to_owned());
+        }
+        let outcomes = tally(results.iter().map(String::as_str));
+        assert_eq!(
+            origin.hits("/obj"),
+            2,
+            "one revalidation for three nodes: {outcomes:?}"
+        );
+        let revalidation = origin.last("/obj").unwrap();
+        assert_eq!(revalidation.headers["if-none-match"], "\"v1\"");
+    });
+}
+
+#[test]
 fn peers_must_prove_membership_and_never_cause_a_fetch() {
     in_private_network(|| async {
         let origin = TestOrigin::start(handler(|_| async { respond(200, &[], "x") })).await;
