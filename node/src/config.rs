@@ -66,7 +66,8 @@ pub struct ProxyConfig {
     pub host_port: Option<u16>,
     /// Byte budget of the in-memory cache tier.
     pub cache_memory_bytes: u64,
-    /// Byte budget of the on-disk cache tier.
+    /// Byte budget on disk: three quarters for the on-disk cache tier, a quarter for spill
+    /// files (objects too large to cache, on disk while their fetch is shared).
     pub cache_disk_bytes: u64,
     /// Directory of the on-disk cache tier.
     pub cache_dir: PathBuf,

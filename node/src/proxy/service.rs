@@ -51,7 +51,7 @@ use crate::config::{MethodPolicy, NodeConfig};
 /// How far the slowest client may lag behind an uncacheable stream before the origin read
 /// waits for it.
 const STREAM_WINDOW: usize = 4 << 20;
-/// Spill files hold at most this fraction (1/n) of the disk tier's budget, beside it.
+/// Spill files take this fraction (1/n) of the disk budget, the disk tier the rest.
 const SPILL_SHARE: u64 = 4;
 /// How long an origin that could not be reached is remembered as such.
 const FAILURE_MEMORY: Duration = Duration::from_secs(5);
@@ -204,7 +204,7 @@ impl Proxy {
             .then(|| {
                 DiskTier::open(
                     &proxy.cache_dir,
-                    proxy.cache_disk_bytes,
+                    proxy.cache_disk_bytes - proxy.cache_disk_bytes / SPILL_SHARE,
                     metrics.disk_counters(),
                 )
                 .map_err(|source| ProxySetupError::DiskCache {
@@ -985,8 +985,8 @@ impl Proxy {
     }
 
     /// Streams an origin response into the transfer and stores it when it is cacheable.
-    /// `slot`, the origin's concurrency slot, is held while the body is shared and given up
-    /// once the stream turns out too large to cache: from then on clients set its pace.
+    /// `slot`, the origin's concurrency slot, is held while the fetch goes at the origin's
+    /// pace (cacheable, or spilled) and given up once the stream turns client-paced.
     async fn relay(
         &self,
         request: &CacheRequest,
@@ -1003,13 +1003,20 @@ impl Proxy {
         };
         let expected = content_length(&head.headers);
         let mut cacheable = expected.is_none_or(|length| length <= self.max_object_bytes);
-        // Too large to cache: shared through a spill file when its length fits the budget
-        // (one fetch at the origin's pace, holding the origin's slot), else streamed to
-        // the clients already waiting, at their pace.
-        let spill = expected
-            .filter(|_| !cacheable)
-            .and_then(|length| self.spill.as_ref()?.file_for(length));
+        // Too large to cache: shared through a spill file when others may join it (its
+        // transfer is the one in flight for the URL, and a shared cache could keep the
+        // answer) and its length fits the budget; else streamed to the clients already
+        // waiting, at their pace.
+        let spill = match (&self.spill, expected) {
+            (Some(area), Some(length))
+                if !cacheable && self.is_joinable(request, transfer, &head) =>
+            {
+                area.file_for(length).await
+            }
+            _ => None,
+        };
         let spilled = spill.is_some();
+        let mut claimed_at = tokio::time::Instant::now();
         match spill {
             Some(file) => transfer.spill(file),
             None if !cacheable => {
@@ -1049,11 +1056,22 @@ impl Proxy {
                         format!("the body could not be written to its spill file: {err}"),
                     ));
                 }
-                if transfer.readers() == 0 {
-                    break Err(TransferFailed::bad_gateway(
-                        "abandoned",
-                        "every client left an uncacheable stream",
-                    ));
+                if transfer.abandon_if_unread(TransferFailed::bad_gateway(
+                    "abandoned",
+                    "every client left an uncacheable stream",
+                )) {
+                    return;
+                }
+                // Other nodes find this fetch for as long as it lasts.
+                if let Some(peers) = &self.peers
+                    && claimed_at.elapsed() > self.announce_while_fetching / 2
+                {
+                    peers.announce(
+                        &request.key,
+                        self.announce_while_fetching,
+                        &request.request_id,
+                    );
+                    claimed_at = tokio::time::Instant::now();
                 }
                 continue;
             }
@@ -1138,6 +1156,18 @@ impl Proxy {
                 .insert(&request.key, &request.parts, stored, response_time)
                 .await;
         }
+    }
+
+    /// Whether clients other than those waiting now may join `transfer`: it is the one in
+    /// flight for the URL and a shared cache could keep its answer `head`.
+    fn is_joinable(&self, request: &CacheRequest, transfer: &Arc<Transfer>, head: &Head) -> bool {
+        let registered = self
+            .inflight
+            .lock()
+            .expect("in-flight lock")
+            .get(&request.key)
+            .is_some_and(|entry| Arc::ptr_eq(&entry.transfer, transfer));
+        registered && CachePolicy::new(&request.parts, &head_parts(head)).is_storable()
     }
 
     /// Takes an object that turned out too large for the cache out of sharing: its chunks

@@ -4,9 +4,11 @@
 //!
 //! A spill file is an unnamed file in the cache directory (`O_TMPFILE`: it has no name, and
 //! the kernel frees it when the last handle closes, a crash included). Spill files together
-//! hold at most a budget of bytes, reserved whole from the response's `Content-Length` before
-//! the first byte is written; a response without one, or one beyond what is left, is not
-//! spilled (it streams to its clients alone, as before).
+//! hold at most a budget of bytes, taken out of the disk budget, reserved whole from the
+//! response's `Content-Length` before the first byte is written; a response without one, or
+//! one beyond what is left, is not spilled (it streams to its clients alone, as before).
+//! Making, writing, reading and closing a file (which frees its blocks) run off the runtime's
+//! threads.
 
 use std::fs::File;
 use std::io;
@@ -36,7 +38,7 @@ impl SpillArea {
 
     /// A new spill file for a body of `len` bytes, with its room reserved; `None` when the
     /// budget has no room left for it or the file cannot be made.
-    pub fn file_for(&self, len: u64) -> Option<SpillFile> {
+    pub async fn file_for(&self, len: u64) -> Option<SpillFile> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(len).filter(|total| *total <= self.limit)
@@ -46,15 +48,17 @@ impl SpillArea {
             used: self.used.clone(),
             len,
         };
-        match tempfile::tempfile_in(&self.dir) {
-            Ok(file) => Some(SpillFile {
-                file: Arc::new(file),
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir)).await {
+            Ok(Ok(file)) => Some(SpillFile {
+                file: Some(Arc::new(file)),
                 _reservation: reservation,
             }),
-            Err(err) => {
+            Ok(Err(err)) => {
                 tracing::warn!(dir = %self.dir.display(), error = %err, "cannot make a spill file");
                 None
             }
+            Err(_) => None,
         }
     }
 
@@ -76,16 +80,21 @@ impl Drop for Reservation {
     }
 }
 
-/// One response's body on disk. Reads and writes run off the runtime's threads.
+/// One response's body on disk.
 pub struct SpillFile {
-    file: Arc<File>,
+    /// Taken only when dropped, to be closed off the runtime's threads.
+    file: Option<Arc<File>>,
     _reservation: Reservation,
 }
 
 impl SpillFile {
+    fn file(&self) -> Arc<File> {
+        self.file.clone().expect("taken only when dropped")
+    }
+
     /// Writes `bytes` at `offset`.
     pub async fn write_at(&self, offset: u64, bytes: Bytes) -> io::Result<()> {
-        let file = self.file.clone();
+        let file = self.file();
         tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
             .await
             .map_err(io::Error::other)?
@@ -93,7 +102,7 @@ impl SpillFile {
 
     /// Reads `len` bytes from `offset`.
     pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let file = self.file.clone();
+        let file = self.file();
         tokio::task::spawn_blocking(move || {
             let mut buffer = vec![0; len];
             file.read_exact_at(&mut buffer, offset)?;
@@ -101,6 +110,16 @@ impl SpillFile {
         })
         .await
         .map_err(io::Error::other)?
+    }
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        let file = self.file.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(file))),
+            Err(_) => drop(file),
+        }
     }
 }
 
@@ -112,7 +131,7 @@ mod tests {
     async fn a_spill_file_gives_back_what_was_written() {
         let dir = tempfile::tempdir().unwrap();
         let area = SpillArea::new(dir.path(), 1000);
-        let file = area.file_for(11).unwrap();
+        let file = area.file_for(11).await.unwrap();
         file.write_at(0, Bytes::from_static(b"hello "))
             .await
             .unwrap();
@@ -128,25 +147,25 @@ mod tests {
         );
     }
 
-    #[test]
-    fn files_hold_no_more_than_the_budget_together_and_give_room_back_when_dropped() {
+    #[tokio::test]
+    async fn files_hold_no_more_than_the_budget_together_and_give_room_back_when_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let area = SpillArea::new(dir.path(), 1000);
-        let first = area.file_for(600).unwrap();
-        assert!(area.file_for(500).is_none());
-        let second = area.file_for(400).unwrap();
+        let first = area.file_for(600).await.unwrap();
+        assert!(area.file_for(500).await.is_none());
+        let second = area.file_for(400).await.unwrap();
         assert_eq!(area.used(), 1000);
         drop(first);
         assert_eq!(area.used(), 400);
-        assert!(area.file_for(600).is_some());
+        assert!(area.file_for(600).await.is_some());
         drop(second);
         assert_eq!(area.used(), 0);
     }
 
-    #[test]
-    fn a_directory_that_cannot_hold_files_spills_nothing_and_reserves_nothing() {
+    #[tokio::test]
+    async fn a_directory_that_cannot_hold_files_spills_nothing_and_reserves_nothing() {
         let area = SpillArea::new(Path::new("/nonexistent/coral"), 1000);
-        assert!(area.file_for(10).is_none());
+        assert!(area.file_for(10).await.is_none());
         assert_eq!(area.used(), 0);
     }
 }

@@ -136,14 +136,12 @@ impl Transfer {
         self.lock().spill = Some((Arc::new(file), 0));
     }
 
-    /// Whether the body goes to a spill file.
-    pub fn is_spilled(&self) -> bool {
-        self.lock().spill.is_some()
-    }
-
     /// Appends a body chunk to the spill file (only the producer writes; readers read what
     /// was written before it was announced).
     pub async fn push_spilled(&self, chunk: Bytes) -> std::io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
         let Some((file, offset)) = self.lock().spill.clone() else {
             self.push(chunk);
             return Ok(());
@@ -161,9 +159,18 @@ impl Transfer {
         Ok(())
     }
 
-    /// Readers following the transfer now.
-    pub fn readers(&self) -> usize {
-        self.lock().readers.len()
+    /// Ends the transfer with `failed` if no reader follows it (checked and ended at once,
+    /// so that nobody joins in between); whether it did.
+    pub fn abandon_if_unread(&self, failed: TransferFailed) -> bool {
+        {
+            let mut state = self.lock();
+            if !state.readers.is_empty() || state.end.is_some() {
+                return false;
+            }
+            state.end = Some(Err(failed));
+        }
+        self.notify();
+        true
     }
 
     /// Stops keeping the whole body: from now on chunks every reader has passed are dropped
@@ -482,7 +489,7 @@ mod tests {
         let transfer = Transfer::new();
         let early = transfer.reader().unwrap();
         transfer.set_head(head(), Outcome::Miss);
-        transfer.spill(area.file_for(3000).unwrap());
+        transfer.spill(area.file_for(3000).await.unwrap());
         for byte in [b'a', b'b'] {
             transfer
                 .push_spilled(Bytes::from(vec![byte; 1000]))
@@ -504,6 +511,39 @@ mod tests {
         assert_eq!(area.used(), 3000);
         drop(transfer);
         assert_eq!(area.used(), 0, "the room is given back with the transfer");
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_for_spilled_bytes_and_an_unread_transfer_can_be_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = crate::proxy::spill::SpillArea::new(dir.path(), 1 << 20);
+        let transfer = Transfer::new();
+        let mut reader = transfer.reader().unwrap();
+        transfer.set_head(head(), Outcome::Miss);
+        transfer.spill(area.file_for(2000).await.unwrap());
+        let waiting = tokio::spawn(async move {
+            let first = reader.next_chunk().await.unwrap().unwrap();
+            (first, reader)
+        });
+        tokio::task::yield_now().await;
+        transfer
+            .push_spilled(Bytes::from(vec![b'x'; 1000]))
+            .await
+            .unwrap();
+        let (first, reader) = waiting.await.unwrap();
+        assert_eq!(first, vec![b'x'; 1000]);
+        let gone = TransferFailed::bad_gateway("abandoned", "nobody reads");
+        assert!(
+            !transfer.abandon_if_unread(gone.clone()),
+            "a reader follows it"
+        );
+        drop(reader);
+        assert!(transfer.abandon_if_unread(gone.clone()));
+        assert!(
+            transfer.reader().is_none(),
+            "nobody joins an abandoned transfer"
+        );
+        assert!(!transfer.abandon_if_unread(gone), "ended once");
     }
 
     #[tokio::test(start_paused = true)]

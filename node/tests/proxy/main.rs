@@ -584,15 +584,40 @@ fn objects_over_the_size_limit_stream_uncached() {
     });
 }
 
-/// An origin answering every request with `chunks` pieces of 4 KiB, `pause` apart, and a
-/// Content-Length.
-async fn large_object_origin(chunks: usize, pause: Duration) -> TestOrigin {
-    TestOrigin::start(handler(move |_| async move {
-        let length = (chunks * 4096).to_string();
-        let headers = [("cache-control", "max-age=60"), ("content-length", &length)];
-        let mut response = respond(200, &headers, "");
-        *response.body_mut() = trickle(chunks, 4096, pause);
-        response
+/// Pieces of the large object: 4 KiB each, piece `index` all of one letter.
+const PIECES: usize = 64;
+
+fn piece(index: usize) -> Bytes {
+    Bytes::from(vec![b'a' + (index % 26) as u8; 4096])
+}
+
+fn large_object() -> Vec<u8> {
+    (0..PIECES)
+        .flat_map(|index| piece(index).to_vec())
+        .collect()
+}
+
+/// An origin answering with the large object and its Content-Length: the first piece at
+/// once, the others once `release` is notified (every time, for later fetches too).
+async fn gated_large_origin(release: Arc<tokio::sync::Notify>) -> TestOrigin {
+    TestOrigin::start(handler(move |_| {
+        let gate = release.clone();
+        async move {
+            let pieces = futures::stream::iter(0..PIECES).then(move |index| {
+                let gate = gate.clone();
+                async move {
+                    if index == 1 {
+                        gate.notified().await;
+                    }
+                    Ok::<_, std::convert::Infallible>(Frame::data(piece(index)))
+                }
+            });
+            let length = (PIECES * 4096).to_string();
+            let headers = [("cache-control", "max-age=60"), ("content-length", &length)];
+            let mut response = respond(200, &headers, "");
+            *response.body_mut() = BodyExt::boxed(StreamBody::new(pieces));
+            response
+        }
     }))
     .await
 }
@@ -609,35 +634,50 @@ fn small_cache_with_disk(dir: &std::path::Path) -> coral_node::config::NodeConfi
 #[test]
 fn a_crowd_asking_for_an_object_too_large_to_cache_shares_one_fetch() {
     in_private_network(|| async {
-        let origin = large_object_origin(64, Duration::from_millis(10)).await;
+        let release = Arc::new(tokio::sync::Notify::new());
+        let origin = gated_large_origin(release.clone()).await;
         let dir = tempfile::tempdir().unwrap();
-        let proxy = Arc::new(TestProxy::start(&small_cache_with_disk(dir.path())).await);
+        let proxy = TestProxy::start(&small_cache_with_disk(dir.path())).await;
         let host = origin.zone_host();
-        let first = {
-            let (proxy, host) = (proxy.clone(), host.clone());
-            tokio::spawn(async move { proxy.get(&host, "/iso", &[]).await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let crowd: Vec<_> = (0..20)
-            .map(|_| {
-                let (proxy, host) = (proxy.clone(), host.clone());
-                tokio::spawn(async move { proxy.get(&host, "/iso", &[]).await })
-            })
-            .collect();
-        let mut results = vec![first.await.unwrap().cache().to_owned()];
-        for client in crowd {
-            let answer = client.await.unwrap();
-            assert_eq!(answer.body.len(), 64 * 4096);
-            results.push(answer.cache().to_owned());
+        let (cache, mut first) = open_get(&proxy, &host, "/iso").await;
+        assert_eq!(cache, "miss");
+        first.frame().await.unwrap().unwrap();
+        let mut crowd = Vec::new();
+        for _ in 0..20 {
+            let (cache, body) = open_get(&proxy, &host, "/iso").await;
+            assert_eq!(cache, "coalesced");
+            crowd.push(body);
         }
+        assert!(proxy.spill_bytes() >= (PIECES * 4096) as i64);
+        release.notify_one();
+        let expected = large_object();
         assert_eq!(
-            origin.hits("/iso"),
-            1,
-            "{:?}",
-            tally(results.iter().map(String::as_str))
+            first.collect().await.unwrap().to_bytes()[..],
+            expected[4096..]
         );
-        // Too large to cache: once the shared fetch is over, the next client fetches again.
+        for body in crowd {
+            assert_eq!(body.collect().await.unwrap().to_bytes()[..], expected[..]);
+        }
+        assert_eq!(origin.hits("/iso"), 1);
+        // Too large to cache: once the shared fetch is over and its file gone, the next
+        // client fetches again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while proxy.spill_bytes() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the spill file outlived its readers"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let again = tokio::spawn({
+            let release = release.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                release.notify_one();
+            }
+        });
         assert_eq!(proxy.get(&host, "/iso", &[]).await.cache(), "miss");
+        again.await.unwrap();
         assert_eq!(origin.hits("/iso"), 2);
     });
 }
@@ -645,27 +685,29 @@ fn a_crowd_asking_for_an_object_too_large_to_cache_shares_one_fetch() {
 #[test]
 fn nodes_share_one_fetch_of_an_object_too_large_to_cache() {
     in_private_network(|| async {
-        let origin = large_object_origin(64, Duration::from_millis(10)).await;
+        let release = Arc::new(tokio::sync::Notify::new());
+        let origin = gated_large_origin(release.clone()).await;
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let cluster = Arc::new(
-            TestCluster::start_each(|node| small_cache_with_disk(dirs[node].path())).await,
-        );
+        let cluster =
+            TestCluster::start_each(|node| small_cache_with_disk(dirs[node].path())).await;
         let host = origin.zone_host();
-        let first = {
-            let (cluster, host) = (cluster.clone(), host.clone());
-            tokio::spawn(async move { cluster.proxies[0].get(&host, "/iso", &[]).await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let others: Vec<_> = (1..3)
-            .map(|node| {
-                let (cluster, host) = (cluster.clone(), host.clone());
-                tokio::spawn(async move { cluster.proxies[node].get(&host, "/iso", &[]).await })
-            })
-            .collect();
-        assert_eq!(first.await.unwrap().body.len(), 64 * 4096);
-        for other in others {
-            let answer = other.await.unwrap();
-            assert_eq!((answer.cache(), answer.body.len()), ("peer", 64 * 4096));
+        let (cache, mut first) = open_get(&cluster.proxies[0], &host, "/iso").await;
+        assert_eq!(cache, "miss");
+        first.frame().await.unwrap().unwrap();
+        let mut others = Vec::new();
+        for node in 1..3 {
+            let (cache, body) = open_get(&cluster.proxies[node], &host, "/iso").await;
+            assert_eq!(cache, "peer", "node {node}");
+            others.push(body);
+        }
+        release.notify_one();
+        let expected = large_object();
+        assert_eq!(
+            first.collect().await.unwrap().to_bytes()[..],
+            expected[4096..]
+        );
+        for body in others {
+            assert_eq!(body.collect().await.unwrap().to_bytes()[..], expected[..]);
         }
         assert_eq!(origin.hits("/iso"), 1);
     });

@@ -415,6 +415,12 @@ impl TestProxy {
         )
     }
 
+    /// Bytes reserved by spill files now.
+    pub fn spill_bytes(&self) -> i64 {
+        self.proxy.update_gauges();
+        self.metrics.spill_bytes.get()
+    }
+
     /// Refusals so far for `reason`.
     pub fn refusals(&self, reason: &str) -> u64 {
         self.metrics.refusals.with_label_values(&[reason]).get()

@@ -25,8 +25,9 @@ pub struct ProxySpec {
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))", "message": "cacheMemorySize must be a positive quantity such as 256Mi"}]))]
     pub cache_memory_size: Quantity,
 
-    /// Disk budget of the on-disk cache tier (an `emptyDir` volume of that size); `0` keeps
-    /// the cache in memory only.
+    /// Disk budget (an `emptyDir` volume of that size): three quarters for the on-disk cache
+    /// tier, a quarter for spill files (objects too large to cache, on disk while their one
+    /// fetch is shared); `0` keeps the cache in memory only.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))", "message": "cacheDiskSize must be a quantity of 0 or more, such as 1Gi"}]))]
     pub cache_disk_size: Quantity,
 
