@@ -188,6 +188,10 @@ pub struct ClientLimits {
     /// Time allowed to send a request head, against slowloris.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// Time a client may take no answer bytes while some wait to be sent, against clients
+    /// that hold answers (and what they pin) by never reading.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 impl Default for ClientLimits {
@@ -199,6 +203,7 @@ impl Default for ClientLimits {
             max_headers: 100,
             max_header_bytes: 32_768,
             header_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -553,6 +558,12 @@ impl NodeConfig {
         if limits.header_timeout.is_zero() {
             return Err((
                 "proxy.clientLimits.headerTimeout",
+                "must be longer than 0s".to_owned(),
+            ));
+        }
+        if limits.send_timeout.is_zero() {
+            return Err((
+                "proxy.clientLimits.sendTimeout",
                 "must be longer than 0s".to_owned(),
             ));
         }

@@ -239,6 +239,7 @@ fn client_limits(spec: &ClientLimitsSpec) -> Result<ClientLimits, SpecError> {
         max_headers: spec.max_headers,
         max_header_bytes: spec.max_header_bytes,
         header_timeout: duration("spec.proxy.clientLimits.headerTimeout", spec.header_timeout)?,
+        send_timeout: duration("spec.proxy.clientLimits.sendTimeout", spec.send_timeout)?,
     })
 }
 
@@ -360,6 +361,7 @@ mod tests {
         proxy.other_methods = OtherMethods::Pass;
         proxy.client_limits.max_connections = 5000;
         proxy.client_limits.header_timeout = std::time::Duration::from_secs(4).into();
+        proxy.client_limits.send_timeout = std::time::Duration::from_secs(30).into();
         proxy.bandwidth.node_bytes_per_second.0 = "100Mi".into();
         let config = node_config(&cluster(spec)).unwrap().proxy;
         let access = &config.origin_access;
@@ -378,6 +380,7 @@ mod tests {
         assert_eq!(config.other_methods, MethodPolicy::Pass);
         assert_eq!(config.client_limits.max_connections, 5000);
         assert_eq!(config.client_limits.header_timeout, Duration::from_secs(4));
+        assert_eq!(config.client_limits.send_timeout, Duration::from_secs(30));
         assert_eq!(config.bandwidth.node_bytes_per_second, 100 << 20);
         assert_eq!(config.bandwidth.origin_bytes_per_second, 0);
     }

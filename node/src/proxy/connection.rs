@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use super::linger::{Linger, Lingering};
 use super::respond::ProxyBody;
 use super::sealed;
+use super::send_deadline::SendDeadline;
 use super::service::Proxy;
 
 /// Nothing has been read since the last answer was flushed (or since the client connected):
@@ -123,6 +124,7 @@ struct ParkableStream {
     unparsed: Bytes,
     exchange: Arc<Exchange>,
     linger: Linger,
+    send_deadline: SendDeadline,
 }
 
 impl AsyncRead for ParkableStream {
@@ -166,16 +168,18 @@ impl AsyncWrite for ParkableStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.exchange.advance(WAITING, ANSWERED);
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.send_deadline.check(cx, written)
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.exchange.advance(WAITING, ANSWERED);
-        sealed::poll_write_vectored(&self.stream, cx, bufs)
+        let written = sealed::poll_write_vectored(&self.stream, cx, bufs);
+        self.send_deadline.check(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -184,6 +188,7 @@ impl AsyncWrite for ParkableStream {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        let flushed = self.send_deadline.check(cx, flushed);
         if let Poll::Ready(Ok(())) = flushed {
             // hyper flushes the socket only once its own buffer is empty.
             self.exchange.advance(ANSWERED, WAITING);
@@ -315,6 +320,8 @@ pub struct ClientConnections {
     /// How long a client may take, from the moment its connection starts waiting (accepted,
     /// or its last answer sent), to send a whole request head.
     pub header_timeout: Duration,
+    /// How long a client may take no answer bytes while some wait to be sent.
+    pub send_timeout: Duration,
     /// Cancelled when the server stops: the exchange in progress finishes, then the
     /// connection closes.
     pub shutdown: CancellationToken,
@@ -329,6 +336,7 @@ impl ClientConnections {
             unparsed: Bytes::new(),
             exchange: Arc::new(Exchange::new()),
             linger: Linger::new(self.lingering.clone()),
+            send_deadline: SendDeadline::new(self.send_timeout),
         };
         let mut first_bytes_arrived = false;
         let mut head_deadline = Instant::now() + self.header_timeout;

@@ -18,6 +18,7 @@
 //!   fairly between its clients; [`in_use`]: values shared by key while in use;
 //! - [`refusal`]: refusals and their explanation pages;
 //! - [`service`]: the request flow; [`server`]: the HTTP server and its limits;
+//!   [`send_deadline`]: clients that stop reading are dropped;
 //!   [`connection`]: one client connection, parked while idle; [`linger`]: a moment with
 //!   hyper before parking;
 //! - [`health`]: able to serve or not, and the load, for `/healthz`; [`popular`]: the URLs
@@ -45,6 +46,7 @@ pub mod refusal;
 pub mod resolve;
 pub mod respond;
 pub mod sealed;
+pub mod send_deadline;
 pub mod server;
 pub mod service;
 pub mod shaping;

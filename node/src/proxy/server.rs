@@ -131,6 +131,7 @@ pub async fn serve(
             http2: http2.clone(),
             lingering: lingering.clone(),
             header_timeout: limits.header_timeout,
+            send_timeout: limits.send_timeout,
             // A connection polls its token whenever it wakes; polling the server's own token
             // would take a lock that every connection shares.
             shutdown: shutdown.child_token(),

@@ -312,6 +312,33 @@ fn closing_answers_reach_a_slow_reader_whole() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+    in_private_network(|| async {
+        const SIZE: usize = 24 << 20;
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], vec![b'x'; SIZE])
+        }))
+        .await;
+        let mut config = test_config();
+        config.proxy.client_limits.send_timeout = Duration::from_secs(1);
+        let proxy = TestProxy::start(&config).await;
+        let mut client = TcpStream::connect(proxy.address).await.unwrap();
+        let request = get(&origin.zone_host(), "/big", "");
+        client.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut received))
+            .await
+            .expect("the connection was never closed");
+        assert!(
+            read.is_err() || received.len() < SIZE,
+            "{} bytes: the whole answer waited for the client",
+            received.len()
+        );
+    });
+}
+
+#[test]
 fn the_header_timeout_counts_from_when_the_connection_began_to_wait() {
     in_private_network(|| async {
         let mut config = test_config();

@@ -207,6 +207,10 @@ pub struct ClientLimitsSpec {
     /// Time allowed to send a request head, against slowloris.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) > duration('0s')", "message": "headerTimeout must be longer than 0s"}]))]
     pub header_timeout: Duration,
+    /// Time a client may take no answer bytes while some wait to be sent; then its
+    /// connection is closed.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) > duration('0s')", "message": "sendTimeout must be longer than 0s"}]))]
+    pub send_timeout: Duration,
 }
 
 /// Bandwidth limits, in bytes per second of response bodies (quantities such as `100Mi`);
@@ -249,6 +253,7 @@ impl Default for ClientLimitsSpec {
             max_headers: node.max_headers,
             max_header_bytes: node.max_header_bytes,
             header_timeout: node.header_timeout.into(),
+            send_timeout: node.send_timeout.into(),
         }
     }
 }
