@@ -71,6 +71,7 @@ fn illegal_example_is_refused_naming_each_broken_rule() {
     for expected in [
         "zone must be a lower-case DNS name",
         "cacheMemorySize must be a positive quantity",
+        "maxObjectSize must fit in one cache tier",
         "sendfileMinSize must be a quantity of at least 16Ki",
         "cidr must be a network",
         "health.timeout must not exceed health.interval",

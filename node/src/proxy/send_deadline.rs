@@ -1,7 +1,13 @@
-//! A deadline on sending to a client: one that accepts no bytes for `clientLimits.sendTimeout`
+//! A deadline on sending to a client: one that takes no bytes for `clientLimits.sendTimeout`
 //! while some wait to be sent gets its connection closed. Without it a client could hold an
 //! answer, and what the answer pins (a transfer, a spill file, a shaping turn), for as long as
 //! it keeps its connection open without reading.
+//!
+//! The clock runs while a write cannot proceed because the socket's send queue is full; the
+//! kernel reports the socket writable again once part of the queue has drained, so a client
+//! reading very slowly through a large queue could be taken for one that stopped. This covers
+//! HTTP/1 and the socket under HTTP/2; an HTTP/2 client that stops granting flow-control
+//! window stops hyper writing at all, and is not caught.
 
 use std::future::Future;
 use std::io;

@@ -644,6 +644,9 @@ impl Proxy {
         }
         let joined = joinable(&self.inflight.lock().expect("in-flight lock"), key, &parts);
         let (mut reader, leader) = joined.ok_or_else(miss)?;
+        if reader.is_waiting_on_peer() {
+            return Err(miss());
+        }
         let (head, outcome) = reader.head().await.map_err(|failed| failed.0)?;
         if !shareable(&leader, &parts, &head) {
             return Err(miss());
@@ -885,7 +888,8 @@ impl Proxy {
     }
 
     /// Fills the transfer from the first of `holders` (nearest first) that has the object;
-    /// `false` when none did.
+    /// `false` when none did. Until one answers, the transfer is marked as waiting on a peer,
+    /// so that a node asking this one meanwhile is told no rather than made to wait.
     async fn fill_from_holders(
         &self,
         request: &CacheRequest,
@@ -898,6 +902,20 @@ impl Proxy {
         if holders.is_empty() {
             return false;
         }
+        transfer.set_waiting_on_peer(true);
+        let filled = self.fill_from(peers, request, transfer, holders).await;
+        transfer.set_waiting_on_peer(false);
+        filled
+    }
+
+    /// Fills the transfer from the first of `holders` that has the object.
+    async fn fill_from(
+        &self,
+        peers: &Peers,
+        request: &CacheRequest,
+        transfer: &Arc<Transfer>,
+        holders: Vec<SocketAddr>,
+    ) -> bool {
         let mut headers = headers::to_origin(
             &request.parts.headers,
             request.client_version,
@@ -922,6 +940,8 @@ impl Proxy {
                 continue;
             };
             self.count_peer_fetch("hit");
+            // An answer is coming: nodes asking for it may wait on it now.
+            transfer.set_waiting_on_peer(false);
             tracing::debug!(request_id = request.request_id, key = request.key, %holder, "fetching from a peer");
             let (mut parts, body) = response.into_parts();
             headers::strip_peer_marks(&mut parts.headers, &self.via);
@@ -1011,7 +1031,10 @@ impl Proxy {
             (Some(area), Some(length))
                 if !cacheable && self.is_joinable(request, transfer, &head) =>
             {
-                area.file_for(length).await
+                // Another variant may have taken the URL's place meanwhile.
+                area.file_for(length)
+                    .await
+                    .filter(|_| self.is_joinable(request, transfer, &head))
             }
             _ => None,
         };

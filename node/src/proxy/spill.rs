@@ -52,7 +52,7 @@ impl SpillArea {
         match tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir)).await {
             Ok(Ok(file)) => Some(SpillFile {
                 file: Some(Arc::new(file)),
-                _reservation: reservation,
+                reservation: Some(reservation),
             }),
             Ok(Err(err)) => {
                 tracing::warn!(dir = %self.dir.display(), error = %err, "cannot make a spill file");
@@ -84,7 +84,8 @@ impl Drop for Reservation {
 pub struct SpillFile {
     /// Taken only when dropped, to be closed off the runtime's threads.
     file: Option<Arc<File>>,
-    _reservation: Reservation,
+    /// Given back once the file is closed (its blocks freed); taken only when dropped.
+    reservation: Option<Reservation>,
 }
 
 impl SpillFile {
@@ -115,10 +116,10 @@ impl SpillFile {
 
 impl Drop for SpillFile {
     fn drop(&mut self) {
-        let file = self.file.take();
+        let closing = (self.file.take(), self.reservation.take());
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(file))),
-            Err(_) => drop(file),
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(closing))),
+            Err(_) => drop(closing),
         }
     }
 }
@@ -126,6 +127,17 @@ impl Drop for SpillFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits for files being closed to give their room back.
+    async fn until_used(area: &SpillArea, bytes: u64) {
+        for _ in 0..1000 {
+            if area.used() == bytes {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("{} bytes used, not {bytes}", area.used());
+    }
 
     #[tokio::test]
     async fn a_spill_file_gives_back_what_was_written() {
@@ -156,10 +168,10 @@ mod tests {
         let second = area.file_for(400).await.unwrap();
         assert_eq!(area.used(), 1000);
         drop(first);
-        assert_eq!(area.used(), 400);
+        until_used(&area, 400).await;
         assert!(area.file_for(600).await.is_some());
         drop(second);
-        assert_eq!(area.used(), 0);
+        until_used(&area, 0).await;
     }
 
     #[tokio::test]

@@ -78,6 +78,8 @@ struct State {
     readers: HashMap<u64, usize>,
     next_reader: u64,
     trimming: bool,
+    /// Whether the fetch is waiting on another node's answer (not yet on the origin's).
+    waiting_on_peer: bool,
 }
 
 impl Transfer {
@@ -171,6 +173,11 @@ impl Transfer {
         }
         self.notify();
         true
+    }
+
+    /// Marks the fetch as waiting on another node's answer, or no longer.
+    pub fn set_waiting_on_peer(&self, waiting: bool) {
+        self.lock().waiting_on_peer = waiting;
     }
 
     /// Stops keeping the whole body: from now on chunks every reader has passed are dropped
@@ -358,6 +365,12 @@ impl TransferReader {
         }
     }
 
+    /// Whether the fetch is waiting on another node's answer: a node asking for it must not
+    /// wait on it in turn, or two nodes waiting on each other would wait until timeouts.
+    pub fn is_waiting_on_peer(&self) -> bool {
+        self.transfer.lock().waiting_on_peer
+    }
+
     /// Whether the body will not be stored (the object is too large to cache), so that no
     /// whole copy will answer ranges or conditions.
     pub fn will_not_be_stored(&self) -> bool {
@@ -510,6 +523,12 @@ mod tests {
         assert_eq!(read_all(late).await.unwrap(), expected);
         assert_eq!(area.used(), 3000);
         drop(transfer);
+        for _ in 0..1000 {
+            if area.used() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         assert_eq!(area.used(), 0, "the room is given back with the transfer");
     }
 

@@ -325,7 +325,11 @@ fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
         let mut client = TcpStream::connect(proxy.address).await.unwrap();
         let request = get(&origin.zone_host(), "/big", "");
         client.write_all(request.as_bytes()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy.open_connections() > 0 {
+            assert!(Instant::now() < deadline, "the connection was never closed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut received = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut received))
             .await

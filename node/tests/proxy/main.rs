@@ -622,6 +622,37 @@ async fn gated_large_origin(release: Arc<tokio::sync::Notify>) -> TestOrigin {
     .await
 }
 
+/// Asks `proxy` for the large object, a miss, and reads its first piece.
+async fn first_piece_of_a_miss(proxy: &TestProxy, host: &str) -> hyper::body::Incoming {
+    let (cache, mut body) = open_get(proxy, host, "/iso").await;
+    assert_eq!(cache, "miss");
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        piece(0)
+    );
+    body
+}
+
+/// Lets the gated origin send the rest, and checks that `first` (past its first piece) and
+/// `others` get the whole large object.
+async fn release_and_check(
+    release: &tokio::sync::Notify,
+    first: hyper::body::Incoming,
+    others: Vec<hyper::body::Incoming>,
+) {
+    release.notify_one();
+    let expected = large_object();
+    // A second origin fetch would wait at the gate for ever: a failure, not a hang.
+    let whole = |body: hyper::body::Incoming| async move {
+        let collected = tokio::time::timeout(Duration::from_secs(30), body.collect()).await;
+        collected.expect("the rest never came").unwrap().to_bytes()
+    };
+    assert_eq!(whole(first).await[..], expected[4096..]);
+    for body in others {
+        assert_eq!(whole(body).await[..], expected[..]);
+    }
+}
+
 /// A configuration caching objects up to 64 KiB, with a disk tier in `dir`.
 fn small_cache_with_disk(dir: &std::path::Path) -> coral_node::config::NodeConfig {
     let mut config = test_config();
@@ -639,9 +670,7 @@ fn a_crowd_asking_for_an_object_too_large_to_cache_shares_one_fetch() {
         let dir = tempfile::tempdir().unwrap();
         let proxy = TestProxy::start(&small_cache_with_disk(dir.path())).await;
         let host = origin.zone_host();
-        let (cache, mut first) = open_get(&proxy, &host, "/iso").await;
-        assert_eq!(cache, "miss");
-        first.frame().await.unwrap().unwrap();
+        let first = first_piece_of_a_miss(&proxy, &host).await;
         let mut crowd = Vec::new();
         for _ in 0..20 {
             let (cache, body) = open_get(&proxy, &host, "/iso").await;
@@ -649,15 +678,7 @@ fn a_crowd_asking_for_an_object_too_large_to_cache_shares_one_fetch() {
             crowd.push(body);
         }
         assert!(proxy.spill_bytes() >= (PIECES * 4096) as i64);
-        release.notify_one();
-        let expected = large_object();
-        assert_eq!(
-            first.collect().await.unwrap().to_bytes()[..],
-            expected[4096..]
-        );
-        for body in crowd {
-            assert_eq!(body.collect().await.unwrap().to_bytes()[..], expected[..]);
-        }
+        release_and_check(&release, first, crowd).await;
         assert_eq!(origin.hits("/iso"), 1);
         // Too large to cache: once the shared fetch is over and its file gone, the next
         // client fetches again.
@@ -691,24 +712,14 @@ fn nodes_share_one_fetch_of_an_object_too_large_to_cache() {
         let cluster =
             TestCluster::start_each(|node| small_cache_with_disk(dirs[node].path())).await;
         let host = origin.zone_host();
-        let (cache, mut first) = open_get(&cluster.proxies[0], &host, "/iso").await;
-        assert_eq!(cache, "miss");
-        first.frame().await.unwrap().unwrap();
+        let first = first_piece_of_a_miss(&cluster.proxies[0], &host).await;
         let mut others = Vec::new();
         for node in 1..3 {
             let (cache, body) = open_get(&cluster.proxies[node], &host, "/iso").await;
             assert_eq!(cache, "peer", "node {node}");
             others.push(body);
         }
-        release.notify_one();
-        let expected = large_object();
-        assert_eq!(
-            first.collect().await.unwrap().to_bytes()[..],
-            expected[4096..]
-        );
-        for body in others {
-            assert_eq!(body.collect().await.unwrap().to_bytes()[..], expected[..]);
-        }
+        release_and_check(&release, first, others).await;
         assert_eq!(origin.hits("/iso"), 1);
     });
 }
@@ -1209,7 +1220,7 @@ fn a_crowd_arriving_at_three_nodes_at_once_fetches_the_origin_once() {
 fn nodes_holding_an_expired_copy_revalidate_it_with_the_origin_once() {
     in_private_network(|| async {
         let origin = TestOrigin::start(handler(|parts| async move {
-            let headers = [("cache-control", "max-age=1"), ("etag", "\"v1\"")];
+            let headers = [("cache-control", "max-age=3"), ("etag", "\"v1\"")];
             if parts.headers.get("if-none-match").is_some() {
                 respond(304, &headers, "")
             } else {
@@ -1229,7 +1240,9 @@ fn nodes_holding_an_expired_copy_revalidate_it_with_the_origin_once() {
                 "peer"
             );
         }
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // Date has whole seconds, so a copy is fresh for 2 to 3 s: wait until every copy
+        // has expired.
+        tokio::time::sleep(Duration::from_millis(4100)).await;
         let expired: Vec<_> = (0..3)
             .map(|node| {
                 let (cluster, host) = (cluster.clone(), host.clone());
@@ -1250,6 +1263,12 @@ fn nodes_holding_an_expired_copy_revalidate_it_with_the_origin_once() {
         );
         let revalidation = origin.last("/obj").unwrap();
         assert_eq!(revalidation.headers["if-none-match"], "\"v1\"");
+        for node in 0..3 {
+            assert_eq!(
+                cluster.proxies[node].get(&host, "/obj", &[]).await.cache(),
+                "hit"
+            );
+        }
     });
 }
 
@@ -1272,6 +1291,57 @@ fn peers_must_prove_membership_and_never_cause_a_fetch() {
         assert_eq!(genuine.status, StatusCode::NOT_FOUND);
         assert!(String::from_utf8_lossy(&genuine.body).contains("no copy"));
         assert_eq!(origin.hits("/p"), 0);
+    });
+}
+
+#[test]
+fn a_node_waiting_on_a_peer_tells_other_peers_no_instead_of_making_them_wait() {
+    in_private_network(|| async {
+        let origin = TestOrigin::start(handler(|_| async {
+            respond(200, &[("cache-control", "max-age=60")], "from the origin")
+        }))
+        .await;
+        // A holder that answers only once released, as a node does that waits on another.
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = release.clone();
+        let slow = TestOrigin::start(handler(move |_| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                respond(404, &[("x-cache", "refused")], "")
+            }
+        }))
+        .await;
+        let cluster = Arc::new(TestCluster::start(&test_config()).await);
+        let host = origin.zone_host();
+        let key = format!("{ORIGIN_HOST}:{}/obj", origin.address.port());
+        cluster.announce(2, &key, slow.address).await;
+        let client = {
+            let (cluster, host) = (cluster.clone(), host.clone());
+            tokio::spawn(async move { cluster.proxies[2].get(&host, "/obj", &[]).await })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while slow.hits("/obj") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node 2 never asked the holder"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let token = coral_node::proxy::peers::PeerAuth::new(CLUSTER_KEY)
+            .sign(&key, std::time::SystemTime::now());
+        let peer_header = [("x-coral-peer", token.as_str())];
+        let asked = cluster.proxies[2].get(&host, "/obj", &peer_header);
+        let answer = tokio::time::timeout(Duration::from_secs(5), asked)
+            .await
+            .expect("a peer was made to wait on a node that waits on a peer");
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        // The holder is also the first claim node 2 finds: it is asked twice.
+        release.notify_one();
+        release.notify_one();
+        let served = client.await.unwrap();
+        assert_eq!(served.body, "from the origin");
+        assert_eq!(origin.hits("/obj"), 1);
     });
 }
 

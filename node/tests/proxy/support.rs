@@ -439,6 +439,11 @@ impl TestProxy {
         self.metrics.shaping_wait.get()
     }
 
+    /// Client connections open.
+    pub fn open_connections(&self) -> i64 {
+        self.metrics.open_connections.get()
+    }
+
     /// Client connections parked between requests.
     pub fn idle_connections(&self) -> i64 {
         self.metrics.idle_connections.get()

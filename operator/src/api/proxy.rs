@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Settings of the cooperative caching HTTP proxy that runs on every selected node.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[schemars(extend("x-kubernetes-validations" = [{"rule": "quantity(string(self.maxObjectSize)).compareTo(quantity(string(self.cacheMemorySize))) <= 0 || quantity(string(self.maxObjectSize)).compareTo(quantity(string(self.cacheDiskSize))) <= 0", "message": "proxy.maxObjectSize must fit in one cache tier: at most cacheMemorySize or cacheDiskSize"}]))]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "quantity(string(self.maxObjectSize)).compareTo(quantity(string(self.cacheMemorySize))) <= 0 || quantity(string(self.maxObjectSize)).add(quantity(string(self.maxObjectSize))).add(quantity(string(self.maxObjectSize))).add(quantity(string(self.maxObjectSize))).compareTo(quantity(string(self.cacheDiskSize)).add(quantity(string(self.cacheDiskSize))).add(quantity(string(self.cacheDiskSize)))) <= 0", "message": "proxy.maxObjectSize must fit in one cache tier: at most cacheMemorySize, or the disk tier's three quarters of cacheDiskSize"}]))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProxySpec {
     /// Port the proxy serves HTTP on inside the pod (and on the node when `hostPort` is set).
