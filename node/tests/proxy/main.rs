@@ -140,6 +140,11 @@ async fn open_get(proxy: &TestProxy, host: &str, path: &str) -> (String, hyper::
     (cache, response.into_body())
 }
 
+/// The next data frame of a body still arriving.
+async fn next_data(body: &mut hyper::body::Incoming) -> Bytes {
+    body.frame().await.unwrap().unwrap().into_data().unwrap()
+}
+
 #[test]
 fn clients_get_the_first_bytes_before_the_origin_sends_the_last() {
     in_private_network(|| async {
@@ -147,7 +152,7 @@ fn clients_get_the_first_bytes_before_the_origin_sends_the_last() {
         let origin = gated_origin(release.clone()).await;
         let proxy = TestProxy::start(&test_config()).await;
         let (_, mut body) = open_get(&proxy, &origin.zone_host(), "/stream").await;
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let first = next_data(&mut body).await;
         assert_eq!(first, "part0;");
         release.notify_one();
         let rest = body.collect().await.unwrap().to_bytes();
@@ -164,25 +169,12 @@ fn a_node_streams_from_a_peer_whose_fetch_is_still_arriving() {
         let host = origin.zone_host();
         let (cache, mut fetching) = open_get(&cluster.proxies[0], &host, "/stream").await;
         assert_eq!(cache, "miss");
-        let first = fetching
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_data()
-            .unwrap();
-        assert_eq!(first, "part0;");
+        assert_eq!(next_data(&mut fetching).await, "part0;");
         let (cache, mut from_peer) = open_get(&cluster.proxies[1], &host, "/stream").await;
         assert_eq!(cache, "peer");
-        let first = from_peer
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_data()
-            .unwrap();
         assert_eq!(
-            first, "part0;",
+            next_data(&mut from_peer).await,
+            "part0;",
             "the peer's bytes so far, before the origin's last"
         );
         release.notify_one();
@@ -626,10 +618,7 @@ async fn gated_large_origin(release: Arc<tokio::sync::Notify>) -> TestOrigin {
 async fn first_piece_of_a_miss(proxy: &TestProxy, host: &str) -> hyper::body::Incoming {
     let (cache, mut body) = open_get(proxy, host, "/iso").await;
     assert_eq!(cache, "miss");
-    assert_eq!(
-        body.frame().await.unwrap().unwrap().into_data().unwrap(),
-        piece(0)
-    );
+    assert_eq!(next_data(&mut body).await, piece(0));
     body
 }
 
