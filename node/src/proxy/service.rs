@@ -1184,12 +1184,11 @@ impl Proxy {
     /// Whether clients other than those waiting now may join `transfer`: it is the one in
     /// flight for the URL and a shared cache could keep its answer `head`.
     fn is_joinable(&self, request: &CacheRequest, transfer: &Arc<Transfer>, head: &Head) -> bool {
-        let registered = self
-            .inflight
-            .lock()
-            .expect("in-flight lock")
-            .get(&request.key)
-            .is_some_and(|entry| Arc::ptr_eq(&entry.transfer, transfer));
+        let registered = is_in_flight(
+            &self.inflight.lock().expect("in-flight lock"),
+            &request.key,
+            transfer,
+        );
         registered && CachePolicy::new(&request.parts, &head_parts(head)).is_storable()
     }
 
@@ -1202,10 +1201,7 @@ impl Proxy {
 
     fn unregister(&self, key: &str, transfer: &Arc<Transfer>) {
         let mut inflight = self.inflight.lock().expect("in-flight lock");
-        if inflight
-            .get(key)
-            .is_some_and(|entry| Arc::ptr_eq(&entry.transfer, transfer))
-        {
+        if is_in_flight(&inflight, key, transfer) {
             inflight.remove(key);
         }
     }
@@ -1397,6 +1393,13 @@ fn same_variant(leader: &request::Parts, follower: &request::Parts) -> bool {
 
 /// A reader of the fetch in flight for `key` and the request it was started for, when there
 /// is one the request may share.
+/// Whether `transfer` is the one in flight for `key`.
+fn is_in_flight(inflight: &HashMap<String, InFlight>, key: &str, transfer: &Arc<Transfer>) -> bool {
+    inflight
+        .get(key)
+        .is_some_and(|entry| Arc::ptr_eq(&entry.transfer, transfer))
+}
+
 fn joinable(
     inflight: &HashMap<String, InFlight>,
     key: &str,

@@ -229,12 +229,7 @@ fn an_internal_host_listed_by_name_may_be_fetched_and_no_other() {
         let mut config = test_config();
         config.proxy.origin_access.internal_networks.clear();
         config.proxy.origin_access.internal_hosts = vec![ORIGIN_HOST.to_owned()];
-        let localhost = vec!["127.0.0.1".parse().unwrap()];
-        config
-            .proxy
-            .origin_access
-            .addresses
-            .insert("other.test".to_owned(), localhost);
+        resolve_to_loopback(&mut config, "other.test");
         let proxy = TestProxy::start(&config).await;
         let allowed = proxy.get(&origin.zone_host(), "/", &[]).await;
         assert_eq!(
@@ -1484,12 +1479,7 @@ fn over_the_node_quota_the_heaviest_origin_is_sent_to_the_origin() {
         .await;
         let mut config = test_config();
         config.proxy.bandwidth.node_bytes_per_second = 100_000;
-        let localhost = vec!["127.0.0.1".parse().unwrap()];
-        config
-            .proxy
-            .origin_access
-            .addresses
-            .insert("light.test".to_owned(), localhost);
+        resolve_to_loopback(&mut config, "light.test");
         let proxy = TestProxy::start(&config).await;
         let heavy_host = origin.zone_host();
         let light_host = format!("light.test.{}.{ZONE}", origin.address.port());

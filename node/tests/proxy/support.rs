@@ -340,6 +340,16 @@ pub fn test_config() -> NodeConfig {
     config
 }
 
+/// Makes `host` another name of the test origin's address, 127.0.0.1.
+pub fn resolve_to_loopback(config: &mut NodeConfig, host: &str) {
+    let loopback = vec!["127.0.0.1".parse().unwrap()];
+    config
+        .proxy
+        .origin_access
+        .addresses
+        .insert(host.to_owned(), loopback);
+}
+
 /// A proxy running in this process.
 pub struct TestProxy {
     /// Where it serves clients.
